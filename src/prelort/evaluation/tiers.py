@@ -1,0 +1,119 @@
+"""Evaluating one global adapter truncated at every rank tier."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from prelort.adapters.inject import NestedLoRAModel
+from prelort.adapters.state import set_state
+from prelort.data.encoding import (
+    IGNORE,
+    EncodedSplit,
+    causal_batch,
+    classification_batch,
+    prompt_batch,
+)
+from prelort.data.tasks import CLASSIFICATION
+from prelort.evaluation.metrics import accuracy, perplexity, rouge_l
+
+TierMetrics = dict[str, dict[str, float]]
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield list(range(start, min(n, start + size)))
+
+
+@torch.inference_mode()
+def classification_accuracy(
+    adapted: NestedLoRAModel, data: EncodedSplit, pad_id: int, batch_size: int
+) -> float:
+    predictions: list[int] = []
+    for idx in _chunks(len(data), batch_size):
+        batch = classification_batch(data, idx, pad_id)
+        logits = adapted.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+        predictions += logits.argmax(-1).tolist()
+    return accuracy(predictions, data.labels)
+
+
+@torch.inference_mode()
+def causal_perplexity(
+    adapted: NestedLoRAModel, data: EncodedSplit, pad_id: int, batch_size: int
+) -> float:
+    """Perplexity of the reference targets given their prompts."""
+    total, count = 0.0, 0
+    for idx in _chunks(len(data), batch_size):
+        batch = causal_batch(data, idx, pad_id)
+        logits = adapted.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+        labels = batch["labels"][:, 1:]  # token t is predicted at position t - 1
+        nll = F.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="sum"
+        )
+        total += float(nll)
+        count += int((labels != IGNORE).sum())
+    return perplexity(total, count)
+
+
+@torch.inference_mode()
+def generate(
+    adapted: NestedLoRAModel, tokenizer, data: EncodedSplit, batch_size: int, max_new_tokens: int
+) -> list[str]:
+    """Greedy completions of the prompts."""
+    outputs: list[str] = []
+    for idx in _chunks(len(data), batch_size):
+        batch = prompt_batch(data, idx, tokenizer.pad_token_id)
+        tokens = adapted.model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new = tokens[:, batch["input_ids"].shape[1] :]
+        outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return outputs
+
+
+def evaluate_tiers(
+    adapted: NestedLoRAModel,
+    global_state: Mapping[str, torch.Tensor],
+    tiers: Sequence[int],
+    kind: str,
+    data: EncodedSplit,
+    tokenizer,
+    batch_size: int = 32,
+    generation_data: EncodedSplit | None = None,
+    max_new_tokens: int = 24,
+) -> TierMetrics:
+    """Metrics of the global adapter truncated at each tier rank.
+
+    Classification reports ``accuracy``; generation reports ``perplexity`` and, when
+    ``generation_data`` is given, ``rouge_l`` of greedy completions.
+
+    Returns:
+        ``{"<rank>": {"<metric>": value}}``.
+    """
+    set_state(adapted, global_state)
+    adapted.model.eval()
+    pad_id = tokenizer.pad_token_id
+    results: TierMetrics = {}
+    for tier in tiers:
+        adapted.set_active_rank(tier)
+        if kind == CLASSIFICATION:
+            metrics = {"accuracy": classification_accuracy(adapted, data, pad_id, batch_size)}
+        else:
+            metrics = {"perplexity": causal_perplexity(adapted, data, pad_id, batch_size)}
+            if generation_data is not None and len(generation_data):
+                predictions = generate(
+                    adapted, tokenizer, generation_data, batch_size, max_new_tokens
+                )
+                metrics["rouge_l"] = rouge_l(predictions, generation_data.references or [])
+        results[str(tier)] = metrics
+    return results

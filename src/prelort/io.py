@@ -1,0 +1,73 @@
+"""Atomic file writes and adapter files.
+
+A file is written to a temporary sibling, flushed and fsynced, then renamed over the target, so a
+crash leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
+
+from prelort.errors import AdapterError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def save_adapter(
+    path: Path, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]
+) -> None:
+    """Save an adapter state as safetensors with JSON-encoded metadata (model, ranks, scale)."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    meta = {k: json.dumps(v) for k, v in metadata.items()}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load an adapter saved by ``save_adapter``.
+
+    Raises:
+        AdapterError: a missing, truncated or corrupted file; the message names it.
+    """
+    if not path.is_file():
+        raise AdapterError(f"adapter file not found: {path}")
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        meta = {k: json.loads(v) for k, v in raw.items()}
+    except json.JSONDecodeError:
+        raise AdapterError(f"{path}: its metadata is not JSON") from None
+    return state, meta

@@ -1,0 +1,168 @@
+"""Methods x seeds on identical partitions and rank assignments, summarised as mean +- std."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prelort.config import SimulationConfig
+from prelort.io import atomic_write_bytes, atomic_write_text, write_json
+from prelort.simulation.outputs import METRIC_LABELS, csv_text, write_outputs
+from prelort.simulation.run import SimulationResult, run_simulation
+from prelort.simulation.workbench import Workbench, build_workbench, workbench_key
+
+
+@dataclass
+class Comparison:
+    """Results of every (method, seed) run of a comparison."""
+
+    base: SimulationConfig
+    methods: list[str]
+    seeds: list[int]
+    runs: dict[tuple[str, int], SimulationResult] = field(default_factory=dict)
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """One row per method, tier and metric: mean and std of the final value over seeds."""
+        rows = []
+        for method in self.methods:
+            results = [self.runs[(method, s)] for s in self.seeds if (method, s) in self.runs]
+            if not results:
+                continue
+            for tier in sorted(results[0].final, key=int):
+                for metric in sorted(results[0].final[tier]):
+                    values = [r.final[tier][metric] for r in results]
+                    rows.append(
+                        {
+                            "method": method,
+                            "tier": int(tier),
+                            "metric": metric,
+                            "mean": statistics.fmean(values),
+                            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                            "seeds": len(values),
+                            "wall_seconds": statistics.fmean(r.wall_seconds for r in results),
+                        }
+                    )
+        return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A table per metric: a row per method, a column per tier, cells ``mean ± std``."""
+    blocks = []
+    for metric in sorted({r["metric"] for r in rows}):
+        sel = [r for r in rows if r["metric"] == metric]
+        tiers = sorted({r["tier"] for r in sel})
+        methods = list(dict.fromkeys(r["method"] for r in sel))
+        head = (
+            f"| {METRIC_LABELS.get(metric, metric)} | "
+            + " | ".join(f"rank {t}" for t in tiers)
+            + " |"
+        )
+        lines = [head, "|---" * (len(tiers) + 1) + "|"]
+        for method in methods:
+            cells = []
+            for t in tiers:
+                match = [r for r in sel if r["method"] == method and r["tier"] == t]
+                if not match:
+                    cells.append("–")
+                    continue
+                r = match[0]
+                cells.append(
+                    f"{r['mean']:.4f} ± {r['std']:.4f}" if r["seeds"] > 1 else f"{r['mean']:.4f}"
+                )
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def plot_comparison(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """One PNG per metric: grouped bars of the final value per tier, a bar per method."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for metric in sorted({r["metric"] for r in rows}):
+        sel = [r for r in rows if r["metric"] == metric]
+        tiers = sorted({r["tier"] for r in sel})
+        methods = list(dict.fromkeys(r["method"] for r in sel))
+        width = 0.8 / len(methods)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for m, method in enumerate(methods):
+            xs, ys, es = [], [], []
+            for i, t in enumerate(tiers):
+                match = [r for r in sel if r["method"] == method and r["tier"] == t]
+                if match:
+                    xs.append(i + (m - (len(methods) - 1) / 2) * width)
+                    ys.append(match[0]["mean"])
+                    es.append(match[0]["std"])
+            ax.bar(xs, ys, width, yerr=es, capsize=3, label=method)
+        ax.set_xticks(range(len(tiers)), [f"rank {t}" for t in tiers])
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        ax.set_title(f"final {METRIC_LABELS.get(metric, metric)} per rank tier")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+        plt.close(fig)
+        path = out_dir / f"compare_{metric}.png"
+        atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
+def run_comparison(
+    base: SimulationConfig,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    progress: bool = True,
+    on_run: Callable[[str, int, SimulationResult], None] | None = None,
+) -> Comparison:
+    """Run every method with every seed; one workbench (task + model) serves all runs.
+
+    Each run of a seed uses the same partition, rank assignment and initial adapter whatever the
+    method, because all of them derive from the seed alone.
+    """
+    comparison = Comparison(base, list(methods), list(seeds))
+    bench: Workbench | None = None
+    for seed in seeds:
+        for method in methods:
+            config = base.replace(method=method, seed=seed, out=base.out / f"{method}-seed{seed}")
+            if bench is None or bench.key != workbench_key(config):
+                bench = build_workbench(config)
+            result = run_simulation(config, bench, progress)
+            write_outputs(result, config.out)
+            comparison.runs[(method, seed)] = result
+            if on_run is not None:
+                on_run(method, seed, result)
+    return comparison
+
+
+def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
+    """summary.md, summary.csv, summary.json and the comparison plots."""
+    rows = comparison.summary_rows()
+    table = markdown_table(rows)
+    atomic_write_text(out_dir / "summary.md", table + "\n")
+    columns = ["method", "tier", "metric", "mean", "std", "seeds", "wall_seconds"]
+    atomic_write_text(out_dir / "summary.csv", csv_text(rows, columns))
+    write_json(
+        out_dir / "summary.json",
+        {
+            "config": comparison.base.to_dict(),
+            "methods": comparison.methods,
+            "seeds": comparison.seeds,
+            "rows": rows,
+        },
+    )
+    plots = plot_comparison(rows, out_dir)
+    return {
+        "summary_md": out_dir / "summary.md",
+        "summary_csv": out_dir / "summary.csv",
+        **{p.stem: p for p in plots},
+    }

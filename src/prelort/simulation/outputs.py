@@ -1,0 +1,109 @@
+"""A run's files: metrics.json, metrics.csv, one PNG per metric, and the global adapter."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from prelort.io import atomic_write_bytes, atomic_write_text, save_adapter, write_json
+from prelort.simulation.run import SimulationResult
+
+METRIC_LABELS = {"accuracy": "accuracy", "perplexity": "perplexity", "rouge_l": "ROUGE-L"}
+
+
+def metric_rows(rounds: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Long-format rows ``round, tier, metric, value`` of the per-round records."""
+    return [
+        {"round": rec["round"], "tier": int(tier), "metric": name, "value": value}
+        for rec in rounds
+        for tier, metrics in rec["tiers"].items()
+        for name, value in metrics.items()
+    ]
+
+
+def csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def plot_per_round(rounds: list[dict[str, Any]], title: str, out_dir: Path) -> list[Path]:
+    """One PNG per metric: the metric per round, a line per tier."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    rows = metric_rows(rounds)
+    paths = []
+    for metric in sorted({r["metric"] for r in rows}):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for tier in sorted({r["tier"] for r in rows}):
+            points = [
+                (r["round"], r["value"])
+                for r in rows
+                if r["metric"] == metric and r["tier"] == tier
+            ]
+            ax.plot(*zip(*points, strict=True), marker="o", label=f"rank {tier}")
+        ax.set_xlabel("round")
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        ax.set_title(f"{title}: {METRIC_LABELS.get(metric, metric)} per tier")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+        plt.close(fig)
+        path = out_dir / f"{metric}.png"
+        atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
+def write_progress(result: SimulationResult, out_dir: Path) -> None:
+    """metrics.json and metrics.csv so far (called after every evaluated round)."""
+    write_json(out_dir / "metrics.json", result.to_json())
+    rows = metric_rows(result.rounds)
+    atomic_write_text(out_dir / "metrics.csv", csv_text(rows, ["round", "tier", "metric", "value"]))
+
+
+def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
+    """Every file of a finished run; returns them by kind."""
+    write_progress(result, out_dir)
+    config = result.config
+    save_adapter(
+        out_dir / "adapter.safetensors",
+        result.global_state,
+        {
+            "model": config["model"],
+            "task": config["task"],
+            "method": config["method"],
+            "max_rank": config["max_rank"],
+            "alpha": config["alpha"],
+            "scale": config["alpha"] / config["max_rank"],
+            "ladder": sorted({int(t) for t in result.final}),
+            "target_modules": config["target_modules"],
+        },
+    )
+    plots = plot_per_round(result.rounds, f"{config['method']} on {config['task']}", out_dir)
+    files = {
+        "metrics_json": out_dir / "metrics.json",
+        "metrics_csv": out_dir / "metrics.csv",
+        "adapter": out_dir / "adapter.safetensors",
+    }
+    files.update({f"plot_{p.stem}": p for p in plots})
+    return files
+
+
+def final_table(result: SimulationResult) -> str:
+    """A Markdown table of the final metrics: a row per tier."""
+    metrics = sorted({m for tier in result.final.values() for m in tier})
+    lines = ["| rank tier | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for tier, values in sorted(result.final.items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {tier} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,210 @@
+"""The in-process federation: sample clients, train locally, aggregate, evaluate, record.
+
+Every random choice derives from the config's one seed: the partition, the rank of each client, the
+initial adapter, the clients sampled each round, and each client's batches and truncations.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from prelort.adapters.state import AdapterState, get_state, set_state, slice_to_rank
+from prelort.aggregation import ClientUpdate, get_method
+from prelort.config import RankSpec, SimulationConfig
+from prelort.data.partition import partition_indices
+from prelort.evaluation.tiers import TierMetrics, evaluate_tiers
+from prelort.simulation.workbench import Workbench, build_workbench
+from prelort.training.local import LocalTrainingConfig, train_local
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SimulationResult:
+    """The outcome of a run.
+
+    Attributes:
+        config: the run's settings, resolved.
+        client_ranks: the rank of every client.
+        client_examples: the training examples of every client.
+        rounds: one record per evaluated round: ``{"round", "tiers", "train_loss", "seconds"}``.
+        final: metrics of the final global adapter per tier.
+        global_state: the final rank-R global adapter.
+        wall_seconds: the run's wall time, workbench loading excluded.
+    """
+
+    config: dict[str, Any]
+    client_ranks: list[int]
+    client_examples: list[int]
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    final: TierMetrics = field(default_factory=dict)
+    global_state: AdapterState = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "client_ranks": self.client_ranks,
+            "client_examples": self.client_examples,
+            "rounds": self.rounds,
+            "final": {"tiers": self.final},
+            "wall_seconds": round(self.wall_seconds, 2),
+        }
+
+
+def assign_ranks(spec: RankSpec, clients: int, seed: int) -> list[int]:
+    """Client ranks: the list cycled over clients, or drawn from the distribution with ``seed``."""
+    if spec.probabilities is None:
+        return [spec.ranks[k % len(spec.ranks)] for k in range(clients)]
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.multinomial(torch.tensor(spec.probabilities), clients, True, generator=generator)
+    return [spec.ranks[i] for i in draws.tolist()]
+
+
+def client_seed(seed: int, round_index: int, client: int) -> int:
+    """A distinct, reproducible seed for one client's training in one round."""
+    return (seed * 1_000_003 + round_index * 10_007 + client) % (2**63 - 1)
+
+
+def run_simulation(
+    config: SimulationConfig,
+    workbench: Workbench | None = None,
+    progress: bool = True,
+    on_round: Callable[[SimulationResult], None] | None = None,
+) -> SimulationResult:
+    """Run one federation.
+
+    Args:
+        config: the run's settings.
+        workbench: a loaded task and model to reuse (built from ``config`` if None).
+        progress: show a progress bar and one line per evaluated round.
+        on_round: called with the partial result after every evaluated round (to save it).
+
+    Returns:
+        Per-round and final metrics per tier and the final global adapter.
+
+    Raises:
+        ConfigError, DataError, ModelError: bad settings, data or model.
+    """
+    bench = workbench or build_workbench(config)
+    adapted, kind = bench.adapted, bench.task.kind
+    method = get_method(config.method)
+    ladder = config.ranks.ladder
+    aggregate = method.aggregator(ladder)
+    train_config = LocalTrainingConfig(
+        config.local_steps,
+        config.batch_size,
+        config.lr,
+        config.weight_decay,
+        1.0,
+        config.resolved_nested,
+    )
+
+    pool = list(range(len(bench.train)))
+    if config.train_examples is not None and config.train_examples < len(pool):
+        pool = sorted(random.Random(config.seed).sample(pool, config.train_examples))
+    parts = partition_indices(
+        [bench.train.labels[i] for i in pool],
+        config.clients,
+        config.partition,
+        config.seed,
+        config.dirichlet_alpha,
+        config.classes_per_client,
+        min_examples=2,
+    )
+    client_rows = [[pool[i] for i in part] for part in parts]
+    ranks = assign_ranks(config.ranks, config.clients, config.seed)
+    result = SimulationResult(config.to_dict(), ranks, [len(p) for p in client_rows])
+
+    adapted.reset_parameters(torch.Generator().manual_seed(config.seed))
+    set_state(adapted, get_state(adapted))  # back to rank R after earlier runs on this workbench
+    global_state = get_state(adapted)
+    sampler = torch.Generator().manual_seed(config.seed + 1)
+    per_round = config.clients_per_round or config.clients
+    pad_id = bench.tokenizer.pad_token_id
+
+    start = time.perf_counter()
+    bar = tqdm(
+        total=config.rounds * per_round,
+        desc=config.method,
+        unit="client",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    for round_index in range(1, config.rounds + 1):
+        round_start = time.perf_counter()
+        chosen = sorted(torch.randperm(config.clients, generator=sampler)[:per_round].tolist())
+        updates, losses = [], []
+        for client in chosen:
+            rank = ranks[client]
+            set_state(adapted, slice_to_rank(global_state, rank))
+            cseed = client_seed(config.seed, round_index, client)
+            torch.manual_seed(cseed)  # base-model dropout draws from the global stream
+            local = train_local(
+                adapted,
+                bench.train,
+                client_rows[client],
+                kind,
+                pad_id,
+                rank,
+                ladder,
+                train_config,
+                torch.Generator().manual_seed(cseed),
+            )
+            updates.append(ClientUpdate(client, get_state(adapted), rank, len(client_rows[client])))
+            losses.append(local.mean_loss)
+            bar.set_postfix(round=round_index, loss=f"{local.mean_loss:.3f}")
+            bar.update(1)
+        global_state = aggregate(global_state, updates)
+        last = round_index == config.rounds
+        if last or round_index % config.eval_every == 0:
+            tiers = evaluate_tiers(
+                adapted,
+                global_state,
+                ladder,
+                kind,
+                bench.test,
+                bench.tokenizer,
+                generation_data=bench.generation if (last or config.rouge_every_round) else None,
+                max_new_tokens=config.max_new_tokens,
+            )
+            record = {
+                "round": round_index,
+                "tiers": tiers,
+                "train_loss": sum(losses) / len(losses),
+                "seconds": round(time.perf_counter() - round_start, 2),
+            }
+            result.rounds.append(record)
+            if last:
+                result.final = tiers
+            if progress:
+                bar.write(format_round(config.method, record))
+            result.global_state = global_state
+            result.wall_seconds = time.perf_counter() - start
+            if on_round is not None:
+                on_round(result)
+    bar.close()
+    result.global_state = global_state
+    result.wall_seconds = time.perf_counter() - start
+    return result
+
+
+def format_round(method: str, record: dict[str, Any]) -> str:
+    """One line per round: ``prelort round 3: loss 1.234 | r2 acc 0.512 | r4 ...``."""
+    parts = [f"{method} round {record['round']}: loss {record['train_loss']:.3f}"]
+    for tier, metrics in record["tiers"].items():
+        values = " ".join(f"{_short(k)} {v:.4g}" for k, v in metrics.items())
+        parts.append(f"r{tier} {values}")
+    return " | ".join(parts)
+
+
+def _short(metric: str) -> str:
+    return {"accuracy": "acc", "perplexity": "ppl", "rouge_l": "rougeL"}.get(metric, metric)

@@ -1,0 +1,111 @@
+"""What a run needs before its first round: the task, the tokenised splits and the base model.
+
+Loading is the slow part, so a comparison of several methods and seeds loads once and reuses the
+workbench; every run starts from a freshly initialised adapter on the same frozen base.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+from prelort.adapters.inject import NestedLoRAModel, inject_nested_lora
+from prelort.config import SimulationConfig
+from prelort.data.encoding import EncodedSplit, encode_split
+from prelort.data.tasks import CLASSIFICATION, FileFields, TaskData, load_task
+from prelort.models import load_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_LENGTH = {CLASSIFICATION: 64, "generation": 160}
+EVAL_SUBSET_SEED = 0  # one test subset for every method and seed
+
+
+@dataclass
+class Workbench:
+    """A loaded task and model with nested LoRA layers of rank R injected.
+
+    Attributes:
+        task: the task's raw splits.
+        train: the encoded training split (the pool partitioned over clients).
+        test: the encoded evaluation subset.
+        generation: the encoded subset scored by ROUGE-L (generation tasks; may be empty).
+        adapted: the model with its nested layers.
+        tokenizer: the model's tokenizer.
+        key: the settings the workbench was built from; runs whose key matches can share it.
+    """
+
+    task: TaskData
+    train: EncodedSplit
+    test: EncodedSplit
+    generation: EncodedSplit | None
+    adapted: NestedLoRAModel
+    tokenizer: object
+    key: tuple
+
+
+def workbench_key(config: SimulationConfig) -> tuple:
+    return (
+        config.task,
+        config.model,
+        config.dtype,
+        config.max_length,
+        config.resolved_max_rank,
+        config.resolved_alpha,
+        config.target_modules,
+        config.lora_dropout,
+        config.eval_examples,
+        config.generate_examples,
+        config.text_field,
+        config.label_field,
+        config.instruction_field,
+        config.response_field,
+    )
+
+
+def _subset(n: int, size: int) -> list[int]:
+    if size >= n:
+        return list(range(n))
+    return sorted(random.Random(EVAL_SUBSET_SEED).sample(range(n), size))
+
+
+def build_workbench(config: SimulationConfig) -> Workbench:
+    """Load the task and model of a config and inject nested LoRA layers of rank R.
+
+    Raises:
+        ConfigError, DataError, ModelError: an unknown task or model, or missing packages/files.
+    """
+    fields = FileFields(
+        config.text_field, config.label_field, config.instruction_field, config.response_field
+    )
+    task = load_task(config.task, fields)
+    loaded = load_model(config.model, task.kind, task.num_labels, config.dtype)
+    max_length = config.max_length or DEFAULT_MAX_LENGTH[task.kind]
+    tokenizer = loaded.tokenizer
+    train = encode_split(tokenizer, task, task.train, max_length)
+    test = encode_split(
+        tokenizer, task, task.test.take(_subset(len(task.test), config.eval_examples)), max_length
+    )
+    generation = None
+    if task.kind != CLASSIFICATION and config.generate_examples > 0:
+        subset = _subset(len(task.test), config.generate_examples)
+        generation = encode_split(tokenizer, task, task.test.take(subset), max_length)
+    adapted = inject_nested_lora(
+        loaded.model,
+        max_rank=config.resolved_max_rank,
+        alpha=config.resolved_alpha,
+        target_modules=config.target_modules,
+        dropout=config.lora_dropout,
+        train_head=task.kind == CLASSIFICATION,
+    )
+    log.info(
+        "workbench: task %s (%d train, %d test), model %s, %d nested layers of rank %d",
+        task.name,
+        len(train),
+        len(test),
+        config.model,
+        len(adapted.layers),
+        adapted.max_rank,
+    )
+    return Workbench(task, train, test, generation, adapted, tokenizer, workbench_key(config))

@@ -1,0 +1,101 @@
+"""A client's local training: a plain AdamW loop over random mini-batches of its partition."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from prelort.adapters.inject import NestedLoRAModel
+from prelort.data.encoding import EncodedSplit, make_batch
+from prelort.training.nested import truncation_ranks
+
+
+@dataclass(frozen=True)
+class LocalTrainingConfig:
+    """Settings of one client's local training.
+
+    Attributes:
+        steps: optimizer steps per round.
+        batch_size: examples per step.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient clipping (0 disables it).
+        nested: "all", "sample" or "off" (see ``truncation_ranks``).
+    """
+
+    steps: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    nested: str = "all"
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What local training reports: its mean loss and the forward/backward passes it ran."""
+
+    mean_loss: float
+    passes: int
+
+
+def batch_indices(
+    indices: Sequence[int], batch_size: int, generator: torch.Generator
+) -> Iterator[list[int]]:
+    """Endless mini-batches of ``indices``: reshuffled each epoch, never repeating within one."""
+    size = min(batch_size, len(indices))
+    while True:
+        order = torch.randperm(len(indices), generator=generator).tolist()
+        for start in range(0, len(order) - size + 1, size):
+            yield [indices[i] for i in order[start : start + size]]
+
+
+def train_local(
+    adapted: NestedLoRAModel,
+    data: EncodedSplit,
+    indices: Sequence[int],
+    kind: str,
+    pad_id: int,
+    rank: int,
+    ladder: Sequence[int],
+    config: LocalTrainingConfig,
+    generator: torch.Generator,
+) -> LocalResult:
+    """Train the adapter the model holds (of rank ``rank``) on the client's examples, in place.
+
+    Args:
+        adapted: the model; its layers must hold the client's rank-``rank`` adapter.
+        data: the encoded training split.
+        indices: this client's rows of ``data``.
+        kind: "classification" or "generation".
+        pad_id: the tokenizer's pad id.
+        rank: the client's rank.
+        ladder: the ranks in use; nested training truncates at those <= rank.
+        config: steps, batch size, optimizer and nested mode.
+        generator: the client's random stream for batches and sampled truncations.
+    """
+    params = adapted.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    adapted.model.train()
+    batches = batch_indices(indices, config.batch_size, generator)
+    losses, passes = [], 0
+    for _ in range(config.steps):
+        batch = make_batch(kind, data, next(batches), pad_id)
+        ranks = truncation_ranks(config.nested, rank, ladder, generator)
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for r in ranks:
+            adapted.set_active_rank(r)
+            loss = adapted.model(**batch).loss / len(ranks)
+            loss.backward()
+            step_loss += float(loss.detach())
+            passes += 1
+        if config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        losses.append(step_loss)
+    adapted.set_active_rank(rank)
+    adapted.model.eval()
+    return LocalResult(sum(losses) / len(losses), passes)

@@ -1,0 +1,42 @@
+"""Prefix-nested training: which truncations of the adapter a client optimises at each step.
+
+Optimising the adapter at every ladder rank up to the client's own pushes the most useful
+directions into the lowest components, so each prefix works on its own and a rank-2 client can
+use the first two components a rank-16 client trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from prelort.errors import ConfigError
+
+MODES = ("all", "sample", "off")
+
+
+def truncation_ranks(
+    mode: str, rank: int, ladder: Sequence[int], generator: torch.Generator
+) -> list[int]:
+    """The active ranks of one training step for a client of rank ``rank``.
+
+    Args:
+        mode: "all" (every ladder rank <= rank, losses averaged), "sample" (one of them, uniformly),
+            or "off" (plain LoRA at ``rank``).
+        rank: the client's adapter rank.
+        ladder: the ranks in use in the federation.
+        generator: the client's random stream (used by "sample").
+
+    Raises:
+        ConfigError: an unknown mode.
+    """
+    allowed = sorted({r for r in ladder if r <= rank} | {rank})
+    if mode == "all":
+        return allowed
+    if mode == "sample":
+        pick = int(torch.randint(len(allowed), (1,), generator=generator))
+        return [allowed[pick]]
+    if mode == "off":
+        return [rank]
+    raise ConfigError(f"nested: unknown mode {mode!r}; choose one of {', '.join(MODES)}")
