@@ -211,7 +211,7 @@ class SimulationConfig:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, RankSpec) or isinstance(value, Path):
+            if isinstance(value, RankSpec | Path):
                 value = str(value)
             elif isinstance(value, tuple):
                 value = list(value)

@@ -1,0 +1,52 @@
+import pytest
+
+from prelort.config import config_from_mapping, load_config, parse_ranks
+from prelort.errors import ConfigError
+
+
+def test_defaults_resolve():
+    config = config_from_mapping({})
+    assert config.resolved_max_rank == 16 and config.resolved_alpha == 32.0
+    assert config.resolved_nested == "all"
+    assert config_from_mapping({"method": "zeropad"}).resolved_nested == "off"
+    assert config.to_dict()["ranks"] == "2,4,8,16"
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"method": "nope"}, "method"),
+        ({"ranks": "2,x"}, "ranks"),
+        ({"ranks": "0,2"}, "ranks"),
+        ({"ranks": "2:0.5,4:0.2"}, "ranks"),
+        ({"ranks": "2,32", "max_rank": 16}, "ranks"),
+        ({"clients": 0}, "clients"),
+        ({"clients": 2, "clients_per_round": 3}, "clients_per_round"),
+        ({"rounds": "three"}, "rounds"),
+        ({"lr": -1}, "lr"),
+        ({"partition": "random"}, "partition"),
+        ({"nested": "some"}, "nested"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_bad_values_name_the_field(values, field):
+    with pytest.raises(ConfigError, match=f"^{field}"):
+        config_from_mapping(values)
+
+
+def test_toml_and_overrides(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[simulate]\nmethod = "zeropad"\nranks = [2, 8]\nrounds = 3\n')
+    config = load_config(path, {"rounds": "5", "seed": None})
+    assert config.method == "zeropad" and config.ranks.ranks == (2, 8) and config.rounds == 5
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml", {})
+    (tmp_path / "bad.toml").write_text("rounds = = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path / "bad.toml", {})
+
+
+def test_rank_distribution():
+    spec = parse_ranks("2:0.25,16:0.75")
+    assert spec.ladder == (2, 16) and spec.probabilities == (0.25, 0.75)
