@@ -11,8 +11,13 @@ from transformers import BertConfig, BertForSequenceClassification, LlamaConfig,
 def tiny_bert() -> BertForSequenceClassification:
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, num_labels=3,
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
     )
     return BertForSequenceClassification(config).eval()
 
@@ -21,13 +26,44 @@ def tiny_bert() -> BertForSequenceClassification:
 def tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     return LlamaForCausalLM(config).eval()
 
 
-WORDS = "the a sport team won match goal game play market bank profit shares stock price vote party election minister law film music star award show".split()
+WORDS = [
+    "the",
+    "a",
+    "sport",
+    "team",
+    "won",
+    "match",
+    "goal",
+    "game",
+    "play",
+    "market",
+    "bank",
+    "profit",
+    "shares",
+    "stock",
+    "price",
+    "vote",
+    "party",
+    "election",
+    "minister",
+    "law",
+    "film",
+    "music",
+    "star",
+    "award",
+    "show",
+]
 
 
 def _tokenizer(folder):
@@ -43,8 +79,12 @@ def _tokenizer(folder):
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
     )
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", eos_token="[SEP]",
+        tokenizer_object=core,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        eos_token="[SEP]",
     )
     tok.save_pretrained(folder)
     return tok
@@ -83,7 +123,9 @@ def topic_jsonl(tmp_path):
         for i in range(240):
             label = i % 3
             text = " ".join(rng.choice(topics[label]) for _ in range(8))
-            f.write(json.dumps({"text": text, "label": ["sport", "money", "politics"][label]}) + "\n")
+            f.write(
+                json.dumps({"text": text, "label": ["sport", "money", "politics"][label]}) + "\n"
+            )
     return path
 
 
@@ -97,5 +139,7 @@ def headline_jsonl(tmp_path):
     with path.open("w") as f:
         for _ in range(120):
             words = [rng.choice(WORDS) for _ in range(10)]
-            f.write(json.dumps({"instruction": " ".join(words), "response": " ".join(words[:3])}) + "\n")
+            f.write(
+                json.dumps({"instruction": " ".join(words), "response": " ".join(words[:3])}) + "\n"
+            )
     return path

@@ -44,7 +44,7 @@ def _add_settings(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> 
             dest=f.name,
             default=None,
             metavar=f.name.upper(),
-            help=f"{help_text.get(f.name, '')} [default: {default}]",
+            help=help_text.get(f.name, "") + ("" if default is None else f" [default: {default}]"),
         )
 
 

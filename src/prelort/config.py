@@ -85,7 +85,7 @@ def _names(value: Any) -> tuple[str, ...] | None:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """One federated simulation.
+    """One federated simulation. The defaults are the default job (``configs/default.toml``).
 
     Attributes:
         method: federated method (``prelort methods`` lists them).
@@ -121,7 +121,7 @@ class SimulationConfig:
     """
 
     method: str = "prelort"
-    task: str = "20newsgroups"
+    task: str = "bbc-news"
     model: str = "minilm-l6"
     ranks: RankSpec = field(default_factory=lambda: RankSpec((2, 4, 8, 16)))
     max_rank: int | None = None
@@ -130,9 +130,9 @@ class SimulationConfig:
     lora_dropout: float = 0.0
     clients: int = 8
     clients_per_round: int | None = None
-    rounds: int = 10
-    local_steps: int = 10
-    batch_size: int = 16
+    rounds: int = 8
+    local_steps: int = 5
+    batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.0
     nested: str | None = None
@@ -141,7 +141,7 @@ class SimulationConfig:
     classes_per_client: int = 2
     max_length: int | None = None
     train_examples: int | None = None
-    eval_examples: int = 1000
+    eval_examples: int = 300
     generate_examples: int = 100
     max_new_tokens: int = 24
     eval_every: int = 1

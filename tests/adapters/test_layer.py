@@ -76,7 +76,9 @@ def test_nested_layer_equals_peft_lora_of_rank_r(tiny_llama, rank):
     adapted.set_active_rank(rank)
 
     # PEFT's scale is lora_alpha / r; ours is alpha / R at every rank.
-    peft_config = LoraConfig(r=rank, lora_alpha=alpha * rank / max_rank, target_modules=["q_proj", "v_proj"])
+    peft_config = LoraConfig(
+        r=rank, lora_alpha=alpha * rank / max_rank, target_modules=["q_proj", "v_proj"]
+    )
     peft_model = get_peft_model(copy.deepcopy(tiny_llama), peft_config)
     with torch.no_grad():
         for name, module in peft_model.named_modules():

@@ -52,7 +52,9 @@ def test_equal_ranks_equal_plain_fedavg():
     for key in out:
         expected = sum(w * u.state[key] for w, u in zip(weights, updates, strict=True))
         torch.testing.assert_close(out[key], expected)
-    torch.testing.assert_close(aggregate_zeropad(full_state(0.0), updates)["m.lora_a"], out["m.lora_a"])
+    torch.testing.assert_close(
+        aggregate_zeropad(full_state(0.0), updates)["m.lora_a"], out["m.lora_a"]
+    )
 
 
 def test_segment_is_averaged_over_its_holders_only():
@@ -67,7 +69,9 @@ def test_segment_is_averaged_over_its_holders_only():
 
 
 def test_uncovered_segment_keeps_its_value():
-    out = aggregate_segmentwise(full_state(9.0), [update(0, 1, 1.0), update(1, 2, 3.0)], ladder=(1, 2, 4))
+    out = aggregate_segmentwise(
+        full_state(9.0), [update(0, 1, 1.0), update(1, 2, 3.0)], ladder=(1, 2, 4)
+    )
     torch.testing.assert_close(out["m.lora_a"][0], torch.full((IN,), 2.0))
     torch.testing.assert_close(out["m.lora_a"][1], torch.full((IN,), 3.0))
     torch.testing.assert_close(out["m.lora_a"][2:], torch.full((2, IN), 9.0))

@@ -36,7 +36,9 @@ def test_partitions_cover_everything_once():
         assert len(flat) == len(set(flat))
         if scheme != "pathological":
             assert flat == list(range(400))
-    assert partition_indices(labels, 5, "dirichlet", seed=3) == partition_indices(labels, 5, "dirichlet", seed=3)
+    assert partition_indices(labels, 5, "dirichlet", seed=3) == partition_indices(
+        labels, 5, "dirichlet", seed=3
+    )
     with pytest.raises(DataError, match="too few"):
         partition_indices(labels[:3], 5)
 

@@ -15,9 +15,20 @@ from prelort.simulation.outputs import write_outputs
 
 def tiny_config(model_dir, task, out, **kw) -> SimulationConfig:
     base = dict(
-        model=str(model_dir), task=str(task), ranks="1,2,4", clients=3, rounds=2, local_steps=3,
-        batch_size=8, lr=5e-3, eval_examples=24, generate_examples=6, max_new_tokens=4,
-        partition="iid", out=str(out), max_length=32,
+        model=str(model_dir),
+        task=str(task),
+        ranks="1,2,4",
+        clients=3,
+        rounds=2,
+        local_steps=3,
+        batch_size=8,
+        lr=5e-3,
+        eval_examples=24,
+        generate_examples=6,
+        max_new_tokens=4,
+        partition="iid",
+        out=str(out),
+        max_length=32,
     )
     base.update(kw)
     return config_from_mapping(base)
@@ -40,8 +51,9 @@ def test_classification_federation_writes_every_output(tiny_bert_dir, topic_json
 
 
 def test_same_seed_same_result_and_other_seed_differs(tiny_bert_dir, topic_jsonl, tmp_path):
-    config = tiny_config(tiny_bert_dir, topic_jsonl, tmp_path / "a", partition="dirichlet",
-                         dirichlet_alpha=1.0)
+    config = tiny_config(
+        tiny_bert_dir, topic_jsonl, tmp_path / "a", partition="dirichlet", dirichlet_alpha=1.0
+    )
     bench = build_workbench(config)
     first = run_simulation(config, bench, progress=False)
     second = run_simulation(config, bench, progress=False)
@@ -49,10 +61,14 @@ def test_same_seed_same_result_and_other_seed_differs(tiny_bert_dir, topic_jsonl
         assert torch.equal(first.global_state[key], second.global_state[key]), key
     assert first.final == second.final
     other = run_simulation(config.replace(seed=1), bench, progress=False)
-    assert any(not torch.equal(first.global_state[k], other.global_state[k]) for k in first.global_state)
+    assert any(
+        not torch.equal(first.global_state[k], other.global_state[k]) for k in first.global_state
+    )
 
 
-def test_generation_federation_reports_perplexity_and_rouge(tiny_llama_dir, headline_jsonl, tmp_path):
+def test_generation_federation_reports_perplexity_and_rouge(
+    tiny_llama_dir, headline_jsonl, tmp_path
+):
     config = tiny_config(tiny_llama_dir, headline_jsonl, tmp_path / "gen", method="zeropad")
     result = run_simulation(config, progress=False)
     final = result.final["4"]
@@ -61,8 +77,15 @@ def test_generation_federation_reports_perplexity_and_rouge(tiny_llama_dir, head
 
 
 def test_learning_happens(tiny_bert_dir, topic_jsonl, tmp_path):
-    config = tiny_config(tiny_bert_dir, topic_jsonl, tmp_path / "learn", rounds=4, local_steps=10,
-                         lr=3e-2, eval_examples=48)
+    config = tiny_config(
+        tiny_bert_dir,
+        topic_jsonl,
+        tmp_path / "learn",
+        rounds=4,
+        local_steps=10,
+        lr=3e-2,
+        eval_examples=48,
+    )
     result = run_simulation(config, progress=False)
     losses = [r["train_loss"] for r in result.rounds]
     assert losses[-1] < losses[0]
@@ -81,8 +104,15 @@ def test_comparison_shares_partitions_and_writes_tables(tiny_bert_dir, topic_jso
 
 
 def test_partial_participation_keeps_uncovered_segments(tiny_bert_dir, topic_jsonl, tmp_path):
-    config = tiny_config(tiny_bert_dir, topic_jsonl, tmp_path / "p", clients=3, clients_per_round=1,
-                         rounds=1, ranks="1,2,4")
+    config = tiny_config(
+        tiny_bert_dir,
+        topic_jsonl,
+        tmp_path / "p",
+        clients=3,
+        clients_per_round=1,
+        rounds=1,
+        ranks="1,2,4",
+    )
     result = run_simulation(config, progress=False)
     assert len(result.rounds) == 1
 

