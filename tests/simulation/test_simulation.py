@@ -132,3 +132,27 @@ def test_too_few_examples_is_a_data_error(tiny_bert_dir, topic_jsonl, tmp_path):
     config = tiny_config(tiny_bert_dir, topic_jsonl, tmp_path / "x", clients=200)
     with pytest.raises(DataError, match="too few"):
         run_simulation(config, progress=False)
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["hetlora", "flexlora", "flora", "fedit-min", "fedit-max", "prelort-agg", "prelort-train"],
+)
+def test_every_method_runs_and_accounts_traffic(tiny_bert_dir, topic_jsonl, tmp_path, method):
+    config = tiny_config(tiny_bert_dir, topic_jsonl, tmp_path / method, method=method)
+    result = run_simulation(config, progress=False)
+    assert set(result.final) == {"1", "2", "4"}
+    assert len(result.traffic) == 2 and all(t["bytes_up"] > 0 for t in result.traffic)
+    if method == "fedit-min":
+        assert result.client_ranks == [1, 1, 1]
+    if method == "flora":
+        # the stacked downlink of round 2 carries every round-1 client's factors
+        assert result.traffic[1]["bytes_down"] > result.traffic[0]["bytes_down"]
+        assert "merged" in " ".join(result.global_state)
+
+
+def test_flora_state_is_merged_into_the_model(tiny_bert_dir, topic_jsonl, tmp_path):
+    config = tiny_config(tiny_bert_dir, topic_jsonl, tmp_path / "fl", method="flora", rounds=2)
+    result = run_simulation(config, progress=False)
+    merged = [v for k, v in result.global_state.items() if k.endswith(".merged")]
+    assert merged and any(m.abs().sum() > 0 for m in merged)

@@ -54,6 +54,8 @@ class NestedLoRALinear(nn.Module):
             torch.zeros(base.out_features, rank, dtype=adapter_dtype, device=device)
         )  # (out, rank)
         self.active_rank = rank
+        # A dense update merged into the frozen base (FLoRA merges each round); None for most methods.
+        self.merged: torch.Tensor | None = None
 
     @property
     def rank(self) -> int:
@@ -98,8 +100,21 @@ class NestedLoRALinear(nn.Module):
         r = self.active_rank if rank is None else rank
         return self.scale * (self.lora_b[:, :r] @ self.lora_a[:r])  # (out, r) @ (r, in)
 
+    def set_merged(self, merged: torch.Tensor | None) -> None:
+        """Set (or clear, with None) a dense (out, in) update added to the frozen base."""
+        if merged is not None:
+            shape = (self.base.out_features, self.base.in_features)
+            if tuple(merged.shape) != shape:
+                raise AdapterError(f"merged update of shape {tuple(merged.shape)} != {shape}")
+            merged = merged.detach().to(device=self.lora_a.device, dtype=self.lora_a.dtype).clone()
+        self.merged = merged
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
+        if self.merged is not None:
+            out = out + (x.to(self.merged.dtype) @ self.merged.T).to(
+                out.dtype
+            )  # (..., in) -> (..., out)
         r = self.active_rank
         if r == 0:
             return out

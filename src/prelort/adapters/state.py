@@ -1,8 +1,9 @@
 """Adapter state as a plain ``dict[str, Tensor]``, and the rank arithmetic on it.
 
 Keys ``<module>.lora_a`` hold A of shape (rank, in) and ``<module>.lora_b`` hold B of shape
-(out, rank); every other key is a dense parameter without a rank axis (a task head), averaged as
-in plain FedAvg. A rank-r client state is the rank-r prefix of the global state.
+(out, rank); ``<module>.merged`` (out, in), present only for methods that merge updates into the
+base (FLoRA), is a dense term the layer adds to its base; every other key is a dense parameter
+without a rank axis (a task head), averaged as in plain FedAvg. A rank-r client state is the rank-r prefix of the global state.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ AdapterState = dict[str, torch.Tensor]
 
 LORA_A = ".lora_a"
 LORA_B = ".lora_b"
+MERGED = ".merged"
 
 
 def is_lora_key(key: str) -> bool:
@@ -100,6 +102,8 @@ def get_state(adapted: NestedLoRAModel) -> AdapterState:
     for name, layer in adapted.layers.items():
         out[name + LORA_A] = layer.lora_a.detach().float().cpu().clone()
         out[name + LORA_B] = layer.lora_b.detach().float().cpu().clone()
+        if layer.merged is not None:
+            out[name + MERGED] = layer.merged.detach().float().cpu().clone()
     for name, p in adapted.head.items():
         out[name] = p.detach().float().cpu().clone()
     return out
@@ -122,13 +126,14 @@ def set_state(adapted: NestedLoRAModel, state: Mapping[str, torch.Tensor]) -> No
     rank = state_rank(state)
     if rank > adapted.max_rank:
         raise AdapterError(f"adapter rank {rank} is above the global max_rank {adapted.max_rank}")
-    dense = {k for k in state if not is_lora_key(k)}
+    dense = {k for k in state if not is_lora_key(k) and not k.endswith(MERGED)}
     if dense != set(adapted.head):
         raise AdapterError(
             f"head parameters do not match: state has {sorted(dense)}, model has {sorted(adapted.head)}"
         )
     for name, layer in adapted.layers.items():
         layer.set_factors(state[name + LORA_A], state[name + LORA_B])
+        layer.set_merged(state.get(name + MERGED))
     with torch.no_grad():
         for name, p in adapted.head.items():
             if tuple(state[name].shape) != tuple(p.shape):

@@ -1,7 +1,8 @@
-"""Aggregation rules, one module each, found by name in ``METHODS``.
+"""Federated methods, one aggregation module each, found by name in ``METHODS``.
 
-A method pairs an aggregation rule with the local training mode it is defined with: PreLort is
-segment-wise aggregation *and* prefix-nested training; zero-padding trains plain LoRA.
+A method pairs an aggregation rule with how its clients train: PreLort is segment-wise aggregation
+*and* prefix-nested training; HetLoRA adds a tail regulariser and self-pruning; the FedIT
+baselines put every client at one rank; FLoRA merges each round into the base.
 """
 
 from __future__ import annotations
@@ -14,38 +15,81 @@ import torch
 
 from prelort.adapters.state import AdapterState
 from prelort.aggregation.base import AggregateFn, ClientUpdate
+from prelort.aggregation.flexlora import aggregate_flexlora
+from prelort.aggregation.flora import aggregate_flora
+from prelort.aggregation.hetlora import aggregate_hetlora
 from prelort.aggregation.prelort import aggregate_segmentwise
 from prelort.aggregation.zeropad import aggregate_zeropad
 from prelort.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class AggregationContext:
+    """What a rule may need beyond the updates: the ranks in use, the LoRA scale, the fresh adapter."""
+
+    ladder: tuple[int, ...]
+    scale: float
+    fresh_state: Mapping[str, torch.Tensor] | None = None
+
+
+def _segmentwise(ctx: AggregationContext) -> AggregateFn:
+    return partial(aggregate_segmentwise, ladder=ctx.ladder)
+
+
+def _zeropad(ctx: AggregationContext) -> AggregateFn:
+    return aggregate_zeropad
+
+
+def _hetlora(ctx: AggregationContext) -> AggregateFn:
+    return partial(aggregate_hetlora, scale=ctx.scale)
+
+
+def _flexlora(ctx: AggregationContext) -> AggregateFn:
+    return partial(aggregate_flexlora, scale=ctx.scale)
+
+
+def _flora(ctx: AggregationContext) -> AggregateFn:
+    if ctx.fresh_state is None:
+        raise ValueError("flora needs the fresh adapter state")
+    return partial(aggregate_flora, scale=ctx.scale, fresh_state=ctx.fresh_state)
+
+
+def _same_ranks(ranks: Sequence[int]) -> list[int]:
+    return list(ranks)
+
+
+def _all_min(ranks: Sequence[int]) -> list[int]:
+    return [min(ranks)] * len(ranks)
+
+
+def _all_max(ranks: Sequence[int]) -> list[int]:
+    return [max(ranks)] * len(ranks)
+
+
+@dataclass(frozen=True)
 class Method:
-    """A federated method: how the server aggregates and how clients train.
+    """A federated method.
 
     Attributes:
         name: the name used on the command line.
         nested: the default prefix-nested training mode ("all", "sample" or "off").
         description: one line for ``prelort methods`` and the docs.
-        build: makes the aggregation rule for a run whose ranks in use are the given ladder.
+        build: makes the aggregation rule for a run.
+        client_ranks: maps the assigned client ranks to the ranks the method trains at.
+        self_prune: clients regularise and may prune their tail components (HetLoRA).
+        merges: the server merges each round into the base and clients restart (FLoRA).
     """
 
     name: str
     nested: str
     description: str
-    build: Callable[[tuple[int, ...]], AggregateFn]
+    build: Callable[[AggregationContext], AggregateFn]
+    client_ranks: Callable[[Sequence[int]], list[int]] = _same_ranks
+    self_prune: bool = False
+    merges: bool = False
 
-    def aggregator(self, ladder: Sequence[int]) -> AggregateFn:
-        """The aggregation function for a run whose ranks in use are ``ladder``."""
-        return self.build(tuple(ladder))
-
-
-def _segmentwise(ladder: tuple[int, ...]) -> AggregateFn:
-    return partial(aggregate_segmentwise, ladder=ladder)
-
-
-def _zeropad(ladder: tuple[int, ...]) -> AggregateFn:
-    return aggregate_zeropad
+    def aggregator(self, context: AggregationContext) -> AggregateFn:
+        return self.build(context)
 
 
 METHODS: dict[str, Method] = {
@@ -57,9 +101,48 @@ METHODS: dict[str, Method] = {
             "segment-wise aggregation + prefix-nested training (PreLort)",
             _segmentwise,
         ),
-        Method("zeropad", "off", "zero-pad to R, average over all clients", _zeropad),
         Method(
-            "prelort-agg", "off", "ablation: segment-wise aggregation, plain LoRA", _segmentwise
+            "zeropad", "off", "zero-pad to R, example-weighted average over all clients", _zeropad
+        ),
+        Method(
+            "hetlora",
+            "off",
+            "HetLoRA: zero-pad, norm-weighted average, tail self-pruning",
+            _hetlora,
+            self_prune=True,
+        ),
+        Method(
+            "flexlora",
+            "off",
+            "FlexLoRA: average full updates, truncated SVD back to each rank",
+            _flexlora,
+        ),
+        Method(
+            "flora",
+            "off",
+            "FLoRA: stack adapters, merge into the base each round, fresh adapters",
+            _flora,
+            merges=True,
+        ),
+        Method(
+            "fedit-min",
+            "off",
+            "homogeneous FedIT: every client at the smallest rank",
+            _zeropad,
+            client_ranks=_all_min,
+        ),
+        Method(
+            "fedit-max",
+            "off",
+            "homogeneous FedIT: every client at the largest rank (oracle)",
+            _zeropad,
+            client_ranks=_all_max,
+        ),
+        Method(
+            "prelort-agg",
+            "off",
+            "ablation: segment-wise aggregation, plain LoRA training",
+            _segmentwise,
         ),
         Method(
             "prelort-train",
@@ -89,18 +172,22 @@ def aggregate(
     method: str,
     global_state: Mapping[str, torch.Tensor],
     updates: Sequence[ClientUpdate],
-    ladder: Sequence[int] = (),
+    context: AggregationContext,
 ) -> AdapterState:
     """Aggregate with the named method's rule."""
-    return get_method(method).aggregator(ladder)(global_state, updates)
+    return get_method(method).aggregator(context)(global_state, updates)
 
 
 __all__ = [
     "METHODS",
     "AggregateFn",
+    "AggregationContext",
     "ClientUpdate",
     "Method",
     "aggregate",
+    "aggregate_flexlora",
+    "aggregate_flora",
+    "aggregate_hetlora",
     "aggregate_segmentwise",
     "aggregate_zeropad",
     "get_method",

@@ -16,8 +16,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from prelort.adapters.state import AdapterState, get_state, set_state, slice_to_rank
-from prelort.aggregation import ClientUpdate, get_method
+from prelort.adapters.state import (
+    MERGED,
+    AdapterState,
+    get_state,
+    is_lora_key,
+    set_state,
+    slice_to_rank,
+)
+from prelort.aggregation import AggregationContext, ClientUpdate, get_method
+from prelort.aggregation.flora import stacked_numel
+from prelort.aggregation.hetlora import HETLORA_GAMMA, HETLORA_THRESHOLD, tail_size
 from prelort.config import RankSpec, SimulationConfig
 from prelort.data.partition import partition_indices
 from prelort.evaluation.tiers import TierMetrics, evaluate_tiers
@@ -38,6 +47,7 @@ class SimulationResult:
         rounds: one record per evaluated round: ``{"round", "tiers", "train_loss", "seconds"}``.
         final: metrics of the final global adapter per tier.
         global_state: the final rank-R global adapter.
+        traffic: per round: clients, bytes up and down (fp32), server aggregation seconds, ranks.
         wall_seconds: the run's wall time, workbench loading excluded.
     """
 
@@ -47,6 +57,7 @@ class SimulationResult:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     final: TierMetrics = field(default_factory=dict)
     global_state: AdapterState = field(default_factory=dict)
+    traffic: list[dict[str, Any]] = field(default_factory=list)
     wall_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -56,6 +67,7 @@ class SimulationResult:
             "client_examples": self.client_examples,
             "rounds": self.rounds,
             "final": {"tiers": self.final},
+            "traffic": self.traffic,
             "wall_seconds": round(self.wall_seconds, 2),
         }
 
@@ -98,7 +110,6 @@ def run_simulation(
     adapted, kind = bench.adapted, bench.task.kind
     method = get_method(config.method)
     ladder = config.ranks.ladder
-    aggregate = method.aggregator(ladder)
     train_config = LocalTrainingConfig(
         config.local_steps,
         config.batch_size,
@@ -106,6 +117,7 @@ def run_simulation(
         config.weight_decay,
         1.0,
         config.resolved_nested,
+        HETLORA_GAMMA if method.self_prune else 0.0,
     )
 
     pool = list(range(len(bench.train)))
@@ -121,15 +133,23 @@ def run_simulation(
         min_examples=2,
     )
     client_rows = [[pool[i] for i in part] for part in parts]
-    ranks = assign_ranks(config.ranks, config.clients, config.seed)
-    result = SimulationResult(config.to_dict(), ranks, [len(p) for p in client_rows])
+    ranks = method.client_ranks(assign_ranks(config.ranks, config.clients, config.seed))
+    result = SimulationResult(config.to_dict(), list(ranks), [len(p) for p in client_rows])
 
     adapted.reset_parameters(torch.Generator().manual_seed(config.seed))
+    for layer in adapted.layers.values():
+        layer.set_merged(None)
     set_state(adapted, get_state(adapted))  # back to rank R after earlier runs on this workbench
     global_state = get_state(adapted)
+    fresh_state = dict(global_state)
+    if method.merges:
+        for name, layer in adapted.layers.items():
+            global_state[name + MERGED] = torch.zeros_like(layer.base.weight, dtype=torch.float32)
+    aggregate = method.aggregator(AggregationContext(ladder, adapted.scale, fresh_state))
     sampler = torch.Generator().manual_seed(config.seed + 1)
     per_round = config.clients_per_round or config.clients
     pad_id = bench.tokenizer.pad_token_id
+    previous_updates: list[ClientUpdate] = []
 
     start = time.perf_counter()
     bar = tqdm(
@@ -142,10 +162,12 @@ def run_simulation(
     for round_index in range(1, config.rounds + 1):
         round_start = time.perf_counter()
         chosen = sorted(torch.randperm(config.clients, generator=sampler)[:per_round].tolist())
-        updates, losses = [], []
+        updates, losses, down = [], [], 0
         for client in chosen:
             rank = ranks[client]
-            set_state(adapted, slice_to_rank(global_state, rank))
+            sent = slice_to_rank(global_state, rank)
+            down += downlink_numel(sent, previous_updates if method.merges else None)
+            set_state(adapted, sent)
             cseed = client_seed(config.seed, round_index, client)
             torch.manual_seed(cseed)  # base-model dropout draws from the global stream
             local = train_local(
@@ -159,11 +181,26 @@ def run_simulation(
                 train_config,
                 torch.Generator().manual_seed(cseed),
             )
-            updates.append(ClientUpdate(client, get_state(adapted), rank, len(client_rows[client])))
+            update = ClientUpdate(client, get_state(adapted), rank, len(client_rows[client]))
+            updates.append(update)
             losses.append(local.mean_loss)
+            if method.self_prune and local.tail_ratio < HETLORA_THRESHOLD:
+                ranks[client] = max(min(ladder), rank - tail_size(rank))
             bar.set_postfix(round=round_index, loss=f"{local.mean_loss:.3f}")
             bar.update(1)
+        agg_start = time.perf_counter()
         global_state = aggregate(global_state, updates)
+        result.traffic.append(
+            {
+                "round": round_index,
+                "clients": len(updates),
+                "bytes_up": 4 * sum(uplink_numel(u.state) for u in updates),
+                "bytes_down": 4 * down,
+                "aggregation_seconds": round(time.perf_counter() - agg_start, 4),
+                "ranks": [u.rank for u in updates],
+            }
+        )
+        previous_updates = updates
         last = round_index == config.rounds
         if last or round_index % config.eval_every == 0:
             tiers = evaluate_tiers(
@@ -195,6 +232,23 @@ def run_simulation(
     result.global_state = global_state
     result.wall_seconds = time.perf_counter() - start
     return result
+
+
+def uplink_numel(state: AdapterState) -> int:
+    """Numbers a client sends: its factors and head (a merged base term is never sent up)."""
+    return sum(v.numel() for k, v in state.items() if not k.endswith(MERGED))
+
+
+def downlink_numel(sent: AdapterState, stacked_from: list[ClientUpdate] | None) -> int:
+    """Numbers a client receives: its prefix and head, or for FLoRA the previous round's stack.
+
+    FLoRA clients rebuild the merged base from the stacked factors of the last round's clients
+    (``sum_k r_k (in + out)`` per module), and start from a fresh, seeded adapter.
+    """
+    if stacked_from is None:
+        return uplink_numel(sent)
+    head = sum(v.numel() for k, v in sent.items() if not is_lora_key(k) and not k.endswith(MERGED))
+    return head + stacked_numel(stacked_from)
 
 
 def format_round(method: str, record: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from prelort.adapters.inject import NestedLoRAModel
+from prelort.aggregation.hetlora import tail_size
 from prelort.data.encoding import EncodedSplit, make_batch
 from prelort.training.nested import truncation_ranks
 
@@ -23,6 +24,8 @@ class LocalTrainingConfig:
         weight_decay: AdamW weight decay.
         max_grad_norm: gradient clipping (0 disables it).
         nested: "all", "sample" or "off" (see ``truncation_ranks``).
+        tail_penalty: HetLoRA's gamma: weight of the norm of the last ``tail_size(rank)``
+            components' update in the loss (0 disables it).
     """
 
     steps: int = 10
@@ -31,14 +34,36 @@ class LocalTrainingConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     nested: str = "all"
+    tail_penalty: float = 0.0
 
 
 @dataclass(frozen=True)
 class LocalResult:
-    """What local training reports: its mean loss and the forward/backward passes it ran."""
+    """What local training reports.
+
+    Attributes:
+        mean_loss: mean task loss over the steps.
+        passes: forward/backward passes run (more than steps under nested training).
+        tail_ratio: norm of the tail components' update over the whole update's norm.
+    """
 
     mean_loss: float
     passes: int
+    tail_ratio: float
+
+
+def tail_norms(adapted: NestedLoRAModel, rank: int, tail: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norm of the last ``tail`` components' update, norm of the whole update), differentiable.
+
+    ``||B A||_F^2 = trace((B^T B)(A A^T))`` keeps the cost at (r, r) matrices.
+    """
+    tail_sq = whole_sq = torch.zeros((), dtype=torch.float32)
+    for layer in adapted.layers.values():
+        a, b = layer.lora_a[:rank], layer.lora_b[:, :rank]
+        gram = (b.T @ b) * (a @ a.T)  # elementwise: sum gives trace((B^T B)(A A^T))
+        whole_sq = whole_sq + gram.sum() * layer.scale**2
+        tail_sq = tail_sq + gram[rank - tail :, rank - tail :].sum() * layer.scale**2
+    return tail_sq.clamp_min(0).sqrt(), whole_sq.clamp_min(0).sqrt()
 
 
 def batch_indices(
@@ -89,8 +114,12 @@ def train_local(
         for r in ranks:
             adapted.set_active_rank(r)
             loss = adapted.model(**batch).loss / len(ranks)
-            loss.backward()
             step_loss += float(loss.detach())
+            if config.tail_penalty > 0:
+                loss = loss + config.tail_penalty * tail_norms(adapted, rank, tail_size(rank))[
+                    0
+                ] / len(ranks)
+            loss.backward()
             passes += 1
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -98,4 +127,7 @@ def train_local(
         losses.append(step_loss)
     adapted.set_active_rank(rank)
     adapted.model.eval()
-    return LocalResult(sum(losses) / len(losses), passes)
+    with torch.no_grad():
+        tail, whole = tail_norms(adapted, rank, tail_size(rank))
+    ratio = float(tail / whole) if whole > 0 else 0.0
+    return LocalResult(sum(losses) / len(losses), passes, ratio)

@@ -1,0 +1,63 @@
+"""FLoRA (Wang et al., NeurIPS 2024): stack the client adapters, merge the product into the base.
+
+Stacking ``A_k`` scaled by ``p_k`` along the rank and concatenating the ``B_k`` gives factors whose
+product is exactly ``sum_k p_k s B_k A_k``: no cross terms, unlike averaging A and B separately.
+The server merges that product into the base weights each round and the clients start the next
+round from fresh adapters, as the paper does.
+
+Here the merged weights are a dense ``<module>.merged`` (out, in) term of the global state that
+the nested layer adds to its frozen base; the fresh adapter of every round is the run's initial
+adapter (A as initialised, B zero), so the rule stays a pure function. Its downlink is the stacked
+factors, ``sum_k r_k (in + out)`` numbers per module, which grows with the number of clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from prelort.adapters.state import LORA_A, LORA_B, MERGED, AdapterState, is_lora_key, lora_modules
+from prelort.aggregation.base import ClientUpdate, check_updates, example_weights, weighted_sum
+from prelort.aggregation.flexlora import stacked_factors
+
+
+def aggregate_flora(
+    global_state: Mapping[str, torch.Tensor],
+    updates: Sequence[ClientUpdate],
+    scale: float,
+    fresh_state: Mapping[str, torch.Tensor],
+) -> AdapterState:
+    """Merge ``sum_k p_k s B_k A_k`` (stacked factors) into ``<module>.merged``; reset the adapter.
+
+    Args:
+        global_state: the global state with ``.merged`` terms (shape (out, in)).
+        updates: the round's client updates (their ``.merged`` terms are ignored).
+        scale: the LoRA scale.
+        fresh_state: the adapter every round starts from (A initial, B zero), rank R.
+
+    Raises:
+        AdapterError: no updates, or an update that does not fit the global adapter.
+    """
+    check_updates(global_state, updates)
+    weights = example_weights(updates)
+    out: AdapterState = {}
+    for key in global_state:
+        if not is_lora_key(key) and not key.endswith(MERGED):
+            out[key] = weighted_sum([u.state[key] for u in updates], weights)  # the head
+    for module in lora_modules(global_state):
+        b_cat, a_cat = stacked_factors(updates, module, weights, scale)  # (out, sum r), (sum r, in)
+        merged = global_state[module + MERGED].double() + b_cat @ a_cat
+        out[module + MERGED] = merged.float()
+        out[module + LORA_A] = fresh_state[module + LORA_A].clone()
+        out[module + LORA_B] = torch.zeros_like(fresh_state[module + LORA_B])
+    return out
+
+
+def stacked_numel(updates: Sequence[ClientUpdate]) -> int:
+    """Numbers in the stacked factors a FLoRA client downloads: sum over modules of sum_k r_k (in + out)."""
+    total = 0
+    for u in updates:
+        for module in lora_modules(u.state):
+            total += u.state[module + LORA_A].numel() + u.state[module + LORA_B].numel()
+    return total
