@@ -1,4 +1,4 @@
-"""The ``prelort`` command: ``simulate``, ``compare`` and ``methods``.
+"""The ``prelort`` command: ``simulate``, ``compare``, ``aggregate``, ``export`` and ``methods``.
 
 Every setting of ``SimulationConfig`` is a flag (``--local-steps 5``) that overrides the TOML file
 given with ``--config``. User errors print one line and exit with status 2.
@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from prelort.config import SimulationConfig, load_config
+from prelort.config import SimulationConfig, config_from_mapping, load_config, read_toml
 from prelort.errors import ConfigError, PrelortError
 
 log = logging.getLogger("prelort")
@@ -57,10 +57,21 @@ def _overrides(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, 
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from prelort.simulation.checkpoint import load_checkpoint
     from prelort.simulation.outputs import final_table, write_outputs, write_progress
     from prelort.simulation.run import run_simulation
 
-    config = load_config(args.config, _overrides(args))
+    resume = None
+    if args.resume is not None:
+        resume = load_checkpoint(args.resume)
+        if set(_overrides(args)) - {"out"} or args.config is not None:
+            raise ConfigError(
+                "resume: the settings come from the checkpoint; give no other setting"
+            )
+        config = config_from_mapping({**resume.config, "out": str(args.resume)})
+        print(f"prelort simulate: resuming {args.resume} after round {resume.round}")
+    else:
+        config = load_config(args.config, _overrides(args))
     out = config.out
     print(
         f"prelort simulate: {config.method} on {config.task} with {config.model}, "
@@ -68,7 +79,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     result = run_simulation(
-        config, progress=not args.quiet, on_round=lambda r: write_progress(r, out)
+        config,
+        progress=not args.quiet,
+        on_round=lambda r: write_progress(r, out),
+        checkpoint_dir=out,
+        resume=resume,
     )
     files = write_outputs(result, out)
     print(f"\nfinal metrics of the global adapter per rank tier ({config.method}):")
@@ -92,7 +107,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ConfigError(f"seeds: must be >= 1, got {args.seeds}")
     overrides = _overrides(args, skip=("method",))
-    overrides.setdefault("out", "runs/compare")
+    if "out" not in overrides and "out" not in (read_toml(args.config) if args.config else {}):
+        overrides["out"] = "runs/compare"
     base = load_config(args.config, overrides)
     first_seed = base.seed
     seeds = list(range(first_seed, first_seed + args.seeds))
@@ -109,6 +125,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
         f"\nwall time {time.perf_counter() - start:.1f} s; wrote "
         + ", ".join(str(p) for p in files.values())
     )
+    return 0
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from prelort.merge import aggregate_folders
+
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise ConfigError(f"weights: cannot read {args.weights!r} as numbers") from None
+    rank = aggregate_folders(args.adapters, args.out, args.method, weights, args.rank)
+    print(
+        f"wrote a rank-{rank} PEFT adapter ({args.method} of {len(args.adapters)} adapters) to {args.out}"
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from prelort.merge import export_prefix
+
+    summary = export_prefix(args.adapter, args.rank, args.out)
+    print(
+        f"wrote the rank-{summary['rank']} prefix of {args.adapter} ({summary['modules']} modules) "
+        f"as a PEFT adapter to {args.out}"
+    )
+    if summary["head_not_exported"]:
+        print(
+            f"note: the classification head ({', '.join(summary['head_not_exported'])}) is not part "
+            "of a PEFT LoRA folder and was not exported"
+        )
     return 0
 
 
@@ -129,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     simulate = sub.add_parser("simulate", help="run one federated simulation")
+    simulate.add_argument(
+        "--resume",
+        type=Path,
+        metavar="OUT",
+        help="continue the run whose output folder is OUT from its last checkpoint",
+    )
     _add_settings(simulate)
     simulate.set_defaults(func=cmd_simulate)
 
@@ -137,6 +191,28 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=int, default=1, help="seeds per method, from --seed up")
     _add_settings(compare, skip=("method",))
     compare.set_defaults(func=cmd_compare)
+
+    merge = sub.add_parser("aggregate", help="merge PEFT LoRA adapters of different ranks into one")
+    merge.add_argument(
+        "--method",
+        default="prelort",
+        help="prelort, zeropad, hetlora, flexlora, flora or fedavg [default: prelort]",
+    )
+    merge.add_argument(
+        "--weights", help="comma list, one positive weight per adapter [default: equal]"
+    )
+    merge.add_argument(
+        "--rank", type=int, help="output rank (flexlora only) [default: largest input]"
+    )
+    merge.add_argument("--out", type=Path, required=True, help="output PEFT folder")
+    merge.add_argument("adapters", nargs="+", type=Path, help="PEFT adapter folders")
+    merge.set_defaults(func=cmd_aggregate)
+
+    export = sub.add_parser("export", help="the rank-r prefix of a global adapter as a PEFT folder")
+    export.add_argument("--rank", type=int, required=True, help="the rank tier to export")
+    export.add_argument("--out", type=Path, required=True, help="output PEFT folder")
+    export.add_argument("adapter", type=Path, help="adapter.safetensors written by simulate")
+    export.set_defaults(func=cmd_export)
 
     methods = sub.add_parser("methods", help="list the federated methods")
     methods.set_defaults(func=cmd_methods)

@@ -114,6 +114,8 @@ class SimulationConfig:
         max_new_tokens: generation length for ROUGE-L.
         eval_every: evaluate every k rounds (the last round always).
         rouge_every_round: also generate for ROUGE-L each evaluated round (else only at the end).
+        max_update_norm: reject client updates whose ||s B A||_F is above this (default: no bound).
+        client_failure_rate: probability that a sampled client drops out mid-round.
         dtype: base model dtype: auto, float32, bfloat16, float16.
         seed: the one seed of partitions, rank assignment, sampling and initialisation.
         text_field, label_field, instruction_field, response_field: columns of a task file.
@@ -146,6 +148,8 @@ class SimulationConfig:
     max_new_tokens: int = 24
     eval_every: int = 1
     rouge_every_round: bool = False
+    max_update_norm: float | None = None
+    client_failure_rate: float = 0.0
     dtype: str = "auto"
     seed: int = 0
     text_field: str = "text"
@@ -186,6 +190,12 @@ class SimulationConfig:
             raise ConfigError(f"lora_dropout: must be in [0, 1), got {self.lora_dropout}")
         if self.dirichlet_alpha <= 0:
             raise ConfigError(f"dirichlet_alpha: must be > 0, got {self.dirichlet_alpha}")
+        if not 0 <= self.client_failure_rate < 1:
+            raise ConfigError(
+                f"client_failure_rate: must be in [0, 1), got {self.client_failure_rate}"
+            )
+        if self.max_update_norm is not None and self.max_update_norm <= 0:
+            raise ConfigError(f"max_update_norm: must be > 0, got {self.max_update_norm}")
         if self.generate_examples < 0:
             raise ConfigError(f"generate_examples: must be >= 0, got {self.generate_examples}")
         _choice(self, "nested", NESTED_CHOICES, optional=True)

@@ -6,36 +6,15 @@ import pytest
 import torch
 
 from prelort.adapters import state_rank
-from prelort.config import SimulationConfig, config_from_mapping
 from prelort.io import load_adapter
 from prelort.simulation import assign_ranks, build_workbench, run_simulation
 from prelort.simulation.compare import run_comparison, write_comparison
 from prelort.simulation.outputs import write_outputs
-
-
-def tiny_config(model_dir, task, out, **kw) -> SimulationConfig:
-    base = dict(
-        model=str(model_dir),
-        task=str(task),
-        ranks="1,2,4",
-        clients=3,
-        rounds=2,
-        local_steps=3,
-        batch_size=8,
-        lr=5e-3,
-        eval_examples=24,
-        generate_examples=6,
-        max_new_tokens=4,
-        partition="iid",
-        out=str(out),
-        max_length=32,
-    )
-    base.update(kw)
-    return config_from_mapping(base)
+from tests_helpers import tiny
 
 
 def test_classification_federation_writes_every_output(tiny_bert_dir, topic_jsonl, tmp_path):
-    config = tiny_config(tiny_bert_dir, topic_jsonl, tmp_path / "out")
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "out")
     result = run_simulation(config, progress=False)
     files = write_outputs(result, config.out)
     metrics = json.loads((config.out / "metrics.json").read_text())
@@ -51,7 +30,7 @@ def test_classification_federation_writes_every_output(tiny_bert_dir, topic_json
 
 
 def test_same_seed_same_result_and_other_seed_differs(tiny_bert_dir, topic_jsonl, tmp_path):
-    config = tiny_config(
+    config = tiny(
         tiny_bert_dir, topic_jsonl, tmp_path / "a", partition="dirichlet", dirichlet_alpha=1.0
     )
     bench = build_workbench(config)
@@ -69,7 +48,7 @@ def test_same_seed_same_result_and_other_seed_differs(tiny_bert_dir, topic_jsonl
 def test_generation_federation_reports_perplexity_and_rouge(
     tiny_llama_dir, headline_jsonl, tmp_path
 ):
-    config = tiny_config(tiny_llama_dir, headline_jsonl, tmp_path / "gen", method="zeropad")
+    config = tiny(tiny_llama_dir, headline_jsonl, tmp_path / "gen", method="zeropad")
     result = run_simulation(config, progress=False)
     final = result.final["4"]
     assert final["perplexity"] > 1.0 and 0.0 <= final["rouge_l"] <= 1.0
@@ -77,7 +56,7 @@ def test_generation_federation_reports_perplexity_and_rouge(
 
 
 def test_learning_happens(tiny_bert_dir, topic_jsonl, tmp_path):
-    config = tiny_config(
+    config = tiny(
         tiny_bert_dir,
         topic_jsonl,
         tmp_path / "learn",
@@ -93,7 +72,7 @@ def test_learning_happens(tiny_bert_dir, topic_jsonl, tmp_path):
 
 
 def test_comparison_shares_partitions_and_writes_tables(tiny_bert_dir, topic_jsonl, tmp_path):
-    config = tiny_config(tiny_bert_dir, topic_jsonl, tmp_path / "cmp", rounds=1)
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "cmp", rounds=1)
     comparison = run_comparison(config, ["prelort", "zeropad"], [0, 1], progress=False)
     a, b = comparison.runs[("prelort", 0)], comparison.runs[("zeropad", 0)]
     assert a.client_ranks == b.client_ranks and a.client_examples == b.client_examples
@@ -104,7 +83,7 @@ def test_comparison_shares_partitions_and_writes_tables(tiny_bert_dir, topic_jso
 
 
 def test_partial_participation_keeps_uncovered_segments(tiny_bert_dir, topic_jsonl, tmp_path):
-    config = tiny_config(
+    config = tiny(
         tiny_bert_dir,
         topic_jsonl,
         tmp_path / "p",
@@ -129,7 +108,7 @@ def test_rank_distribution_is_seeded():
 def test_too_few_examples_is_a_data_error(tiny_bert_dir, topic_jsonl, tmp_path):
     from prelort.errors import DataError
 
-    config = tiny_config(tiny_bert_dir, topic_jsonl, tmp_path / "x", clients=200)
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "x", clients=200)
     with pytest.raises(DataError, match="too few"):
         run_simulation(config, progress=False)
 
@@ -139,7 +118,7 @@ def test_too_few_examples_is_a_data_error(tiny_bert_dir, topic_jsonl, tmp_path):
     ["hetlora", "flexlora", "flora", "fedit-min", "fedit-max", "prelort-agg", "prelort-train"],
 )
 def test_every_method_runs_and_accounts_traffic(tiny_bert_dir, topic_jsonl, tmp_path, method):
-    config = tiny_config(tiny_bert_dir, topic_jsonl, tmp_path / method, method=method)
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / method, method=method)
     result = run_simulation(config, progress=False)
     assert set(result.final) == {"1", "2", "4"}
     assert len(result.traffic) == 2 and all(t["bytes_up"] > 0 for t in result.traffic)
@@ -152,7 +131,7 @@ def test_every_method_runs_and_accounts_traffic(tiny_bert_dir, topic_jsonl, tmp_
 
 
 def test_flora_state_is_merged_into_the_model(tiny_bert_dir, topic_jsonl, tmp_path):
-    config = tiny_config(tiny_bert_dir, topic_jsonl, tmp_path / "fl", method="flora", rounds=2)
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "fl", method="flora", rounds=2)
     result = run_simulation(config, progress=False)
     merged = [v for k, v in result.global_state.items() if k.endswith(".merged")]
     assert merged and any(m.abs().sum() > 0 for m in merged)

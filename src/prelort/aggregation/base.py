@@ -20,13 +20,14 @@ class ClientUpdate:
         client_id: who sent it (for logs and rejections).
         state: the rank-``rank`` adapter: A (rank, in), B (out, rank), plus dense head tensors.
         rank: the client's adapter rank.
-        num_examples: local training examples, the weight of the update.
+        num_examples: local training examples, the weight of the update (any positive
+            number, e.g. a user's weight when merging adapters).
     """
 
     client_id: int
     state: AdapterState
     rank: int
-    num_examples: int
+    num_examples: float
 
     def __post_init__(self) -> None:
         if self.num_examples <= 0:

@@ -137,7 +137,11 @@ def run_comparison(
             if bench is None or bench.key != workbench_key(config):
                 bench = build_workbench(config)
             result = run_simulation(
-                config, bench, progress, on_round=lambda r, out=config.out: write_progress(r, out)
+                config,
+                bench,
+                progress,
+                on_round=lambda r, out=config.out: write_progress(r, out),
+                checkpoint_dir=config.out,
             )
             write_outputs(result, config.out)
             comparison.runs[(method, seed)] = result

@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,9 +28,11 @@ from prelort.adapters.state import (
 from prelort.aggregation import AggregationContext, ClientUpdate, get_method
 from prelort.aggregation.flora import stacked_numel
 from prelort.aggregation.hetlora import HETLORA_GAMMA, HETLORA_THRESHOLD, tail_size
+from prelort.aggregation.validation import update_problem
 from prelort.config import RankSpec, SimulationConfig
 from prelort.data.partition import partition_indices
 from prelort.evaluation.tiers import TierMetrics, evaluate_tiers
+from prelort.simulation.checkpoint import Checkpoint, save_checkpoint
 from prelort.simulation.workbench import Workbench, build_workbench
 from prelort.training.local import LocalTrainingConfig, train_local
 
@@ -86,11 +89,18 @@ def client_seed(seed: int, round_index: int, client: int) -> int:
     return (seed * 1_000_003 + round_index * 10_007 + client) % (2**63 - 1)
 
 
+def round_seed(seed: int, round_index: int, salt: int) -> int:
+    """A reproducible seed for one round's draws (client sampling: salt 1; failures: salt 2)."""
+    return (seed * 7_919 + round_index * 104_729 + salt) % (2**63 - 1)
+
+
 def run_simulation(
     config: SimulationConfig,
     workbench: Workbench | None = None,
     progress: bool = True,
     on_round: Callable[[SimulationResult], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: Checkpoint | None = None,
 ) -> SimulationResult:
     """Run one federation.
 
@@ -99,6 +109,8 @@ def run_simulation(
         workbench: a loaded task and model to reuse (built from ``config`` if None).
         progress: show a progress bar and one line per evaluated round.
         on_round: called with the partial result after every evaluated round (to save it).
+        checkpoint_dir: save the server state there after every round.
+        resume: continue from this checkpoint instead of round 0.
 
     Returns:
         Per-round and final metrics per tier and the final global adapter.
@@ -146,27 +158,43 @@ def run_simulation(
         for name, layer in adapted.layers.items():
             global_state[name + MERGED] = torch.zeros_like(layer.base.weight, dtype=torch.float32)
     aggregate = method.aggregator(AggregationContext(ladder, adapted.scale, fresh_state))
-    sampler = torch.Generator().manual_seed(config.seed + 1)
+    allowed_ranks = None if method.self_prune else set(ladder) | set(ranks)
     per_round = config.clients_per_round or config.clients
     pad_id = bench.tokenizer.pad_token_id
-    previous_updates: list[ClientUpdate] = []
+    first_round, previous_stack = 1, 0
+    if resume is not None:
+        global_state, ranks = resume.global_state, list(resume.client_ranks)
+        result.rounds, result.traffic = list(resume.rounds), list(resume.traffic)
+        first_round, previous_stack = resume.round + 1, resume.previous_stack_numel
+        if result.rounds and result.rounds[-1]["round"] == config.rounds:
+            result.final = result.rounds[-1]["tiers"]
 
     start = time.perf_counter()
     bar = tqdm(
         total=config.rounds * per_round,
+        initial=(first_round - 1) * per_round,
         desc=config.method,
         unit="client",
         disable=not progress,
         dynamic_ncols=True,
     )
-    for round_index in range(1, config.rounds + 1):
+    for round_index in range(first_round, config.rounds + 1):
         round_start = time.perf_counter()
+        sampler = torch.Generator().manual_seed(round_seed(config.seed, round_index, 1))
         chosen = sorted(torch.randperm(config.clients, generator=sampler)[:per_round].tolist())
-        updates, losses, down = [], [], 0
-        for client in chosen:
+        failures = torch.rand(
+            len(chosen),
+            generator=torch.Generator().manual_seed(round_seed(config.seed, round_index, 2)),
+        ).tolist()
+        updates, losses, down, dropped, rejected = [], [], 0, [], []
+        for client, failure_draw in zip(chosen, failures, strict=True):
             rank = ranks[client]
             sent = slice_to_rank(global_state, rank)
-            down += downlink_numel(sent, previous_updates if method.merges else None)
+            down += downlink_numel(sent, previous_stack if method.merges else None)
+            bar.update(1)
+            if failure_draw < config.client_failure_rate:
+                dropped.append(client)  # the client vanished mid-round: no update arrives
+                continue
             set_state(adapted, sent)
             cseed = client_seed(config.seed, round_index, client)
             torch.manual_seed(cseed)  # base-model dropout draws from the global stream
@@ -181,15 +209,26 @@ def run_simulation(
                 train_config,
                 torch.Generator().manual_seed(cseed),
             )
-            update = ClientUpdate(client, get_state(adapted), rank, len(client_rows[client]))
-            updates.append(update)
+            state = get_state(adapted)
+            problem = update_problem(
+                state, rank, global_state, allowed_ranks, config.max_update_norm, adapted.scale
+            )
+            if problem is not None:
+                log.warning(
+                    "round %d: rejected the update of client %d: %s", round_index, client, problem
+                )
+                rejected.append({"client": client, "reason": problem})
+                continue
+            updates.append(ClientUpdate(client, state, rank, len(client_rows[client])))
             losses.append(local.mean_loss)
             if method.self_prune and local.tail_ratio < HETLORA_THRESHOLD:
                 ranks[client] = max(min(ladder), rank - tail_size(rank))
             bar.set_postfix(round=round_index, loss=f"{local.mean_loss:.3f}")
-            bar.update(1)
         agg_start = time.perf_counter()
-        global_state = aggregate(global_state, updates)
+        if updates:
+            global_state = aggregate(global_state, updates)
+        else:
+            log.warning("round %d: no valid update; the global adapter is unchanged", round_index)
         result.traffic.append(
             {
                 "round": round_index,
@@ -198,9 +237,12 @@ def run_simulation(
                 "bytes_down": 4 * down,
                 "aggregation_seconds": round(time.perf_counter() - agg_start, 4),
                 "ranks": [u.rank for u in updates],
+                "dropped": dropped,
+                "rejected": rejected,
             }
         )
-        previous_updates = updates
+        if updates:
+            previous_stack = stacked_numel(updates)
         last = round_index == config.rounds
         if last or round_index % config.eval_every == 0:
             tiers = evaluate_tiers(
@@ -216,7 +258,7 @@ def run_simulation(
             record = {
                 "round": round_index,
                 "tiers": tiers,
-                "train_loss": sum(losses) / len(losses),
+                "train_loss": sum(losses) / len(losses) if losses else float("nan"),
                 "seconds": round(time.perf_counter() - round_start, 2),
             }
             result.rounds.append(record)
@@ -224,10 +266,23 @@ def run_simulation(
                 result.final = tiers
             if progress:
                 bar.write(format_round(config.method, record))
-            result.global_state = global_state
-            result.wall_seconds = time.perf_counter() - start
-            if on_round is not None:
-                on_round(result)
+        result.global_state, result.client_ranks = global_state, list(ranks)
+        result.wall_seconds = time.perf_counter() - start
+        if checkpoint_dir is not None:
+            save_checkpoint(
+                checkpoint_dir,
+                Checkpoint(
+                    round_index,
+                    global_state,
+                    list(ranks),
+                    result.rounds,
+                    result.traffic,
+                    previous_stack,
+                    result.config,
+                ),
+            )
+        if on_round is not None:
+            on_round(result)
     bar.close()
     result.global_state = global_state
     result.wall_seconds = time.perf_counter() - start
@@ -239,16 +294,16 @@ def uplink_numel(state: AdapterState) -> int:
     return sum(v.numel() for k, v in state.items() if not k.endswith(MERGED))
 
 
-def downlink_numel(sent: AdapterState, stacked_from: list[ClientUpdate] | None) -> int:
+def downlink_numel(sent: AdapterState, stacked_numel_previous: int | None) -> int:
     """Numbers a client receives: its prefix and head, or for FLoRA the previous round's stack.
 
     FLoRA clients rebuild the merged base from the stacked factors of the last round's clients
     (``sum_k r_k (in + out)`` per module), and start from a fresh, seeded adapter.
     """
-    if stacked_from is None:
+    if stacked_numel_previous is None:
         return uplink_numel(sent)
     head = sum(v.numel() for k, v in sent.items() if not is_lora_key(k) and not k.endswith(MERGED))
-    return head + stacked_numel(stacked_from)
+    return head + stacked_numel_previous
 
 
 def format_round(method: str, record: dict[str, Any]) -> str:

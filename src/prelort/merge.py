@@ -1,0 +1,161 @@
+"""Merging PEFT LoRA adapters of different ranks, and exporting a nested adapter's prefix to PEFT.
+
+The same aggregation functions as the federation do the math; this module only maps PEFT folders
+to adapter states (scale folded into B, so every input has scale 1) and back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prelort.adapters.peft_io import (
+    PeftAdapter,
+    check_compatible,
+    read_peft_adapter,
+    write_peft_adapter,
+)
+from prelort.adapters.state import (
+    LORA_A,
+    LORA_B,
+    AdapterState,
+    is_lora_key,
+    lora_modules,
+    slice_to_rank,
+    state_rank,
+)
+from prelort.aggregation import (
+    ClientUpdate,
+    aggregate_flexlora,
+    aggregate_hetlora,
+    aggregate_segmentwise,
+    aggregate_zeropad,
+)
+from prelort.aggregation.base import example_weights
+from prelort.aggregation.flexlora import stacked_factors
+from prelort.errors import AdapterError, ConfigError
+from prelort.io import load_adapter
+
+MERGE_METHODS = ("prelort", "zeropad", "hetlora", "flexlora", "flora", "fedavg")
+
+
+def _zeros(adapters: Sequence[PeftAdapter], rank: int) -> AdapterState:
+    first = adapters[0].state
+    out: AdapterState = {}
+    for module in lora_modules(first):
+        out[module + LORA_A] = torch.zeros(rank, first[module + LORA_A].shape[1])
+        out[module + LORA_B] = torch.zeros(first[module + LORA_B].shape[0], rank)
+    return out
+
+
+def merge_adapters(
+    adapters: Sequence[PeftAdapter],
+    method: str,
+    weights: Sequence[float] | None = None,
+    rank: int | None = None,
+) -> AdapterState:
+    """Merge adapters (scale folded into B) into one state of scale 1.
+
+    Output rank: the largest input rank for prelort, zeropad, hetlora and flexlora (``rank``
+    may lower it for flexlora); the sum of the ranks for flora (exact stacking); fedavg needs
+    equal ranks.
+
+    Raises:
+        ConfigError: an unknown method, bad weights or a ``rank`` the method cannot honour.
+        AdapterError: incompatible adapters.
+    """
+    if method not in MERGE_METHODS:
+        raise ConfigError(f"method: {method!r} is not one of {', '.join(MERGE_METHODS)}")
+    if not adapters:
+        raise ConfigError("give at least one adapter folder")
+    check_compatible(list(adapters))
+    if weights is None:
+        weights = [1.0] * len(adapters)
+    if len(weights) != len(adapters) or any(w <= 0 for w in weights):
+        raise ConfigError(f"weights: need {len(adapters)} positive weights, got {list(weights)}")
+    updates = [
+        ClientUpdate(k, a.state, a.rank, w)
+        for k, (a, w) in enumerate(zip(adapters, weights, strict=True))
+    ]
+    max_rank = max(a.rank for a in adapters)
+    if rank is not None and method != "flexlora":
+        raise ConfigError("rank: only flexlora can choose its output rank")
+    if method == "fedavg" and len({a.rank for a in adapters}) > 1:
+        raise ConfigError(
+            "fedavg needs adapters of one rank; use prelort, zeropad, hetlora, flexlora or flora"
+        )
+    if method == "flora":
+        out: AdapterState = {}
+        w = example_weights(updates)
+        for module in lora_modules(adapters[0].state):
+            b_cat, a_cat = stacked_factors(updates, module, w, 1.0)  # (out, sum r), (sum r, in)
+            out[module + LORA_A], out[module + LORA_B] = a_cat.float(), b_cat.float()
+        return out
+    if method == "flexlora":
+        target = rank or max_rank
+        if not 1 <= target <= sum(a.rank for a in adapters):
+            raise ConfigError(f"rank: {target} is outside [1, {sum(a.rank for a in adapters)}]")
+        return aggregate_flexlora(_zeros(adapters, target), updates, 1.0)
+    start = _zeros(adapters, max_rank)
+    if method == "hetlora":
+        return aggregate_hetlora(start, updates, 1.0)
+    if method == "prelort":
+        return aggregate_segmentwise(start, updates)
+    return aggregate_zeropad(start, updates)  # zeropad, and fedavg at equal ranks
+
+
+def aggregate_folders(
+    folders: Sequence[Path],
+    out: Path,
+    method: str,
+    weights: Sequence[float] | None = None,
+    rank: int | None = None,
+) -> int:
+    """Read PEFT folders, merge them, write one PEFT folder; returns the output rank."""
+    adapters = [read_peft_adapter(Path(f)) for f in folders]
+    merged = merge_adapters(adapters, method, weights, rank)
+    write_peft_adapter(out, merged, adapters[0].config)
+    return state_rank(merged)
+
+
+def peft_module_name(module: str) -> str:
+    """PEFT's key prefix for a module of the base model."""
+    return f"base_model.model.{module}"
+
+
+def export_prefix(adapter_file: Path, rank: int, out: Path) -> dict[str, Any]:
+    """Write the rank-``rank`` prefix of a prelort global adapter as a PEFT LoRA folder.
+
+    Only the LoRA factors are exported; a classification head, if any, is not part of a PEFT
+    LoRA folder and is reported in the returned summary.
+
+    Raises:
+        AdapterError: an unreadable adapter or a rank above its R.
+    """
+    state, meta = load_adapter(adapter_file)
+    held = state_rank(state)
+    if not 1 <= rank <= held:
+        raise AdapterError(f"rank: {rank} is outside [1, {held}] for {adapter_file}")
+    if any(k.endswith(".merged") for k in state):
+        raise AdapterError(
+            f"{adapter_file}: a FLoRA adapter is merged into the base and has no rank prefix"
+        )
+    prefix = slice_to_rank(state, rank)
+    lora = {
+        peft_module_name(k.rsplit(".", 1)[0]) + "." + k.rsplit(".", 1)[1]: v
+        for k, v in prefix.items()
+        if is_lora_key(k)
+    }
+    template = {
+        "base_model_name_or_path": meta.get("model"),
+        "task_type": "CAUSAL_LM" if not any(not is_lora_key(k) for k in state) else "SEQ_CLS",
+    }
+    write_peft_adapter(out, lora, template, scale=float(meta.get("scale", 1.0)))
+    return {
+        "rank": rank,
+        "modules": len(lora) // 2,
+        "head_not_exported": sorted(k for k in state if not is_lora_key(k)),
+    }

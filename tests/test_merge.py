@@ -1,0 +1,141 @@
+"""PEFT round trips for `prelort aggregate` and `prelort export` on a tiny Llama."""
+
+import copy
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from prelort.adapters import get_state, inject_nested_lora
+from prelort.adapters.peft_io import read_peft_adapter
+from prelort.cli import main
+from prelort.errors import AdapterError
+from prelort.io import save_adapter
+from prelort.merge import aggregate_folders, export_prefix
+
+TARGETS = ["q_proj", "v_proj"]
+
+
+def make_peft(base, folder, rank, alpha, seed, base_name="tiny-llama"):
+    model = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=rank, lora_alpha=alpha, target_modules=TARGETS)
+    )
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    model.peft_config["default"].base_model_name_or_path = base_name
+    model.save_pretrained(folder)
+    return model
+
+
+def delta(peft_model, module="q_proj"):
+    layer = next(
+        m
+        for n, m in peft_model.named_modules()
+        if n.endswith("layers.0.self_attn." + module) and hasattr(m, "get_delta_weight")
+    )
+    return layer.get_delta_weight("default")
+
+
+def test_flora_merge_reproduces_the_weighted_sum_exactly(tiny_llama, tmp_path):
+    a = make_peft(tiny_llama, tmp_path / "a", 2, 4, 0)
+    b = make_peft(tiny_llama, tmp_path / "b", 4, 16, 1)
+    b.peft_config["default"].use_rslora = False
+    rank = aggregate_folders([tmp_path / "a", tmp_path / "b"], tmp_path / "m", "flora", [1.0, 3.0])
+    assert rank == 6
+    merged = PeftModel.from_pretrained(copy.deepcopy(tiny_llama), tmp_path / "m")
+    expected = 0.25 * delta(a) + 0.75 * delta(b)
+    torch.testing.assert_close(delta(merged), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["prelort", "zeropad", "hetlora", "flexlora"])
+def test_merged_folder_declares_the_product(tiny_llama, tmp_path, method):
+    make_peft(tiny_llama, tmp_path / "a", 2, 2, 0)
+    make_peft(tiny_llama, tmp_path / "b", 8, 16, 1)
+    rank = aggregate_folders([tmp_path / "a", tmp_path / "b"], tmp_path / method, method)
+    assert rank == 8
+    merged = PeftModel.from_pretrained(copy.deepcopy(tiny_llama), tmp_path / method)
+    state = read_peft_adapter(tmp_path / method).state
+    key = next(k for k in state if "layers.0.self_attn.q_proj" in k and k.endswith("lora_a"))
+    module = key[: -len(".lora_a")]
+    torch.testing.assert_close(delta(merged), state[module + ".lora_b"] @ state[module + ".lora_a"])
+
+
+def test_prelort_merge_of_equal_ranks_is_fedavg(tiny_llama, tmp_path):
+    make_peft(tiny_llama, tmp_path / "a", 4, 8, 0)
+    make_peft(tiny_llama, tmp_path / "b", 4, 8, 1)
+    aggregate_folders([tmp_path / "a", tmp_path / "b"], tmp_path / "p", "prelort")
+    aggregate_folders([tmp_path / "a", tmp_path / "b"], tmp_path / "f", "fedavg")
+    p, f = read_peft_adapter(tmp_path / "p").state, read_peft_adapter(tmp_path / "f").state
+    for k in p:
+        torch.testing.assert_close(p[k], f[k])
+
+
+def test_incompatible_inputs_are_refused(tiny_llama, tmp_path):
+    make_peft(tiny_llama, tmp_path / "a", 2, 4, 0)
+    make_peft(tiny_llama, tmp_path / "b", 4, 8, 1, base_name="other-model")
+    with pytest.raises(AdapterError, match="base model"):
+        aggregate_folders([tmp_path / "a", tmp_path / "b"], tmp_path / "m", "prelort")
+    (tmp_path / "c").mkdir()
+    with pytest.raises(AdapterError, match="adapter_config.json: missing"):
+        read_peft_adapter(tmp_path / "c")
+    (tmp_path / "a" / "adapter_model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(AdapterError, match="not a readable safetensors"):
+        read_peft_adapter(tmp_path / "a")
+    assert not (tmp_path / "m").exists()
+
+
+def test_export_prefix_matches_the_nested_model(tiny_llama, tmp_path):
+    nested = copy.deepcopy(tiny_llama)
+    adapted = inject_nested_lora(nested, 8, 16.0, TARGETS)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in adapted.layers.values():
+            layer.lora_a.normal_(generator=g)
+            layer.lora_b.normal_(0, 0.05, generator=g)
+    save_adapter(
+        tmp_path / "adapter.safetensors",
+        get_state(adapted),
+        {"model": "tiny", "scale": adapted.scale, "max_rank": 8},
+    )
+    assert (
+        main(
+            [
+                "export",
+                "--rank",
+                "2",
+                "--out",
+                str(tmp_path / "r2"),
+                str(tmp_path / "adapter.safetensors"),
+            ]
+        )
+        == 0
+    )
+    config = json.loads((tmp_path / "r2" / "adapter_config.json").read_text())
+    assert config["r"] == 2
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(tiny_llama), tmp_path / "r2")
+    adapted.set_active_rank(2)
+    ids = torch.randint(0, 120, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            peft_model(input_ids=ids).logits, nested(input_ids=ids).logits, rtol=1e-5, atol=1e-5
+        )
+    assert (
+        main(
+            [
+                "export",
+                "--rank",
+                "9",
+                "--out",
+                str(tmp_path / "r9"),
+                str(tmp_path / "adapter.safetensors"),
+            ]
+        )
+        == 2
+    )
+    assert not (tmp_path / "r9").exists()
+    with pytest.raises(AdapterError):
+        export_prefix(tmp_path / "missing.safetensors", 2, tmp_path / "x")
