@@ -97,7 +97,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from prelort.aggregation import get_method
-    from prelort.simulation.compare import markdown_table, run_comparison, write_comparison
+    from prelort.simulation.compare import (
+        cost_table,
+        markdown_table,
+        run_comparison,
+        write_comparison,
+    )
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -121,10 +126,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     files = write_comparison(comparison, base.out)
     print("\nfinal metric of the global adapter per rank tier (mean ± std over seeds):\n")
     print(markdown_table(comparison.summary_rows()))
+    print()
+    print(cost_table(comparison.cost_rows()))
     print(
         f"\nwall time {time.perf_counter() - start:.1f} s; wrote "
         + ", ".join(str(p) for p in files.values())
     )
+    return 0
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from prelort.simulation.compare import (
+        cost_table,
+        load_comparison,
+        markdown_table,
+        write_comparison,
+    )
+
+    comparison = load_comparison(args.folder)
+    files = write_comparison(comparison, args.folder)
+    print(markdown_table(comparison.summary_rows()))
+    print()
+    print(cost_table(comparison.cost_rows()))
+    print("\nwrote " + ", ".join(str(p) for p in files.values()))
     return 0
 
 
@@ -191,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", type=int, default=1, help="seeds per method, from --seed up")
     _add_settings(compare, skip=("method",))
     compare.set_defaults(func=cmd_compare)
+
+    summarize = sub.add_parser("summarize", help="rebuild the tables and plots of a compare folder")
+    summarize.add_argument("folder", type=Path, help="the --out folder of prelort compare")
+    summarize.set_defaults(func=cmd_summarize)
 
     merge = sub.add_parser("aggregate", help="merge PEFT LoRA adapters of different ranks into one")
     merge.add_argument(

@@ -80,6 +80,14 @@ def test_comparison_shares_partitions_and_writes_tables(tiny_bert_dir, topic_jso
     table = files["summary_md"].read_text()
     assert "| prelort |" in table and "±" in table
     assert (config.out / "prelort-seed1" / "metrics.json").is_file()
+    assert "MB up / round" in table and (config.out / "rounds_accuracy.png").is_file()
+    from prelort.simulation.compare import load_comparison
+
+    reloaded = load_comparison(config.out)
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in rows]
+
+    assert strip(reloaded.summary_rows()) == strip(comparison.summary_rows())
 
 
 def test_partial_participation_keeps_uncovered_segments(tiny_bert_dir, topic_jsonl, tmp_path):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prelort.config import SimulationConfig
+from prelort.config import SimulationConfig, config_from_mapping
+from prelort.errors import DataError
 from prelort.io import atomic_write_bytes, atomic_write_text, write_json
 from prelort.simulation.outputs import METRIC_LABELS, csv_text, write_outputs, write_progress
 from prelort.simulation.run import SimulationResult, run_simulation
@@ -46,6 +48,90 @@ class Comparison:
                         }
                     )
         return rows
+
+    def cost_rows(self) -> list[dict[str, Any]]:
+        """One row per method: bytes up / down and server aggregation time per round, wall time."""
+        rows = []
+        for method in self.methods:
+            results = [self.runs[(method, s)] for s in self.seeds if (method, s) in self.runs]
+            traffic = [t for r in results for t in r.traffic]
+            if not traffic:
+                continue
+            rows.append(
+                {
+                    "method": method,
+                    "bytes_up_per_round": statistics.fmean(t["bytes_up"] for t in traffic),
+                    "bytes_down_per_round": statistics.fmean(t["bytes_down"] for t in traffic),
+                    "aggregation_ms_per_round": 1000
+                    * statistics.fmean(t["aggregation_seconds"] for t in traffic),
+                    "wall_seconds": statistics.fmean(r.wall_seconds for r in results),
+                }
+            )
+        return rows
+
+
+def cost_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown: communication and server time per round, and wall time, per method."""
+    lines = [
+        "| method | MB up / round | MB down / round | aggregation ms / round | wall s / run |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['bytes_up_per_round'] / 1e6:.3f} | "
+            f"{r['bytes_down_per_round'] / 1e6:.3f} | {r['aggregation_ms_per_round']:.1f} | "
+            f"{r['wall_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_rounds(comparison: Comparison, out_dir: Path) -> list[Path]:
+    """One PNG per metric: the metric per round (mean over seeds), a panel per tier, a line per method."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[tuple[str, str, str], dict[int, list[float]]] = {}
+    for (method, _seed), result in comparison.runs.items():
+        for record in result.rounds:
+            for tier, metrics in record["tiers"].items():
+                for metric, value in metrics.items():
+                    curves.setdefault((metric, tier, method), {}).setdefault(
+                        record["round"], []
+                    ).append(value)
+    paths = []
+    for metric in sorted({k[0] for k in curves}):
+        tiers = sorted({k[1] for k in curves if k[0] == metric}, key=int)
+        fig, axes = plt.subplots(
+            1, len(tiers), figsize=(3.2 * len(tiers), 3.2), sharey=True, squeeze=False
+        )
+        for ax, tier in zip(axes[0], tiers, strict=True):
+            for method in comparison.methods:
+                points = curves.get((metric, tier, method))
+                if points:
+                    rounds = sorted(points)
+                    ax.plot(
+                        rounds,
+                        [statistics.fmean(points[r]) for r in rounds],
+                        marker=".",
+                        label=method,
+                    )
+            ax.set_title(f"rank {tier}")
+            ax.set_xlabel("round")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(METRIC_LABELS.get(metric, metric))
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        plt.close(fig)
+        path = out_dir / f"rounds_{metric}.png"
+        atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+    return paths
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -150,10 +236,44 @@ def run_comparison(
     return comparison
 
 
+def load_comparison(out_dir: Path) -> Comparison:
+    """Rebuild a comparison from the ``<method>-seed<S>/metrics.json`` folders of a compare run.
+
+    Raises:
+        DataError: no finished run under ``out_dir``.
+    """
+    runs: dict[tuple[str, int], SimulationResult] = {}
+    config = None
+    for path in sorted(out_dir.glob("*-seed*/metrics.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not data.get("final", {}).get("tiers"):
+            continue  # unfinished run
+        method, _, seed = path.parent.name.rpartition("-seed")
+        result = SimulationResult(
+            data["config"],
+            data["client_ranks"],
+            data["client_examples"],
+            data["rounds"],
+            data["final"]["tiers"],
+            {},
+            data.get("traffic", []),
+            data.get("wall_seconds", 0.0),
+        )
+        runs[(method, int(seed))] = result
+        config = config or data["config"]
+    if config is None:
+        raise DataError(f"no finished run (<method>-seed<S>/metrics.json) under {out_dir}")
+    methods = list(dict.fromkeys(m for m, _ in runs))
+    seeds = sorted({s for _, s in runs})
+    base = config_from_mapping({**config, "out": str(out_dir)})
+    return Comparison(base, methods, seeds, runs)
+
+
 def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
     """summary.md, summary.csv, summary.json and the comparison plots."""
     rows = comparison.summary_rows()
-    table = markdown_table(rows)
+    costs = comparison.cost_rows()
+    table = markdown_table(rows) + "\n\n" + cost_table(costs)
     atomic_write_text(out_dir / "summary.md", table + "\n")
     columns = ["method", "tier", "metric", "mean", "std", "seeds", "wall_seconds"]
     atomic_write_text(out_dir / "summary.csv", csv_text(rows, columns))
@@ -164,9 +284,23 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
             "methods": comparison.methods,
             "seeds": comparison.seeds,
             "rows": rows,
+            "costs": costs,
         },
     )
-    plots = plot_comparison(rows, out_dir)
+    atomic_write_text(
+        out_dir / "costs.csv",
+        csv_text(
+            costs,
+            [
+                "method",
+                "bytes_up_per_round",
+                "bytes_down_per_round",
+                "aggregation_ms_per_round",
+                "wall_seconds",
+            ],
+        ),
+    )
+    plots = plot_comparison(rows, out_dir) + plot_rounds(comparison, out_dir)
     return {
         "summary_md": out_dir / "summary.md",
         "summary_csv": out_dir / "summary.csv",
