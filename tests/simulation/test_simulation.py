@@ -130,6 +130,7 @@ def test_every_method_runs_and_accounts_traffic(tiny_bert_dir, topic_jsonl, tmp_
     result = run_simulation(config, progress=False)
     assert set(result.final) == {"1", "2", "4"}
     assert len(result.traffic) == 2 and all(t["bytes_up"] > 0 for t in result.traffic)
+    assert all(t["clients"] == 3 and not t["rejected"] for t in result.traffic), result.traffic
     if method == "fedit-min":
         assert result.client_ranks == [1, 1, 1]
     if method == "flora":

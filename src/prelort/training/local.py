@@ -63,7 +63,8 @@ def tail_norms(adapted: NestedLoRAModel, rank: int, tail: int) -> tuple[torch.Te
         gram = (b.T @ b) * (a @ a.T)  # elementwise: sum gives trace((B^T B)(A A^T))
         whole_sq = whole_sq + gram.sum() * layer.scale**2
         tail_sq = tail_sq + gram[rank - tail :, rank - tail :].sum() * layer.scale**2
-    return tail_sq.clamp_min(0).sqrt(), whole_sq.clamp_min(0).sqrt()
+    # the epsilon keeps the gradient finite at B = 0 (every adapter starts there): d sqrt(x)/dx = inf at 0
+    return (tail_sq.clamp_min(0) + 1e-12).sqrt(), (whole_sq.clamp_min(0) + 1e-12).sqrt()
 
 
 def batch_indices(
