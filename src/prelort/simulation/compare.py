@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prelort.aggregation import METHODS
 from prelort.config import SimulationConfig, config_from_mapping
 from prelort.errors import DataError
 from prelort.io import atomic_write_bytes, atomic_write_text, write_json
@@ -263,7 +264,10 @@ def load_comparison(out_dir: Path) -> Comparison:
         config = config or data["config"]
     if config is None:
         raise DataError(f"no finished run (<method>-seed<S>/metrics.json) under {out_dir}")
-    methods = list(dict.fromkeys(m for m, _ in runs))
+    order = list(METHODS)
+    methods = sorted(
+        {m for m, _ in runs}, key=lambda m: order.index(m) if m in order else len(order)
+    )
     seeds = sorted({s for _, s in runs})
     base = config_from_mapping({**config, "out": str(out_dir)})
     return Comparison(base, methods, seeds, runs)
