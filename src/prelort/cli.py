@@ -97,12 +97,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from prelort.aggregation import get_method
-    from prelort.simulation.compare import (
-        cost_table,
-        markdown_table,
-        run_comparison,
-        write_comparison,
-    )
+    from prelort.simulation.compare import run_comparison
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -123,32 +118,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     comparison = run_comparison(base, methods, seeds, progress=not args.quiet)
-    files = write_comparison(comparison, base.out)
+    _report_comparison(comparison, base.out)
+    print(f"wall time {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _report_comparison(comparison, out: Path) -> None:
+    from prelort.simulation.compare import cost_table, markdown_table, write_comparison
+
+    files = write_comparison(comparison, out)
     print("\nfinal metric of the global adapter per rank tier (mean ± std over seeds):\n")
     print(markdown_table(comparison.summary_rows()))
     print()
     print(cost_table(comparison.cost_rows()))
-    print(
-        f"\nwall time {time.perf_counter() - start:.1f} s; wrote "
-        + ", ".join(str(p) for p in files.values())
-    )
-    return 0
+    print("\nwrote " + ", ".join(str(p) for p in files.values()))
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
-    from prelort.simulation.compare import (
-        cost_table,
-        load_comparison,
-        markdown_table,
-        write_comparison,
-    )
+    from prelort.simulation.compare import load_comparison
 
-    comparison = load_comparison(args.folder)
-    files = write_comparison(comparison, args.folder)
-    print(markdown_table(comparison.summary_rows()))
-    print()
-    print(cost_table(comparison.cost_rows()))
-    print("\nwrote " + ", ".join(str(p) for p in files.values()))
+    _report_comparison(load_comparison(args.folder), args.folder)
     return 0
 
 

@@ -84,6 +84,7 @@ def test_comparison_shares_partitions_and_writes_tables(tiny_bert_dir, topic_jso
     from prelort.simulation.compare import load_comparison
 
     reloaded = load_comparison(config.out)
+
     def strip(rows):
         return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in rows]
 

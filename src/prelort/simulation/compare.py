@@ -12,8 +12,14 @@ from typing import Any
 from prelort.aggregation import METHODS
 from prelort.config import SimulationConfig, config_from_mapping
 from prelort.errors import DataError
-from prelort.io import atomic_write_bytes, atomic_write_text, write_json
-from prelort.simulation.outputs import METRIC_LABELS, csv_text, write_outputs, write_progress
+from prelort.io import atomic_write_text, write_json
+from prelort.simulation.outputs import (
+    METRIC_LABELS,
+    csv_text,
+    save_figure,
+    write_outputs,
+    write_progress,
+)
 from prelort.simulation.run import SimulationResult, run_simulation
 from prelort.simulation.workbench import Workbench, build_workbench, workbench_key
 
@@ -88,8 +94,6 @@ def cost_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def plot_rounds(comparison: Comparison, out_dir: Path) -> list[Path]:
     """One PNG per metric: the metric per round (mean over seeds), a panel per tier, a line per method."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,13 +129,7 @@ def plot_rounds(comparison: Comparison, out_dir: Path) -> list[Path]:
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(METRIC_LABELS.get(metric, metric))
         axes[0][-1].legend(fontsize=7)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-        plt.close(fig)
-        path = out_dir / f"rounds_{metric}.png"
-        atomic_write_bytes(path, buffer.getvalue())
-        paths.append(path)
+        paths.append(save_figure(fig, out_dir / f"rounds_{metric}.png", dpi=100))
     return paths
 
 
@@ -166,8 +164,6 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def plot_comparison(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     """One PNG per metric: grouped bars of the final value per tier, a bar per method."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,13 +190,7 @@ def plot_comparison(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]
         ax.set_title(f"final {METRIC_LABELS.get(metric, metric)} per rank tier")
         ax.grid(axis="y", alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
-        plt.close(fig)
-        path = out_dir / f"compare_{metric}.png"
-        atomic_write_bytes(path, buffer.getvalue())
-        paths.append(path)
+        paths.append(save_figure(fig, out_dir / f"compare_{metric}.png"))
     return paths
 
 

@@ -32,6 +32,18 @@ def csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return buffer.getvalue()
 
 
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Render a matplotlib figure to PNG, write it atomically, close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
 def plot_per_round(rounds: list[dict[str, Any]], title: str, out_dir: Path) -> list[Path]:
     """One PNG per metric: the metric per round, a line per tier."""
     import matplotlib
@@ -55,13 +67,7 @@ def plot_per_round(rounds: list[dict[str, Any]], title: str, out_dir: Path) -> l
         ax.set_title(f"{title}: {METRIC_LABELS.get(metric, metric)} per tier")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
-        plt.close(fig)
-        path = out_dir / f"{metric}.png"
-        atomic_write_bytes(path, buffer.getvalue())
-        paths.append(path)
+        paths.append(save_figure(fig, out_dir / f"{metric}.png"))
     return paths
 
 
