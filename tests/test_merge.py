@@ -79,6 +79,11 @@ def test_incompatible_inputs_are_refused(tiny_llama, tmp_path):
     make_peft(tiny_llama, tmp_path / "b", 4, 8, 1, base_name="other-model")
     with pytest.raises(AdapterError, match="base model"):
         aggregate_folders([tmp_path / "a", tmp_path / "b"], tmp_path / "m", "prelort")
+    other = get_peft_model(copy.deepcopy(tiny_llama), LoraConfig(r=2, target_modules=["k_proj"]))
+    other.peft_config["default"].base_model_name_or_path = "tiny-llama"
+    other.save_pretrained(tmp_path / "k")
+    with pytest.raises(AdapterError, match="adapts other modules"):
+        aggregate_folders([tmp_path / "a", tmp_path / "k"], tmp_path / "m", "zeropad")
     (tmp_path / "c").mkdir()
     with pytest.raises(AdapterError, match="adapter_config.json: missing"):
         read_peft_adapter(tmp_path / "c")
