@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_libraries() -> None:
     """Keep the terminal for our progress: transformers' load reports and bars are noise here."""
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs each scorer it builds
     try:
         from transformers.utils import logging as hf_logging
 
