@@ -27,13 +27,7 @@ from prelort.adapters.state import (
     slice_to_rank,
     state_rank,
 )
-from prelort.aggregation import (
-    ClientUpdate,
-    aggregate_flexlora,
-    aggregate_hetlora,
-    aggregate_segmentwise,
-    aggregate_zeropad,
-)
+from prelort.aggregation import AggregationContext, ClientUpdate, get_method
 from prelort.aggregation.base import example_weights
 from prelort.aggregation.flexlora import stacked_factors
 from prelort.errors import AdapterError, ConfigError
@@ -94,17 +88,16 @@ def merge_adapters(
             b_cat, a_cat = stacked_factors(updates, module, w, 1.0)  # (out, sum r), (sum r, in)
             out[module + LORA_A], out[module + LORA_B] = a_cat.float(), b_cat.float()
         return out
+    target = max_rank
     if method == "flexlora":
         target = rank or max_rank
         if not 1 <= target <= sum(a.rank for a in adapters):
             raise ConfigError(f"rank: {target} is outside [1, {sum(a.rank for a in adapters)}]")
-        return aggregate_flexlora(_zeros(adapters, target), updates, 1.0)
-    start = _zeros(adapters, max_rank)
-    if method == "hetlora":
-        return aggregate_hetlora(start, updates, 1.0)
-    if method == "prelort":
-        return aggregate_segmentwise(start, updates)
-    return aggregate_zeropad(start, updates)  # zeropad, and fedavg at equal ranks
+    # the federation's own rules, at scale 1 (scales are folded into B); fedavg at equal ranks is zeropad
+    rule = get_method("zeropad" if method == "fedavg" else method).aggregator(
+        AggregationContext(ladder=(), scale=1.0)
+    )
+    return rule(_zeros(adapters, target), updates)
 
 
 def aggregate_folders(

@@ -25,13 +25,20 @@ HETLORA_GAMMA = 1e-3  # weight of the tail-norm regulariser
 HETLORA_THRESHOLD = 0.05  # prune the tail when its norm is below this fraction of the adapter's
 
 
+def product_gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(B^T B) * (A A^T)`` elementwise, (r, r): its sum is ``||B A||_F^2`` without forming B A.
+
+    A sub-block ``[i:j, i:j]`` sums to the squared norm of components i..j alone.
+    """
+    return (b.T @ b) * (a @ a.T)  # (r, out) @ (out, r) * (r, in) @ (in, r)
+
+
 def update_norm(state: Mapping[str, torch.Tensor], scale: float) -> float:
     """``sqrt(sum_modules ||s B A||_F^2)``, computed from the small r x r Gram matrices."""
     total = 0.0
     for module in lora_modules(state):
         a, b = state[module + LORA_A].double(), state[module + LORA_B].double()
-        # ||B A||_F^2 = trace((B^T B)(A A^T)), both (r, r)
-        total += float(torch.trace((b.T @ b) @ (a @ a.T))) * scale**2
+        total += float(product_gram(a, b).sum()) * scale**2
     return max(total, 0.0) ** 0.5
 
 
@@ -59,4 +66,11 @@ def tail_size(rank: int) -> int:
     return max(1, -(-rank // 4))
 
 
-__all__ = ["HETLORA_GAMMA", "HETLORA_THRESHOLD", "aggregate_hetlora", "tail_size", "update_norm"]
+__all__ = [
+    "HETLORA_GAMMA",
+    "HETLORA_THRESHOLD",
+    "aggregate_hetlora",
+    "product_gram",
+    "tail_size",
+    "update_norm",
+]

@@ -8,7 +8,6 @@ streams derive from (seed, round, client), so no generator state needs saving.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +71,3 @@ def load_checkpoint(out_dir: Path) -> Checkpoint:
 def same_tensors(a: AdapterState, b: AdapterState) -> bool:
     """Bitwise equality of two states (used by the resume check)."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def config_json(config: dict[str, Any]) -> str:
-    return json.dumps(config, sort_keys=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from prelort.adapters.inject import NestedLoRAModel
-from prelort.aggregation.hetlora import tail_size
+from prelort.aggregation.hetlora import product_gram, tail_size
 from prelort.data.encoding import EncodedSplit, make_batch
 from prelort.training.nested import truncation_ranks
 
@@ -53,14 +53,11 @@ class LocalResult:
 
 
 def tail_norms(adapted: NestedLoRAModel, rank: int, tail: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(norm of the last ``tail`` components' update, norm of the whole update), differentiable.
-
-    ``||B A||_F^2 = trace((B^T B)(A A^T))`` keeps the cost at (r, r) matrices.
-    """
+    """(norm of the last ``tail`` components' update, norm of the whole update), differentiable."""
     tail_sq = whole_sq = torch.zeros((), dtype=torch.float32)
     for layer in adapted.layers.values():
         a, b = layer.lora_a[:rank], layer.lora_b[:, :rank]
-        gram = (b.T @ b) * (a @ a.T)  # elementwise: sum gives trace((B^T B)(A A^T))
+        gram = product_gram(a, b)  # (r, r)
         whole_sq = whole_sq + gram.sum() * layer.scale**2
         tail_sq = tail_sq + gram[rank - tail :, rank - tail :].sum() * layer.scale**2
     # the epsilon keeps the gradient finite at B = 0 (every adapter starts there): d sqrt(x)/dx = inf at 0
