@@ -15,7 +15,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from prelort.config import SimulationConfig, config_from_mapping, load_config, read_toml
+from prelort.config import (
+    HEAD_CHOICES,
+    SimulationConfig,
+    config_from_mapping,
+    load_config,
+    read_toml,
+)
 from prelort.errors import ConfigError, PrelortError
 
 log = logging.getLogger("prelort")
@@ -117,18 +123,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
         f"ranks {base.ranks}, {base.clients} clients, {base.rounds} rounds -> {base.out}"
     )
     start = time.perf_counter()
-    comparison = run_comparison(base, methods, seeds, progress=not args.quiet)
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()] if args.heads else None
+    for h in heads or []:
+        if h not in HEAD_CHOICES:
+            raise ConfigError(f"heads: {h!r} is not one of {', '.join(HEAD_CHOICES)}")
+    comparison = run_comparison(
+        base,
+        methods,
+        seeds,
+        progress=not args.quiet,
+        heads=heads,
+        reference=not args.no_reference,
+    )
     _report_comparison(comparison, base.out)
     print(f"wall time {time.perf_counter() - start:.1f} s")
     return 0
 
 
 def _report_comparison(comparison, out: Path) -> None:
-    from prelort.simulation.compare import cost_table, markdown_table, write_comparison
+    from prelort.simulation.compare import (
+        cost_table,
+        markdown_table,
+        reference_note,
+        write_comparison,
+    )
 
     files = write_comparison(comparison, out)
+    rows = comparison.summary_rows()
     print("\nfinal metric of the global adapter per rank tier (mean ± std over seeds):\n")
-    print(markdown_table(comparison.summary_rows()))
+    print(markdown_table(rows))
+    note = reference_note(rows)
+    if note:
+        print("\n" + note)
     print()
     print(cost_table(comparison.cost_rows()))
     print("\nwrote " + ", ".join(str(p) for p in files.values()))
@@ -202,6 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="run several methods x seeds on identical splits")
     compare.add_argument("--methods", default="prelort,zeropad", help="comma list of methods")
     compare.add_argument("--seeds", type=int, default=1, help="seeds per method, from --seed up")
+    compare.add_argument(
+        "--heads",
+        help="run every method with each of these head modes (per-tier,shared) [default: each "
+        "method's own]",
+    )
+    compare.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="leave out the no-adapter reference row (frozen base + head, or zero-shot)",
+    )
     _add_settings(compare, skip=("method",))
     compare.set_defaults(func=cmd_compare)
 

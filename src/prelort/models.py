@@ -102,6 +102,23 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def is_causal_lm(name: str) -> bool:
+    """Whether a model is a decoder-only LM (its config names a ``...ForCausalLM`` architecture).
+
+    Raises:
+        ModelError: the model's config cannot be read.
+    """
+    from transformers import AutoConfig
+
+    path = resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model: cannot read the config of {name!r} ({path}): {e}") from None
+    architectures = getattr(config, "architectures", None) or []
+    return any(a.endswith("ForCausalLM") for a in architectures)
+
+
 def load_model(name: str, task_kind: str, num_labels: int = 0, dtype: str = "auto") -> LoadedModel:
     """Load a base model and its tokenizer for a task.
 

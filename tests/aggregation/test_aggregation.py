@@ -103,9 +103,35 @@ def test_bad_updates_are_refused():
     with pytest.raises(AdapterError, match="num_examples"):
         update(0, 2, 1.0, 0)
     bad = update(0, 2, 1.0)
-    bad.state.pop("head.weight")
+    bad.state["other.weight"] = torch.zeros(2, 2)
     with pytest.raises(AdapterError, match="keys differ"):
         aggregate_segmentwise(full_state(0.0), [bad])
+    bad = update(0, 2, 1.0)
+    bad.state.pop("m.lora_b")
+    with pytest.raises(AdapterError):
+        aggregate_segmentwise(full_state(0.0), [bad])
+
+
+def tiered(state: dict[str, torch.Tensor], tiers: list[int]) -> dict[str, torch.Tensor]:
+    """The state with its shared head replaced by per-tier copies ``head.weight@t``."""
+    head = state.pop("head.weight")
+    return {**state, **{f"head.weight@{t}": head.clone() for t in tiers}}
+
+
+@pytest.mark.parametrize("rule", [aggregate_segmentwise, aggregate_zeropad])
+def test_tier_heads_average_over_the_clients_that_trained_them(rule):
+    """head@t over the clients that sent it (renormalised weights); a head nobody sent is kept."""
+    g = tiered(full_state(5.0), [1, 2, 4])
+    low = update(0, 2, 1.0, examples=1)
+    high = update(1, 4, 3.0, examples=3)
+    low = ClientUpdate(0, tiered(dict(low.state), [1, 2]), 2, 1)
+    high = ClientUpdate(1, tiered(dict(high.state), [4]), 4, 3)
+    out = rule(g, [low, high])
+    assert torch.allclose(out["head.weight@1"], torch.full((2, 2), 1.0))  # only the rank-2 client
+    assert torch.allclose(out["head.weight@2"], torch.full((2, 2), 1.0))
+    assert torch.allclose(out["head.weight@4"], torch.full((2, 2), 3.0))  # only the rank-4 client
+    nobody = rule(g, [low])
+    assert torch.equal(nobody["head.weight@4"], g["head.weight@4"])
 
 
 def test_registry():

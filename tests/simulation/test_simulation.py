@@ -145,3 +145,61 @@ def test_flora_state_is_merged_into_the_model(tiny_bert_dir, topic_jsonl, tmp_pa
     result = run_simulation(config, progress=False)
     merged = [v for k, v in result.global_state.items() if k.endswith(".merged")]
     assert merged and any(m.abs().sum() > 0 for m in merged)
+
+
+@pytest.mark.parametrize("head", ["per-tier", "shared"])
+def test_head_modes_learn_and_keep_their_keys(tiny_bert_dir, topic_jsonl, tmp_path, head):
+    config = tiny(
+        tiny_bert_dir,
+        topic_jsonl,
+        tmp_path / head,
+        head=head,
+        rounds=4,
+        local_steps=10,
+        lr=3e-2,
+        eval_examples=48,
+        readout_examples=96,
+    )
+    result = run_simulation(config, progress=False)
+    tiered = {k for k in result.global_state if "@" in k}
+    assert bool(tiered) == (head == "per-tier")
+    assert result.config["head"] == head
+    assert max(m["accuracy"] for m in result.final.values()) > 0.5  # chance is 1/3
+    # the refitted readout is reported next to the federated head at the end
+    assert all("readout_accuracy" in m for m in result.final.values())
+    segments = result.rounds[-1]["segments"]
+    assert [(s["lo"], s["hi"]) for s in segments] == [(0, 1), (1, 2), (2, 4)]
+    assert abs(sum(s["share"] for s in segments) - 1.0) < 1e-9
+
+
+def test_no_adapter_reference_trains_only_the_head(tiny_bert_dir, topic_jsonl, tmp_path):
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "ref", method="no-adapter", rounds=2)
+    result = run_simulation(config, progress=False)
+    for key, value in result.global_state.items():
+        if key.endswith(".lora_b"):
+            assert torch.count_nonzero(value) == 0, key  # B stays zero: the adapter is a no-op
+    assert len({m["accuracy"] for m in result.final.values()}) == 1
+
+
+def test_sgd_optimizer_runs_and_differs_from_adamw(tiny_bert_dir, topic_jsonl, tmp_path):
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "sgd", optimizer="sgd", lr=0.05)
+    bench = build_workbench(config)
+    sgd = run_simulation(config, bench, progress=False)
+    adamw = run_simulation(config.replace(optimizer="adamw"), bench, progress=False)
+    assert sgd.config["optimizer"] == "sgd"
+    key = next(k for k in sgd.global_state if k.endswith(".lora_b"))
+    assert not torch.equal(sgd.global_state[key], adamw.global_state[key])
+
+
+def test_compare_runs_both_heads_and_the_reference(tiny_bert_dir, topic_jsonl, tmp_path):
+    from prelort.simulation.compare import load_comparison, reference_note
+
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "cmp", rounds=1)
+    comparison = run_comparison(
+        config, ["prelort"], [0], progress=False, heads=["per-tier", "shared"], reference=True
+    )
+    assert comparison.methods == ["prelort-per-tier-head", "prelort-shared-head", "no-adapter"]
+    write_comparison(comparison, config.out)
+    reloaded = load_comparison(config.out)
+    assert set(reloaded.methods) == set(comparison.methods)
+    assert "no adapter" in reference_note(comparison.summary_rows())

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from prelort.adapters.heads import tier_of
 from prelort.adapters.layer import NestedLoRALinear
 from prelort.errors import ModelError
 
@@ -29,9 +30,12 @@ class NestedLoRAModel:
     Attributes:
         model: the wrapped ``transformers`` model (modified in place).
         layers: the nested layers by their module name.
-        head: trainable task-head parameters by name (empty for causal LMs).
+        head: trainable task-head parameters by name (empty for causal LMs); the model's own.
         max_rank: R, the global rank every client adapter is a prefix of.
         scale: the fixed LoRA multiplier (alpha / R by default).
+        tier_heads: with per-tier heads, one copy of ``head`` per tier (see ``use_tier_heads``);
+            empty when one head is shared by every tier.
+        active_tier: the tier whose head the model uses now (None with a shared head).
     """
 
     model: nn.Module
@@ -39,21 +43,65 @@ class NestedLoRAModel:
     head: dict[str, nn.Parameter] = field(default_factory=dict)
     max_rank: int = 0
     scale: float = 1.0
+    tier_heads: dict[int, dict[str, nn.Parameter]] = field(default_factory=dict)
+    active_tier: int | None = None
 
     def set_active_rank(self, rank: int) -> None:
-        """Truncate every nested layer to its first ``rank`` components."""
+        """Truncate every nested layer to its first ``rank`` components (and use that tier's head)."""
         for layer in self.layers.values():
             layer.set_active_rank(min(rank, layer.rank))
+        if self.tier_heads:
+            self._install_head(tier_of(rank, sorted(self.tier_heads)))
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
+    def use_tier_heads(self, tiers: Sequence[int] | None) -> None:
+        """One head per tier (copies of the current head), or with None one shared head again."""
+        if self.tier_heads:
+            self._install_head(None)
+        self.tier_heads = {}
+        if tiers and self.head:
+            self.tier_heads = {
+                t: {n: nn.Parameter(p.detach().clone()) for n, p in self.head.items()}
+                for t in sorted(set(tiers))
+            }
+            self._install_head(max(self.tier_heads))
+
+    def _install_head(self, tier: int | None) -> None:
+        """Point the model's head modules at the parameters of ``tier`` (None: the shared head)."""
+        params = self.head if tier is None else self.tier_heads[tier]
+        for name, param in params.items():
+            owner, _, leaf = name.rpartition(".")
+            setattr(self.model.get_submodule(owner) if owner else self.model, leaf, param)
+        self.active_tier = tier
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Every head parameter: the shared head, or all tiers' copies."""
+        if self.tier_heads:
+            return [p for tier in self.tier_heads.values() for p in tier.values()]
+        return list(self.head.values())
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
         params: list[nn.Parameter] = []
         for layer in self.layers.values():
             params += [layer.lora_a, layer.lora_b]
-        return params + list(self.head.values())
+        return params
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return self.adapter_parameters() + self.head_parameters()
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        """A fresh adapter: A random, B zero, and a fresh task head."""
+        """A fresh rank-R adapter (A random, B zero, no merged term) and a fresh task head.
+
+        Every tier's head starts as the same copy. Layers left holding a client's smaller rank are
+        given back all R components first.
+        """
         for layer in self.layers.values():
+            if layer.rank != self.max_rank:
+                layer.set_factors(
+                    layer.lora_a.new_zeros(self.max_rank, layer.base.in_features),
+                    layer.lora_b.new_zeros(layer.base.out_features, self.max_rank),
+                )
+            layer.set_active_rank(self.max_rank)
+            layer.set_merged(None)
             layer.reset_parameters(generator)
         with torch.no_grad():
             for name, p in self.head.items():
@@ -61,6 +109,8 @@ class NestedLoRAModel:
                     p.zero_()
                 else:
                     p.normal_(0.0, 0.02, generator=generator)
+                for tier in self.tier_heads.values():
+                    tier[name].copy_(p)
 
 
 def default_target_modules(model: nn.Module) -> tuple[str, ...]:

@@ -8,10 +8,11 @@ without a rank axis (a task head), averaged as in plain FedAvg. A rank-r client 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 
+from prelort.adapters.heads import head_key, split_head_key
 from prelort.adapters.inject import NestedLoRAModel
 from prelort.errors import AdapterError
 
@@ -24,6 +25,11 @@ MERGED = ".merged"
 
 def is_lora_key(key: str) -> bool:
     return key.endswith((LORA_A, LORA_B))
+
+
+def is_head_key(key: str) -> bool:
+    """A dense task-head tensor (no rank axis), shared or of one tier (``<name>@<tier>``)."""
+    return not is_lora_key(key) and not key.endswith(MERGED)
 
 
 def lora_modules(state: Mapping[str, torch.Tensor]) -> list[str]:
@@ -59,6 +65,8 @@ def state_rank(state: Mapping[str, torch.Tensor]) -> int:
 def slice_to_rank(state: Mapping[str, torch.Tensor], rank: int) -> AdapterState:
     """The rank-``rank`` prefix: the first rows of every A, the first columns of every B.
 
+    Per-tier heads of tiers above ``rank`` are left out.
+
     Raises:
         AdapterError: ``rank`` is above the state's rank or below 1.
     """
@@ -67,6 +75,9 @@ def slice_to_rank(state: Mapping[str, torch.Tensor], rank: int) -> AdapterState:
         raise AdapterError(f"cannot slice a rank-{held} adapter to rank {rank}")
     out: AdapterState = {}
     for key, value in state.items():
+        tier = split_head_key(key)[1]
+        if tier is not None and tier > rank:
+            continue  # the head of a tier above the client's rank is of no use to it
         if key.endswith(LORA_A):
             out[key] = value[:rank].clone()  # (R, in) -> (r, in)
         elif key.endswith(LORA_B):
@@ -96,21 +107,43 @@ def pad_to_rank(state: Mapping[str, torch.Tensor], rank: int) -> AdapterState:
     return out
 
 
-def get_state(adapted: NestedLoRAModel) -> AdapterState:
-    """A detached fp32 CPU copy of the adapter (at the rank its layers hold) and head."""
+def get_state(adapted: NestedLoRAModel, head_tiers: Collection[int] | None = None) -> AdapterState:
+    """A detached fp32 CPU copy of the adapter (at the rank its layers hold) and head.
+
+    Args:
+        adapted: the model.
+        head_tiers: with per-tier heads, the tiers whose heads to include (None: all of them),
+            e.g. only those a client trained.
+    """
     out: AdapterState = {}
     for name, layer in adapted.layers.items():
         out[name + LORA_A] = layer.lora_a.detach().float().cpu().clone()
         out[name + LORA_B] = layer.lora_b.detach().float().cpu().clone()
         if layer.merged is not None:
             out[name + MERGED] = layer.merged.detach().float().cpu().clone()
-    for name, p in adapted.head.items():
-        out[name] = p.detach().float().cpu().clone()
+    for key, p in head_items(adapted).items():
+        tier = split_head_key(key)[1]
+        if tier is None or head_tiers is None or tier in head_tiers:
+            out[key] = p.detach().float().cpu().clone()
     return out
+
+
+def head_items(adapted: NestedLoRAModel) -> dict[str, torch.nn.Parameter]:
+    """The model's head parameters under their state keys (``name`` or ``name@tier``)."""
+    if not adapted.tier_heads:
+        return dict(adapted.head)
+    return {
+        head_key(name, tier): p
+        for tier, params in adapted.tier_heads.items()
+        for name, p in params.items()
+    }
 
 
 def set_state(adapted: NestedLoRAModel, state: Mapping[str, torch.Tensor]) -> None:
     """Load a state of any rank <= R into the model; its layers then hold exactly that rank.
+
+    A shared head must be complete; per-tier heads may be a subset (a rank-r client receives the
+    tiers up to r), the others keep their values.
 
     Raises:
         AdapterError: missing or unknown keys, or shapes that do not fit.
@@ -126,18 +159,20 @@ def set_state(adapted: NestedLoRAModel, state: Mapping[str, torch.Tensor]) -> No
     rank = state_rank(state)
     if rank > adapted.max_rank:
         raise AdapterError(f"adapter rank {rank} is above the global max_rank {adapted.max_rank}")
-    dense = {k for k in state if not is_lora_key(k) and not k.endswith(MERGED)}
-    if dense != set(adapted.head):
+    heads = head_items(adapted)
+    dense = {k for k in state if is_head_key(k)}
+    if not dense <= set(heads) or (not adapted.tier_heads and dense != set(heads)):
         raise AdapterError(
-            f"head parameters do not match: state has {sorted(dense)}, model has {sorted(adapted.head)}"
+            f"head parameters do not match: state has {sorted(dense)}, model has {sorted(heads)}"
         )
     for name, layer in adapted.layers.items():
         layer.set_factors(state[name + LORA_A], state[name + LORA_B])
         layer.set_merged(state.get(name + MERGED))
     with torch.no_grad():
-        for name, p in adapted.head.items():
-            if tuple(state[name].shape) != tuple(p.shape):
+        for key in dense:
+            p = heads[key]
+            if tuple(state[key].shape) != tuple(p.shape):
                 raise AdapterError(
-                    f"head {name!r}: shape {tuple(state[name].shape)} != {tuple(p.shape)}"
+                    f"head {key!r}: shape {tuple(state[key].shape)} != {tuple(p.shape)}"
                 )
-            p.copy_(state[name])
+            p.copy_(state[key])

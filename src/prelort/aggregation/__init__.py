@@ -78,6 +78,8 @@ class Method:
         client_ranks: maps the assigned client ranks to the ranks the method trains at.
         self_prune: clients regularise and may prune their tail components (HetLoRA).
         merges: the server merges each round into the base and clients restart (FLoRA).
+        head: the default classifier head, "per-tier" or "shared" (measured: docs/RESULTS.md).
+        trains_adapter: False for the no-adapter reference (only the head learns).
     """
 
     name: str
@@ -87,6 +89,8 @@ class Method:
     client_ranks: Callable[[Sequence[int]], list[int]] = _same_ranks
     self_prune: bool = False
     merges: bool = False
+    head: str = "per-tier"
+    trains_adapter: bool = True
 
     def aggregator(self, context: AggregationContext) -> AggregateFn:
         return self.build(context)
@@ -149,6 +153,14 @@ METHODS: dict[str, Method] = {
             "all",
             "ablation: prefix-nested training, zero-pad aggregation",
             _zeropad,
+        ),
+        Method(
+            "no-adapter",
+            "off",
+            "reference: frozen base, only the classifier head learns (zero-shot for a causal LM)",
+            _zeropad,
+            head="shared",
+            trains_adapter=False,
         ),
     )
 }

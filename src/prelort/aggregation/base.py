@@ -8,7 +8,7 @@ from typing import Protocol
 
 import torch
 
-from prelort.adapters.state import AdapterState, is_lora_key, state_rank
+from prelort.adapters.state import MERGED, AdapterState, is_head_key, is_lora_key, state_rank
 from prelort.errors import AdapterError
 
 
@@ -65,15 +65,34 @@ def weighted_sum(tensors: Sequence[torch.Tensor], weights: torch.Tensor) -> torc
 
 
 def average_dense(
-    global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]
+    global_state: Mapping[str, torch.Tensor],
+    updates: Sequence[ClientUpdate],
+    weights: torch.Tensor | None = None,
 ) -> AdapterState:
-    """FedAvg of the keys without a rank axis (the task head), weighted by examples."""
-    weights = example_weights(updates)
-    return {
-        key: weighted_sum([u.state[key] for u in updates], weights)
-        for key in global_state
-        if not is_lora_key(key)
-    }
+    """FedAvg of the head tensors (keys without a rank axis), each over the updates that carry it.
+
+    A per-tier head (``<name>@<tier>``) comes only from the clients that trained that tier; the
+    weights are renormalised over them, the rule the rank segments follow. A head no update
+    carries keeps its value.
+
+    Args:
+        global_state: the global state (gives the head keys).
+        updates: the round's updates.
+        weights: one weight per update (default: proportional to examples).
+    """
+    weights = example_weights(updates) if weights is None else weights
+    out: AdapterState = {}
+    for key in global_state:
+        if not is_head_key(key):
+            continue
+        holders = [k for k, u in enumerate(updates) if key in u.state]
+        if not holders:
+            out[key] = global_state[key].detach().clone().float()
+            continue
+        w = weights[holders]
+        w = w / w.sum() if w.sum() > 0 else torch.full_like(w, 1 / len(holders))
+        out[key] = weighted_sum([updates[k].state[key] for k in holders], w)
+    return out
 
 
 def check_updates(global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> int:
@@ -85,11 +104,13 @@ def check_updates(global_state: Mapping[str, torch.Tensor], updates: Sequence[Cl
     if not updates:
         raise AdapterError("no client updates to aggregate")
     max_rank = state_rank(global_state)
-    keys = set(global_state)
+    lora_keys = {k for k in global_state if is_lora_key(k)}
+    head_keys = {k for k in global_state if is_head_key(k)}
     for u in updates:
         if u.rank > max_rank:
             raise AdapterError(f"client {u.client_id}: rank {u.rank} is above max_rank {max_rank}")
-        if set(u.state) != keys:
-            diff = sorted(set(u.state) ^ keys)[:3]
+        got = {k for k in u.state if not k.endswith(MERGED)}
+        if {k for k in got if is_lora_key(k)} != lora_keys or not (got - lora_keys) <= head_keys:
+            diff = sorted(got ^ (lora_keys | head_keys))[:3]
             raise AdapterError(f"client {u.client_id}: keys differ from the global adapter: {diff}")
     return max_rank

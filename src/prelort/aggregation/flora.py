@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from prelort.adapters.state import LORA_A, LORA_B, MERGED, AdapterState, is_lora_key, lora_modules
-from prelort.aggregation.base import ClientUpdate, check_updates, example_weights, weighted_sum
+from prelort.adapters.state import LORA_A, LORA_B, MERGED, AdapterState, lora_modules
+from prelort.aggregation.base import ClientUpdate, average_dense, check_updates, example_weights
 from prelort.aggregation.flexlora import stacked_factors
 
 
@@ -41,10 +41,7 @@ def aggregate_flora(
     """
     check_updates(global_state, updates)
     weights = example_weights(updates)
-    out: AdapterState = {}
-    for key in global_state:
-        if not is_lora_key(key) and not key.endswith(MERGED):
-            out[key] = weighted_sum([u.state[key] for u in updates], weights)  # the head
+    out = average_dense(global_state, updates, weights)  # the head
     for module in lora_modules(global_state):
         b_cat, a_cat = stacked_factors(updates, module, weights, scale)  # (out, sum r), (sum r, in)
         merged = global_state[module + MERGED].double() + b_cat @ a_cat

@@ -18,28 +18,13 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from prelort.adapters.state import LORA_A, LORA_B, AdapterState, lora_modules, pad_to_rank
-from prelort.aggregation.base import ClientUpdate, check_updates, weighted_sum
+from prelort.adapters.norms import product_gram, update_norm
+from prelort.adapters.state import AdapterState
+from prelort.aggregation.base import ClientUpdate, check_updates
+from prelort.aggregation.zeropad import zero_padded_average
 
 HETLORA_GAMMA = 1e-3  # weight of the tail-norm regulariser
 HETLORA_THRESHOLD = 0.05  # prune the tail when its norm is below this fraction of the adapter's
-
-
-def product_gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(B^T B) * (A A^T)`` elementwise, (r, r): its sum is ``||B A||_F^2`` without forming B A.
-
-    A sub-block ``[i:j, i:j]`` sums to the squared norm of components i..j alone.
-    """
-    return (b.T @ b) * (a @ a.T)  # (r, out) @ (out, r) * (r, in) @ (in, r)
-
-
-def update_norm(state: Mapping[str, torch.Tensor], scale: float) -> float:
-    """``sqrt(sum_modules ||s B A||_F^2)``, computed from the small r x r Gram matrices."""
-    total = 0.0
-    for module in lora_modules(state):
-        a, b = state[module + LORA_A].double(), state[module + LORA_B].double()
-        total += float(product_gram(a, b).sum()) * scale**2
-    return max(total, 0.0) ** 0.5
 
 
 def aggregate_hetlora(
@@ -57,8 +42,7 @@ def aggregate_hetlora(
     max_rank = check_updates(global_state, updates)
     norms = torch.tensor([update_norm(u.state, scale) for u in updates], dtype=torch.float64)
     weights = norms / norms.sum() if norms.sum() > 0 else torch.full_like(norms, 1 / len(norms))
-    padded = [pad_to_rank(u.state, max_rank) for u in updates]
-    return {key: weighted_sum([p[key] for p in padded], weights) for key in global_state}
+    return zero_padded_average(global_state, updates, weights, max_rank)
 
 
 def tail_size(rank: int) -> int:

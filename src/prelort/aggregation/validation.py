@@ -12,8 +12,9 @@ from collections.abc import Collection, Mapping
 
 import torch
 
-from prelort.adapters.state import LORA_A, LORA_B, MERGED, lora_modules
-from prelort.aggregation.hetlora import update_norm
+from prelort.adapters.heads import split_head_key
+from prelort.adapters.norms import update_norm
+from prelort.adapters.state import LORA_A, LORA_B, MERGED, is_head_key, is_lora_key, lora_modules
 
 
 def update_problem(
@@ -39,11 +40,18 @@ def update_problem(
         return f"rank {rank} is outside [1, {max_rank}]"
     if allowed_ranks is not None and rank not in allowed_ranks:
         return f"rank {rank} is not one of the ranks in use {sorted(allowed_ranks)}"
-    expected = {k for k in global_state if not k.endswith(MERGED)}
+    lora_keys = {k for k in global_state if is_lora_key(k)}
+    head_keys = {k for k in global_state if is_head_key(k)}
     got = {k for k in state if not k.endswith(MERGED)}
-    if got != expected:
-        missing, unknown = sorted(expected - got), sorted(got - expected)
+    # per-tier heads: a client sends only the tiers it trained; a shared head must be sent whole
+    shared_head = all(split_head_key(k)[1] is None for k in head_keys)
+    missing = sorted((lora_keys | head_keys if shared_head else lora_keys) - got)
+    unknown = sorted(got - lora_keys - head_keys)
+    if missing or unknown:
         return f"keys differ from the global adapter (missing {missing[:2]}, unknown {unknown[:2]})"
+    above = sorted(k for k in got if (split_head_key(k)[1] or 0) > rank)
+    if above:
+        return f"a rank-{rank} client sent heads of higher tiers: {above[:2]}"
     for key, value in state.items():
         if key.endswith(MERGED):
             continue

@@ -11,8 +11,14 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from prelort.adapters.state import AdapterState, pad_to_rank
-from prelort.aggregation.base import ClientUpdate, check_updates, example_weights, weighted_sum
+from prelort.adapters.state import AdapterState, is_lora_key, pad_to_rank
+from prelort.aggregation.base import (
+    ClientUpdate,
+    average_dense,
+    check_updates,
+    example_weights,
+    weighted_sum,
+)
 
 
 def aggregate_zeropad(
@@ -24,6 +30,19 @@ def aggregate_zeropad(
         AdapterError: no updates, or an update that does not fit the global adapter.
     """
     max_rank = check_updates(global_state, updates)
+    return zero_padded_average(global_state, updates, example_weights(updates), max_rank)
+
+
+def zero_padded_average(
+    global_state: Mapping[str, torch.Tensor],
+    updates: Sequence[ClientUpdate],
+    weights: torch.Tensor,
+    max_rank: int,
+) -> AdapterState:
+    """``sum_k w_k pad(A_k)`` and ``sum_k w_k pad(B_k)`` per module; heads over their holders."""
+    out = average_dense(global_state, updates, weights)
     padded = [pad_to_rank(u.state, max_rank) for u in updates]
-    weights = example_weights(updates)
-    return {key: weighted_sum([p[key] for p in padded], weights) for key in global_state}
+    for key in global_state:
+        if is_lora_key(key):
+            out[key] = weighted_sum([p[key] for p in padded], weights)
+    return out

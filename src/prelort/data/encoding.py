@@ -7,12 +7,14 @@ never from comparing ids with the pad id (that would also mask the eos the model
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from prelort.data.tasks import CLASSIFICATION, Split, TaskData
+from prelort.errors import DataError
 
 IGNORE = -100
 PLACEHOLDER = "\x00TEXT\x00"
@@ -27,12 +29,15 @@ class EncodedSplit:
         labels: class ids (classification) or group ids.
         target_ids: the causal target ending in eos (generation only).
         references: the target strings, for ROUGE (generation only).
+        choices: per class, the token ids of its verbalised label ending in eos (verbalised
+            classification: a causal LM writes the label; accuracy picks the likeliest choice).
     """
 
     input_ids: list[list[int]]
     labels: list[int]
     target_ids: list[list[int]] | None = None
     references: list[str] | None = None
+    choices: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -54,13 +59,46 @@ def _prompt_parts(tokenizer, template: str) -> tuple[list[int], list[int]]:
     )
 
 
+VERBALIZED_PROMPT = (
+    "Classify the text. Answer with one of these labels only: {labels}.\n\nText: {text}"
+)
+
+
+def verbalized_task(task: TaskData) -> TaskData:
+    """A classification task rewritten for a causal LM: the prompt lists the labels, the target is
+    the label's name. Class ids stay the labels (they drive partitions and accuracy)."""
+    prompt = VERBALIZED_PROMPT.replace("{labels}", ", ".join(task.label_names))
+    return dataclasses.replace(task, prompt=prompt)
+
+
 def encode_split(
-    tokenizer, task: TaskData, split: Split, max_length: int, max_target_length: int = 32
+    tokenizer,
+    task: TaskData,
+    split: Split,
+    max_length: int,
+    max_target_length: int = 32,
+    verbalized: bool = False,
 ) -> EncodedSplit:
-    """Tokenise a split: truncated classifier inputs, or prompt/target pairs within ``max_length``."""
-    if task.kind == CLASSIFICATION:
+    """Tokenise a split: truncated classifier inputs, or prompt/target pairs within ``max_length``.
+
+    With ``verbalized`` a classification split becomes prompt/target pairs whose target is the
+    class name (``verbalized_task`` gives the prompt), plus the candidate ``choices``.
+    """
+    if task.kind == CLASSIFICATION and not verbalized:
         ids = tokenizer(split.texts, truncation=True, max_length=max_length)["input_ids"]
         return EncodedSplit(ids, list(split.labels))
+    choices = None
+    if task.kind == CLASSIFICATION:
+        eos = [tokenizer.eos_token_id]
+        choices = [
+            tokenizer(name, add_special_tokens=False)["input_ids"][: max_target_length - 1] + eos
+            for name in task.label_names
+        ]
+        if len({tuple(c) for c in choices}) < len(choices):
+            raise DataError(
+                f"task {task.name}: two labels have the same tokens: {task.label_names}"
+            )
+        split = Split(split.texts, split.labels, [task.label_names[y] for y in split.labels])
     if split.targets is None:
         raise ValueError("a generation split needs targets")
     before, after = _prompt_parts(tokenizer, task.prompt)
@@ -75,7 +113,7 @@ def encode_split(
         budget = max(1, max_length - len(before) - len(after) - len(target))
         prompts.append(before + text[:budget] + after)
         targets.append(target)
-    return EncodedSplit(prompts, list(split.labels), targets, list(split.targets))
+    return EncodedSplit(prompts, list(split.labels), targets, list(split.targets), choices)
 
 
 def classification_batch(
@@ -125,7 +163,7 @@ def prompt_batch(enc: EncodedSplit, idx: Sequence[int], pad_id: int) -> dict[str
 def make_batch(
     kind: str, enc: EncodedSplit, idx: Sequence[int], pad_id: int
 ) -> dict[str, torch.Tensor]:
-    """A training batch for the task kind."""
-    if kind == CLASSIFICATION:
+    """A training batch: class labels for a classifier head, else prompt + target for a causal LM."""
+    if kind == CLASSIFICATION and enc.target_ids is None:
         return classification_batch(enc, idx, pad_id)
     return causal_batch(enc, idx, pad_id)

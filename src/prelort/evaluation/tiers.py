@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +17,16 @@ from prelort.data.encoding import (
     classification_batch,
     prompt_batch,
 )
-from prelort.data.tasks import CLASSIFICATION
+from prelort.data.tasks import GENERATION
+from prelort.evaluation.choices import choice_accuracy
 from prelort.evaluation.metrics import accuracy, perplexity, rouge_l
+from prelort.evaluation.readout import readout_accuracy
 
 TierMetrics = dict[str, dict[str, float]]
+
+# How a task is learnt and scored: a classifier head, a verbalised label, or free generation.
+HEAD, VERBALIZED = "head", "verbalized"
+OBJECTIVES = (HEAD, VERBALIZED, GENERATION)
 
 
 def _chunks(n: int, size: int):
@@ -81,21 +88,37 @@ def generate(
     return outputs
 
 
+@dataclass(frozen=True)
+class ReadoutData:
+    """Training rows for the refitted-readout diagnostic (``prelort.evaluation.readout``)."""
+
+    train: EncodedSplit
+    rows: list[int]
+    classes: int
+
+
 def evaluate_tiers(
     adapted: NestedLoRAModel,
     global_state: Mapping[str, torch.Tensor],
     tiers: Sequence[int],
-    kind: str,
+    objective: str,
     data: EncodedSplit,
     tokenizer,
     batch_size: int = 32,
     generation_data: EncodedSplit | None = None,
     max_new_tokens: int = 24,
+    readout: ReadoutData | None = None,
+    same_at_every_tier: bool = False,
 ) -> TierMetrics:
     """Metrics of the global adapter truncated at each tier rank.
 
-    Classification reports ``accuracy``; generation reports ``perplexity`` and, when
-    ``generation_data`` is given, ``rouge_l`` of greedy completions.
+    Args:
+        objective: "head" (a classifier head: ``accuracy``), "verbalized" (a causal LM writes
+            the label: ``accuracy`` of the likeliest label) or "generation" (``perplexity``, and
+            ``rouge_l`` of greedy completions when ``generation_data`` is given).
+        readout: also report ``readout_accuracy``, a readout refitted on each tier's features.
+        same_at_every_tier: the model is the same at every tier (no adapter, one head): evaluate
+            once and report it for every tier.
 
     Returns:
         ``{"<rank>": {"<metric>": value}}``.
@@ -105,9 +128,18 @@ def evaluate_tiers(
     pad_id = tokenizer.pad_token_id
     results: TierMetrics = {}
     for tier in tiers:
+        if same_at_every_tier and results:
+            results[str(tier)] = dict(next(iter(results.values())))
+            continue
         adapted.set_active_rank(tier)
-        if kind == CLASSIFICATION:
+        if objective == HEAD:
             metrics = {"accuracy": classification_accuracy(adapted, data, pad_id, batch_size)}
+            if readout is not None:
+                metrics["readout_accuracy"] = readout_accuracy(
+                    adapted, readout.train, readout.rows, data, pad_id, readout.classes, batch_size
+                )
+        elif objective == VERBALIZED:
+            metrics = {"accuracy": choice_accuracy(adapted, data, pad_id, batch_size)}
         else:
             metrics = {"perplexity": causal_perplexity(adapted, data, pad_id, batch_size)}
             if generation_data is not None and len(generation_data):

@@ -162,6 +162,33 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n\n".join(blocks)
 
 
+def reference_note(rows: Sequence[dict[str, Any]], margin: float = 0.02) -> str:
+    """How much the adapters add over the no-adapter row, per metric; a warning when it is little.
+
+    Returns "" without a reference row.
+    """
+    notes = []
+    for metric in sorted({r["metric"] for r in rows}):
+        sel = [r for r in rows if r["metric"] == metric]
+        ref = [r["mean"] for r in sel if r["method"] == REFERENCE]
+        others = [r["mean"] for r in sel if r["method"] != REFERENCE]
+        if not ref or not others:
+            continue
+        lower_better = metric == "perplexity"
+        best = min(others) if lower_better else max(others)
+        gain = (ref[0] - best) if lower_better else (best - ref[0])
+        relative = gain / ref[0] if lower_better else gain
+        label = METRIC_LABELS.get(metric, metric)
+        note = f"{label}: no adapter {ref[0]:.4f}, best adapter tier {best:.4f} (gain {gain:+.4f})"
+        if relative < margin:
+            note += (
+                "; the adapters add little over the frozen base here, so this task says little"
+                " about the methods"
+            )
+        notes.append(note)
+    return "\n".join(f"- {n}" for n in notes)
+
+
 def plot_comparison(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     """One PNG per metric: grouped bars of the final value per tier, a bar per method."""
     import matplotlib
@@ -194,23 +221,59 @@ def plot_comparison(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]
     return paths
 
 
+REFERENCE = "no-adapter"
+
+
+def run_variants(
+    methods: Sequence[str], heads: Sequence[str] | None, reference: bool
+) -> list[tuple[str, str, str | None]]:
+    """``(label, method, head)`` of every run of a seed.
+
+    With several ``heads`` every method runs once per head mode, labelled ``<method>-<head>-head``;
+    ``reference`` appends the no-adapter row (shared head: its tiers are one model).
+    """
+    variants: list[tuple[str, str, str | None]] = []
+    for method in methods:
+        if method == REFERENCE:
+            continue
+        if heads and len(heads) > 1:
+            variants += [(f"{method}-{h}-head", method, h) for h in heads]
+        else:
+            variants.append((method, method, heads[0] if heads else None))
+    if reference or REFERENCE in methods:
+        variants.append((REFERENCE, REFERENCE, None))
+    return variants
+
+
 def run_comparison(
     base: SimulationConfig,
     methods: Sequence[str],
     seeds: Sequence[int],
     progress: bool = True,
     on_run: Callable[[str, int, SimulationResult], None] | None = None,
+    heads: Sequence[str] | None = None,
+    reference: bool = False,
 ) -> Comparison:
     """Run every method with every seed; one workbench (task + model) serves all runs.
 
     Each run of a seed uses the same partition, rank assignment and initial adapter whatever the
     method, because all of them derive from the seed alone.
+
+    Args:
+        heads: head modes to run every method with (None: each method's default).
+        reference: add the no-adapter reference row (frozen base + head, or zero-shot).
     """
-    comparison = Comparison(base, list(methods), list(seeds))
+    variants = run_variants(methods, heads, reference)
+    comparison = Comparison(base, [label for label, *_ in variants], list(seeds))
     bench: Workbench | None = None
     for seed in seeds:
-        for method in methods:
-            config = base.replace(method=method, seed=seed, out=base.out / f"{method}-seed{seed}")
+        for label, method, head in variants:
+            config = base.replace(
+                method=method,
+                seed=seed,
+                head=head or base.head,
+                out=base.out / f"{label}-seed{seed}",
+            )
             if bench is None or bench.key != workbench_key(config):
                 bench = build_workbench(config)
             result = run_simulation(
@@ -221,9 +284,9 @@ def run_comparison(
                 checkpoint_dir=config.out,
             )
             write_outputs(result, config.out)
-            comparison.runs[(method, seed)] = result
+            comparison.runs[(label, seed)] = result
             if on_run is not None:
-                on_run(method, seed, result)
+                on_run(label, seed, result)
     return comparison
 
 
@@ -255,8 +318,10 @@ def load_comparison(out_dir: Path) -> Comparison:
     if config is None:
         raise DataError(f"no finished run (<method>-seed<S>/metrics.json) under {out_dir}")
     order = list(METHODS)
+    method_of = {label: run.config["method"] for (label, _), run in runs.items()}
     methods = sorted(
-        {m for m, _ in runs}, key=lambda m: order.index(m) if m in order else len(order)
+        method_of,
+        key=lambda m: (order.index(method_of[m]) if method_of[m] in order else len(order), m),
     )
     seeds = sorted({s for _, s in runs})
     base = config_from_mapping({**config, "out": str(out_dir)})
@@ -267,7 +332,8 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
     """summary.md, summary.csv, summary.json and the comparison plots."""
     rows = comparison.summary_rows()
     costs = comparison.cost_rows()
-    table = markdown_table(rows) + "\n\n" + cost_table(costs)
+    note = reference_note(rows)
+    table = markdown_table(rows) + ("\n\n" + note if note else "") + "\n\n" + cost_table(costs)
     atomic_write_text(out_dir / "summary.md", table + "\n")
     columns = ["method", "tier", "metric", "mean", "std", "seeds", "wall_seconds"]
     atomic_write_text(out_dir / "summary.csv", csv_text(rows, columns))

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from prelort.adapters.heads import tier_of
+from prelort.adapters.norms import segment_norms
 from prelort.adapters.state import (
     MERGED,
     AdapterState,
@@ -24,14 +26,16 @@ from prelort.adapters.state import (
     is_lora_key,
     set_state,
     slice_to_rank,
+    state_rank,
 )
 from prelort.aggregation import AggregationContext, ClientUpdate, get_method
 from prelort.aggregation.flora import stacked_numel
 from prelort.aggregation.hetlora import HETLORA_GAMMA, HETLORA_THRESHOLD, tail_size
+from prelort.aggregation.segments import segment_bounds
 from prelort.aggregation.validation import update_problem
 from prelort.config import RankSpec, SimulationConfig
 from prelort.data.partition import partition_indices
-from prelort.evaluation.tiers import TierMetrics, evaluate_tiers
+from prelort.evaluation.tiers import HEAD, ReadoutData, TierMetrics, evaluate_tiers
 from prelort.simulation.checkpoint import Checkpoint, save_checkpoint
 from prelort.simulation.workbench import Workbench, build_workbench
 from prelort.training.local import LocalTrainingConfig, train_local
@@ -119,7 +123,7 @@ def run_simulation(
         ConfigError, DataError, ModelError: bad settings, data or model.
     """
     bench = workbench or build_workbench(config)
-    adapted, kind = bench.adapted, bench.task.kind
+    adapted, kind = bench.adapted, bench.batch_kind
     method = get_method(config.method)
     ladder = config.ranks.ladder
     train_config = LocalTrainingConfig(
@@ -130,6 +134,9 @@ def run_simulation(
         1.0,
         config.resolved_nested,
         HETLORA_GAMMA if method.self_prune else 0.0,
+        config.resolved_head_lr,
+        config.optimizer,
+        method.trains_adapter,
     )
 
     pool = list(range(len(bench.train)))
@@ -148,10 +155,9 @@ def run_simulation(
     ranks = method.client_ranks(assign_ranks(config.ranks, config.clients, config.seed))
     result = SimulationResult(config.to_dict(), list(ranks), [len(p) for p in client_rows])
 
+    per_tier = config.resolved_head == "per-tier" and bench.objective == HEAD
+    adapted.use_tier_heads(ladder if per_tier else None)
     adapted.reset_parameters(torch.Generator().manual_seed(config.seed))
-    for layer in adapted.layers.values():
-        layer.set_merged(None)
-    set_state(adapted, get_state(adapted))  # back to rank R after earlier runs on this workbench
     global_state = get_state(adapted)
     fresh_state = dict(global_state)
     if method.merges:
@@ -209,7 +215,8 @@ def run_simulation(
                 train_config,
                 torch.Generator().manual_seed(cseed),
             )
-            state = get_state(adapted)
+            trained_tiers = {tier_of(r, ladder) for r in local.trained_ranks}
+            state = get_state(adapted, head_tiers=trained_tiers)
             problem = update_problem(
                 state, rank, global_state, allowed_ranks, config.max_update_norm, adapted.scale
             )
@@ -245,21 +252,27 @@ def run_simulation(
             previous_stack = stacked_numel(updates)
         last = round_index == config.rounds
         if last or round_index % config.eval_every == 0:
+            readout = None
+            if last and bench.readout_rows:
+                readout = ReadoutData(bench.train, bench.readout_rows, bench.task.num_labels)
             tiers = evaluate_tiers(
                 adapted,
                 global_state,
                 ladder,
-                kind,
+                bench.objective,
                 bench.test,
                 bench.tokenizer,
                 generation_data=bench.generation if (last or config.rouge_every_round) else None,
                 max_new_tokens=config.max_new_tokens,
+                readout=readout,
+                same_at_every_tier=not method.trains_adapter and not adapted.tier_heads,
             )
             record = {
                 "round": round_index,
                 "tiers": tiers,
                 "train_loss": sum(losses) / len(losses) if losses else float("nan"),
                 "seconds": round(time.perf_counter() - round_start, 2),
+                "segments": segment_record(global_state, ladder, adapted.scale),
             }
             result.rounds.append(record)
             if last:
@@ -287,6 +300,23 @@ def run_simulation(
     result.global_state = global_state
     result.wall_seconds = time.perf_counter() - start
     return result
+
+
+def segment_record(
+    global_state: AdapterState, ladder: tuple[int, ...], scale: float
+) -> list[dict[str, Any]]:
+    """Per rank segment of the global adapter: ``||s B_seg A_seg||_F`` and its share of the energy.
+
+    Shows whether training concentrates the signal in the prefix, or leaves it stuck in the first
+    segment ("rank collapse") or spread evenly (a truncation then loses most of it).
+    """
+    bounds = segment_bounds(ladder, state_rank(global_state))
+    norms = segment_norms(global_state, bounds, scale)
+    energy = sum(n * n for n in norms)
+    return [
+        {"lo": lo, "hi": hi, "norm": n, "share": n * n / energy if energy > 0 else 0.0}
+        for (lo, hi), n in zip(bounds, norms, strict=True)
+    ]
 
 
 def uplink_numel(state: AdapterState) -> int:

@@ -6,19 +6,24 @@ workbench; every run starts from a freshly initialised adapter on the same froze
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass
 
 from prelort.adapters.inject import NestedLoRAModel, inject_nested_lora
 from prelort.config import SimulationConfig
-from prelort.data.encoding import EncodedSplit, encode_split
-from prelort.data.tasks import CLASSIFICATION, FileFields, TaskData, load_task
-from prelort.models import load_model
+from prelort.data.encoding import EncodedSplit, encode_split, verbalized_task
+from prelort.data.tasks import CLASSIFICATION, GENERATION, FileFields, TaskData, load_task
+from prelort.errors import ConfigError
+from prelort.evaluation.tiers import HEAD, VERBALIZED
+from prelort.models import is_causal_lm, load_model
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_LENGTH = {CLASSIFICATION: 64, "generation": 160}
+# Tokens per example by objective: a verbalised prompt also lists the labels and the chat markup.
+DEFAULT_MAX_LENGTH = {HEAD: 64, VERBALIZED: 128, GENERATION: 160}
+READOUT_SEED = 0  # one set of readout training rows for every method, seed and tier
 EVAL_SUBSET_SEED = 0  # one test subset for every method and seed
 
 
@@ -34,6 +39,8 @@ class Workbench:
         adapted: the model with its nested layers.
         tokenizer: the model's tokenizer.
         key: the settings the workbench was built from; runs whose key matches can share it.
+        objective: "head", "verbalized" or "generation" (``prelort.evaluation.tiers``).
+        readout_rows: training rows for the refitted-readout diagnostic (head objective only).
     """
 
     task: TaskData
@@ -43,6 +50,13 @@ class Workbench:
     adapted: NestedLoRAModel
     tokenizer: object
     key: tuple
+    objective: str = HEAD
+    readout_rows: list[int] = dataclasses.field(default_factory=list)
+
+    @property
+    def batch_kind(self) -> str:
+        """The kind of training batch: class labels for a head, prompt + target otherwise."""
+        return CLASSIFICATION if self.objective == HEAD else GENERATION
 
 
 def workbench_key(config: SimulationConfig) -> tuple:
@@ -57,6 +71,8 @@ def workbench_key(config: SimulationConfig) -> tuple:
         config.lora_dropout,
         config.eval_examples,
         config.generate_examples,
+        config.classifier,
+        config.readout_examples,
         config.text_field,
         config.label_field,
         config.instruction_field,
@@ -80,12 +96,25 @@ def build_workbench(config: SimulationConfig) -> Workbench:
         config.text_field, config.label_field, config.instruction_field, config.response_field
     )
     task = load_task(config.task, fields)
-    loaded = load_model(config.model, task.kind, task.num_labels, config.dtype)
-    max_length = config.max_length or DEFAULT_MAX_LENGTH[task.kind]
+    objective = resolve_objective(config, task)
+    if objective == VERBALIZED:
+        task = verbalized_task(task)
+    loaded = load_model(
+        config.model,
+        CLASSIFICATION if objective == HEAD else GENERATION,
+        task.num_labels,
+        config.dtype,
+    )
+    max_length = config.max_length or DEFAULT_MAX_LENGTH[objective]
     tokenizer = loaded.tokenizer
-    train = encode_split(tokenizer, task, task.train, max_length)
+    verbalized = objective == VERBALIZED
+    train = encode_split(tokenizer, task, task.train, max_length, verbalized=verbalized)
     test = encode_split(
-        tokenizer, task, task.test.take(_subset(len(task.test), config.eval_examples)), max_length
+        tokenizer,
+        task,
+        task.test.take(_subset(len(task.test), config.eval_examples)),
+        max_length,
+        verbalized=verbalized,
     )
     generation = None
     if task.kind != CLASSIFICATION and config.generate_examples > 0:
@@ -97,8 +126,9 @@ def build_workbench(config: SimulationConfig) -> Workbench:
         alpha=config.resolved_alpha,
         target_modules=config.target_modules,
         dropout=config.lora_dropout,
-        train_head=task.kind == CLASSIFICATION,
+        train_head=objective == HEAD,
     )
+    readout_rows = _subset(len(train), config.readout_examples) if objective == HEAD else []
     log.info(
         "workbench: task %s (%d train, %d test), model %s, %d nested layers of rank %d",
         task.name,
@@ -108,4 +138,35 @@ def build_workbench(config: SimulationConfig) -> Workbench:
         len(adapted.layers),
         adapted.max_rank,
     )
-    return Workbench(task, train, test, generation, adapted, tokenizer, workbench_key(config))
+    return Workbench(
+        task,
+        train,
+        test,
+        generation,
+        adapted,
+        tokenizer,
+        workbench_key(config),
+        objective,
+        readout_rows,
+    )
+
+
+def resolve_objective(config: SimulationConfig, task: TaskData) -> str:
+    """How the task is learnt: generation, a classifier head, or a verbalised label.
+
+    ``auto`` gives a causal LM verbalised labels (no fresh head: the paper's setting) and an encoder
+    a head.
+
+    Raises:
+        ConfigError: a verbalised classifier asked of a model that is not a causal LM.
+    """
+    if task.kind == GENERATION:
+        return GENERATION
+    if config.classifier == HEAD:
+        return HEAD
+    causal = is_causal_lm(config.model)
+    if config.classifier == VERBALIZED and not causal:
+        raise ConfigError(
+            f"classifier: verbalized needs a causal LM; {config.model!r} is not one (use head)"
+        )
+    return VERBALIZED if causal else HEAD

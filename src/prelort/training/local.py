@@ -1,4 +1,9 @@
-"""A client's local training: a plain AdamW loop over random mini-batches of its partition."""
+"""A client's local training: an AdamW (or SGD) loop over random mini-batches of its partition.
+
+The task head gets its own learning rate: it starts from random weights each run while the adapter
+starts as a no-op, and at the adapter's rate a head of a few hundred weights learns too slowly to
+read the adapter's features within a short federation.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from prelort.adapters.inject import NestedLoRAModel
-from prelort.aggregation.hetlora import product_gram, tail_size
+from prelort.adapters.norms import product_gram
+from prelort.aggregation.hetlora import tail_size
 from prelort.data.encoding import EncodedSplit, make_batch
+from prelort.errors import ConfigError
 from prelort.training.nested import truncation_ranks
 
 
@@ -20,12 +27,15 @@ class LocalTrainingConfig:
     Attributes:
         steps: optimizer steps per round.
         batch_size: examples per step.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
+        lr: learning rate of the adapter.
+        weight_decay: weight decay (decoupled for AdamW, L2 for SGD).
         max_grad_norm: gradient clipping (0 disables it).
         nested: "all", "sample" or "off" (see ``truncation_ranks``).
         tail_penalty: HetLoRA's gamma: weight of the norm of the last ``tail_size(rank)``
             components' update in the loss (0 disables it).
+        head_lr: learning rate of the task head (None: ``lr``).
+        optimizer: "adamw" or "sgd" (momentum 0.9).
+        train_adapter: False trains only the head (the no-adapter reference).
     """
 
     steps: int = 10
@@ -35,6 +45,9 @@ class LocalTrainingConfig:
     max_grad_norm: float = 1.0
     nested: str = "all"
     tail_penalty: float = 0.0
+    head_lr: float | None = None
+    optimizer: str = "adamw"
+    train_adapter: bool = True
 
 
 @dataclass(frozen=True)
@@ -45,11 +58,37 @@ class LocalResult:
         mean_loss: mean task loss over the steps.
         passes: forward/backward passes run (more than steps under nested training).
         tail_ratio: norm of the tail components' update over the whole update's norm.
+        trained_ranks: the active ranks the client optimised (their tiers' heads were trained).
     """
 
     mean_loss: float
     passes: int
     tail_ratio: float
+    trained_ranks: frozenset[int] = frozenset()
+
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def make_optimizer(adapted: NestedLoRAModel, config: LocalTrainingConfig) -> torch.optim.Optimizer:
+    """One optimizer, two parameter groups: the adapter at ``lr``, the head at ``head_lr``.
+
+    Raises:
+        ConfigError: an unknown optimizer name.
+    """
+    groups = []
+    if config.train_adapter:
+        groups.append({"params": adapted.adapter_parameters(), "lr": config.lr})
+    if adapted.head_parameters():
+        head_lr = config.lr if config.head_lr is None else config.head_lr
+        groups.append({"params": adapted.head_parameters(), "lr": head_lr})
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    raise ConfigError(
+        f"optimizer: unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+    )
 
 
 def tail_norms(adapted: NestedLoRAModel, rank: int, tail: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,14 +138,17 @@ def train_local(
         config: steps, batch size, optimizer and nested mode.
         generator: the client's random stream for batches and sampled truncations.
     """
-    params = adapted.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if not config.train_adapter and not adapted.head_parameters():
+        return LocalResult(float("nan"), 0, 0.0)  # nothing to train: a zero-shot reference
+    optimizer = make_optimizer(adapted, config)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     adapted.model.train()
     batches = batch_indices(indices, config.batch_size, generator)
-    losses, passes = [], 0
+    losses, passes, trained = [], 0, set()
     for _ in range(config.steps):
         batch = make_batch(kind, data, next(batches), pad_id)
         ranks = truncation_ranks(config.nested, rank, ladder, generator)
+        trained.update(ranks)
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for r in ranks:
@@ -128,4 +170,4 @@ def train_local(
     with torch.no_grad():
         tail, whole = tail_norms(adapted, rank, tail_size(rank))
     ratio = float(tail / whole) if whole > 0 else 0.0
-    return LocalResult(sum(losses) / len(losses), passes, ratio)
+    return LocalResult(sum(losses) / len(losses), passes, ratio, frozenset(trained))
