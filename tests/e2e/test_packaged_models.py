@@ -104,3 +104,28 @@ def test_cli_simulate_and_user_errors(tmp_path):
         )
         assert bad.returncode == 2, (flags, bad.stderr)
         assert message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize("task", ["bbc-news", "rotten-tomatoes", "20newsgroups", "file"])
+def test_smollm2_classifies_by_writing_the_label(tmp_path, task, topic_jsonl):
+    """Causal LM + classification task = verbalised labels by default: no head, label scoring."""
+    config = config_from_mapping(
+        dict(
+            model="smollm2-135m",
+            task=str(topic_jsonl) if task == "file" else task,
+            ranks="2,4",
+            clients=2,
+            rounds=1,
+            local_steps=1,
+            batch_size=2,
+            eval_examples=6,
+            train_examples=40,
+            max_length=96,
+            out=str(tmp_path),
+        )
+    )
+    result = run_simulation(config, progress=False)
+    assert not [k for k in result.global_state if "@" in k or "score" in k]  # no head at all
+    assert set(result.final) == {"2", "4"}
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in result.final.values())
+    assert result.rounds[-1]["train_loss"] > 0

@@ -89,7 +89,7 @@ class Method:
     client_ranks: Callable[[Sequence[int]], list[int]] = _same_ranks
     self_prune: bool = False
     merges: bool = False
-    head: str = "per-tier"
+    head: str = "shared"
     trains_adapter: bool = True
 
     def aggregator(self, context: AggregationContext) -> AggregateFn:
@@ -159,7 +159,6 @@ METHODS: dict[str, Method] = {
             "off",
             "reference: frozen base, only the classifier head learns (zero-shot for a causal LM)",
             _zeropad,
-            head="shared",
             trains_adapter=False,
         ),
     )

@@ -71,6 +71,33 @@ def plot_per_round(rounds: list[dict[str, Any]], title: str, out_dir: Path) -> l
     return paths
 
 
+def plot_segments(rounds: list[dict[str, Any]], title: str, out_dir: Path) -> Path | None:
+    """``segments.png``: each rank segment's share of the adapter's energy per round, stacked.
+
+    A band that swallows the plot shows rank collapse (all signal in the first segment); bands
+    that stay even mean a truncation discards most of the update.
+    """
+    records = [r for r in rounds if r.get("segments")]
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r["round"] for r in records]
+    bounds = [(s["lo"], s["hi"]) for s in records[-1]["segments"]]
+    shares = [[r["segments"][i]["share"] for r in records] for i in range(len(bounds))]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.stackplot(xs, shares, labels=[f"ranks {lo}-{hi}" for lo, hi in bounds])
+    ax.set_xlabel("round")
+    ax.set_ylabel("share of ||s B A||^2")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{title}: energy per rank segment")
+    ax.legend(fontsize=8, loc="upper left")
+    return save_figure(fig, out_dir / "segments.png")
+
+
 def write_progress(result: SimulationResult, out_dir: Path) -> None:
     """metrics.json and metrics.csv so far (called after every evaluated round)."""
     write_json(out_dir / "metrics.json", result.to_json())
@@ -96,7 +123,10 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
             "target_modules": config["target_modules"],
         },
     )
-    plots = plot_per_round(result.rounds, f"{config['method']} on {config['task']}", out_dir)
+    title = f"{config['method']} on {config['task']}"
+    plots = plot_per_round(result.rounds, title, out_dir)
+    segments = plot_segments(result.rounds, title, out_dir)
+    plots += [segments] if segments is not None else []
     files = {
         "metrics_json": out_dir / "metrics.json",
         "metrics_csv": out_dir / "metrics.csv",

@@ -142,6 +142,8 @@ def train_local(
         return LocalResult(float("nan"), 0, 0.0)  # nothing to train: a zero-shot reference
     optimizer = make_optimizer(adapted, config)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    for p in adapted.adapter_parameters():  # no backward through a frozen adapter
+        p.requires_grad_(config.train_adapter)
     adapted.model.train()
     batches = batch_indices(indices, config.batch_size, generator)
     losses, passes, trained = [], 0, set()
