@@ -54,6 +54,14 @@ def _add_settings(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> 
         )
 
 
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (without it such a folder is refused)",
+    )
+
+
 def _overrides(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, object]:
     return {
         f.name: getattr(args, f.name)
@@ -64,8 +72,7 @@ def _overrides(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from prelort.simulation.checkpoint import load_checkpoint
-    from prelort.simulation.outputs import final_table, write_outputs, write_progress
-    from prelort.simulation.run import run_simulation
+    from prelort.simulation.rundir import claimed_run_dir
 
     resume = None
     if args.resume is not None:
@@ -78,6 +85,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"prelort simulate: resuming {args.resume} after round {resume.round}")
     else:
         config = load_config(args.config, _overrides(args))
+    with claimed_run_dir(config.out, args.overwrite, resume=resume is not None):
+        return _simulate(args, config, resume)
+
+
+def _simulate(args: argparse.Namespace, config: SimulationConfig, resume) -> int:
+    from prelort.simulation.outputs import final_table, write_outputs, write_progress
+    from prelort.simulation.run import run_simulation
+
     out = config.out
     print(
         f"prelort simulate: {config.method} on {config.task} with {config.model}, "
@@ -98,12 +113,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"\nwall time {time.perf_counter() - start:.1f} s; wrote "
         + ", ".join(str(p) for p in files.values())
     )
+    if result.traffic and not any(t["clients"] for t in result.traffic):
+        reasons = [r["reason"] for t in result.traffic for r in t["rejected"]]
+        print(
+            f"prelort: error: every client update of every round was rejected; the global adapter "
+            f"never changed (first reason: {reasons[0] if reasons else 'every client dropped out'})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from prelort.aggregation import get_method
-    from prelort.simulation.compare import run_comparison
+    from prelort.simulation.rundir import claimed_run_dir
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -116,6 +139,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if "out" not in overrides and "out" not in (read_toml(args.config) if args.config else {}):
         overrides["out"] = "runs/compare"
     base = load_config(args.config, overrides)
+    with claimed_run_dir(base.out, args.overwrite):
+        return _compare(args, base, methods)
+
+
+def _compare(args: argparse.Namespace, base: SimulationConfig, methods: list[str]) -> int:
+    from prelort.simulation.compare import run_comparison
+
     first_seed = base.seed
     seeds = list(range(first_seed, first_seed + args.seeds))
     print(
@@ -222,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT",
         help="continue the run whose output folder is OUT from its last checkpoint",
     )
+    _add_overwrite(simulate)
     _add_settings(simulate)
     simulate.set_defaults(func=cmd_simulate)
 
@@ -238,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out the no-adapter reference row (frozen base + head, or zero-shot)",
     )
+    _add_overwrite(compare)
     _add_settings(compare, skip=("method",))
     compare.set_defaults(func=cmd_compare)
 

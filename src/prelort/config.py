@@ -7,6 +7,7 @@ override it. Each bad value raises a ``ConfigError`` that names the field.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -318,18 +319,21 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"{name}: a value is required")
     try:
         if annotation.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
         if annotation.startswith("float"):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"{name}: must be a finite number, got {value!r}")
+            return number
         if annotation.startswith("bool"):
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError
                 return value.lower() in ("true", "1", "yes")
             return bool(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{name}: cannot read {value!r} as {annotation}") from None
     return str(value)
 

@@ -7,6 +7,7 @@ crash leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -20,11 +21,22 @@ from safetensors.torch import load_file, save
 from prelort.errors import AdapterError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers never see a partial file."""
+    """Write ``data`` to ``path`` so that readers never see a partial file.
+
+    The file gets the mode a plain ``open`` would give (0666 less the umask): ``mkstemp``'s 0600
+    would keep a shared results folder from colleagues.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -39,8 +51,21 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def finite_or_none(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by None (JSON ``null``)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_or_none(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite_or_none(v) for v in data]
+    return data
+
+
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Strict JSON (``null`` where a number is undefined, never a bare NaN), written atomically."""
+    text = json.dumps(finite_or_none(data), indent=2, sort_keys=False, allow_nan=False)
+    atomic_write_text(path, text + "\n")
 
 
 def save_adapter(

@@ -6,6 +6,7 @@ to adapter states (scale folded into B, so every input has scale 1) and back.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ def merge_adapters(
     check_compatible(list(adapters))
     if weights is None:
         weights = [1.0] * len(adapters)
-    if len(weights) != len(adapters) or any(w <= 0 for w in weights):
+    if len(weights) != len(adapters) or any(not math.isfinite(w) or w <= 0 for w in weights):
         raise ConfigError(f"weights: need {len(adapters)} positive weights, got {list(weights)}")
     updates = [
         ClientUpdate(k, a.state, a.rank, w)
@@ -146,7 +147,11 @@ def export_prefix(adapter_file: Path, rank: int, out: Path) -> dict[str, Any]:
         "base_model_name_or_path": meta.get("model"),
         "task_type": "CAUSAL_LM" if not any(not is_lora_key(k) for k in state) else "SEQ_CLS",
     }
-    write_peft_adapter(out, lora, template, scale=float(meta.get("scale", 1.0)))
+    if "scale" not in meta:
+        raise AdapterError(
+            f"{adapter_file}: its metadata has no LoRA scale (alpha / R); re-save it with prelort"
+        )
+    write_peft_adapter(out, lora, template, scale=float(meta["scale"]))
     return {
         "rank": rank,
         "modules": len(lora) // 2,

@@ -175,20 +175,59 @@ def load_rotten_tomatoes() -> TaskData:
 
 
 def _read_records(path: Path) -> list[dict]:
-    if path.suffix == ".jsonl":
-        records = []
-        with path.open(encoding="utf-8") as f:
+    """The records of a JSONL or CSV file (UTF-8, a byte-order mark allowed).
+
+    Raises:
+        DataError: another suffix, an unreadable or non-UTF-8 file, bad JSON or CSV, or a JSON
+            line that is not an object.
+    """
+    if path.suffix not in (".jsonl", ".csv"):
+        raise DataError(f"{path}: a task file must end in .jsonl or .csv")
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            if path.suffix == ".csv":
+                return list(csv.DictReader(f))
+            records = []
             for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        return records
-    if path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
-    raise DataError(f"{path}: a task file must end in .jsonl or .csv")
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                if not isinstance(record, dict):
+                    raise DataError(
+                        f"{path}:{n}: a record must be a JSON object, got {line[:40]!r}"
+                    )
+                records.append(record)
+            return records
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: not valid CSV ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+
+
+def normalize_label(value: object) -> str | None:
+    """One spelling per label value: ``1``, ``1.0`` and ``" 1 "`` are class ``"1"``; None if empty.
+
+    Case is kept: ``Sport`` and ``sport`` stay two classes.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    if text.lower() in ("", "nan", "null", "none"):
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
 
 
 def load_task_file(path: Path, fields: FileFields = FileFields()) -> TaskData:
@@ -204,17 +243,27 @@ def load_task_file(path: Path, fields: FileFields = FileFields()) -> TaskData:
         raise DataError(f"{path}: no records")
     first = records[0]
     if fields.text in first and fields.label in first:
+        labels = []
         for n, r in enumerate(records, 1):
-            if fields.text not in r or fields.label not in r:
+            if r.get(fields.text) is None or fields.label not in r:
                 raise DataError(f"{path}: record {n} lacks {fields.text!r} or {fields.label!r}")
-        names = tuple(sorted({str(r[fields.label]) for r in records}))
+            label = normalize_label(r[fields.label])
+            if label is None:
+                raise DataError(f"{path}: record {n} has no value for {fields.label!r}")
+            labels.append(label)
+        names = tuple(sorted(set(labels)))
+        if len(names) < 2:
+            raise DataError(
+                f"{path}: every record has the label {names[0]!r}; classification needs at least "
+                "two classes"
+            )
         index = {n: i for i, n in enumerate(names)}
         texts = [str(r[fields.text]) for r in records]
-        train, test = _split(texts, [index[str(r[fields.label])] for r in records], None, 0.2)
+        train, test = _split(texts, [index[label] for label in labels], None, 0.2)
         return TaskData(path.stem, CLASSIFICATION, train, test, names)
     if fields.instruction in first and fields.response in first:
         for n, r in enumerate(records, 1):
-            if fields.instruction not in r or fields.response not in r:
+            if r.get(fields.instruction) is None or r.get(fields.response) is None:
                 raise DataError(
                     f"{path}: record {n} lacks {fields.instruction!r} or {fields.response!r}"
                 )

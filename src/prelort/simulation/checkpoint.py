@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from prelort.adapters.state import AdapterState
-from prelort.errors import ConfigError
+from prelort.errors import AdapterError, ConfigError
 from prelort.io import load_adapter, save_adapter
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -34,8 +34,26 @@ class Checkpoint:
     config: dict[str, Any]
 
 
+def adapter_metadata(config: dict[str, Any], ladder: list[int]) -> dict[str, Any]:
+    """What a global adapter file says about itself: enough to export or reuse it alone."""
+    return {
+        "model": config["model"],
+        "task": config["task"],
+        "method": config["method"],
+        "max_rank": config["max_rank"],
+        "alpha": config["alpha"],
+        "scale": config["alpha"] / config["max_rank"],
+        "ladder": ladder,
+        "target_modules": config["target_modules"],
+        "head": config.get("head"),
+    }
+
+
 def save_checkpoint(out_dir: Path, checkpoint: Checkpoint) -> None:
+    """Write the checkpoint atomically; its metadata also describes the adapter (scale, model)."""
+    ladder = sorted({int(t) for r in checkpoint.rounds for t in r["tiers"]})
     meta = {
+        **adapter_metadata(checkpoint.config, ladder),
         "round": checkpoint.round,
         "client_ranks": checkpoint.client_ranks,
         "rounds": checkpoint.rounds,
@@ -57,6 +75,12 @@ def load_checkpoint(out_dir: Path) -> Checkpoint:
     if not path.is_file():
         raise ConfigError(f"resume: no {CHECKPOINT_NAME} in {out_dir}")
     state, meta = load_adapter(path)
+    bad = sorted(k for k, v in state.items() if not torch.isfinite(v).all())
+    if bad:
+        raise AdapterError(f"{path}: holds NaN or Inf in {bad[:3]}; it cannot be resumed")
+    missing = [k for k in ("round", "client_ranks", "rounds", "traffic", "config") if k not in meta]
+    if missing:
+        raise AdapterError(f"{path}: not a prelort checkpoint (its metadata lacks {missing})")
     return Checkpoint(
         int(meta["round"]),
         {k: v.clone() for k, v in state.items()},

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from prelort.io import atomic_write_bytes, atomic_write_text, save_adapter, write_json
+from prelort.simulation.checkpoint import adapter_metadata
 from prelort.simulation.run import SimulationResult
 
 METRIC_LABELS = {"accuracy": "accuracy", "perplexity": "perplexity", "rouge_l": "ROUGE-L"}
@@ -112,16 +113,7 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     save_adapter(
         out_dir / "adapter.safetensors",
         result.global_state,
-        {
-            "model": config["model"],
-            "task": config["task"],
-            "method": config["method"],
-            "max_rank": config["max_rank"],
-            "alpha": config["alpha"],
-            "scale": config["alpha"] / config["max_rank"],
-            "ladder": sorted({int(t) for t in result.final}),
-            "target_modules": config["target_modules"],
-        },
+        adapter_metadata(config, sorted({int(t) for t in result.final})),
     )
     title = f"{config['method']} on {config['task']}"
     plots = plot_per_round(result.rounds, title, out_dir)
