@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
 
 from prelort.adapters import get_state, inject_nested_lora
 from prelort.adapters.peft_io import read_peft_adapter
@@ -144,3 +145,73 @@ def test_export_prefix_matches_the_nested_model(tiny_llama, tmp_path):
     assert not (tmp_path / "r9").exists()
     with pytest.raises(AdapterError):
         export_prefix(tmp_path / "missing.safetensors", 2, tmp_path / "x")
+
+
+@pytest.mark.parametrize("head", ["shared", "per-tier"])
+def test_classification_export_loads_in_peft_with_its_head(
+    tiny_bert_dir, topic_jsonl, tmp_path, head
+):
+    """prelort simulate -> prelort export --rank r -> PeftModel.from_pretrained: the same logits."""
+    from transformers import AutoModelForSequenceClassification
+
+    from prelort.adapters import set_state
+    from prelort.simulation import build_workbench, run_simulation
+    from prelort.simulation.outputs import write_outputs
+    from tests_helpers import tiny
+
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "run", head=head, lr=3e-2, rounds=1)
+    bench = build_workbench(config)
+    result = run_simulation(config, bench, progress=False)
+    write_outputs(result, config.out)
+    out = tmp_path / "peft-r2"
+    assert (
+        main(["export", "--rank", "2", "--out", str(out), str(config.out / "adapter.safetensors")])
+        == 0
+    )
+    peft_config = json.loads((out / "adapter_config.json").read_text())
+    assert peft_config["task_type"] == "SEQ_CLS" and peft_config["modules_to_save"] == [
+        "classifier"
+    ]
+    base = AutoModelForSequenceClassification.from_pretrained(
+        peft_config["base_model_name_or_path"], num_labels=3
+    )
+    peft_model = PeftModel.from_pretrained(base, out).eval()
+    set_state(bench.adapted, result.global_state)
+    bench.adapted.set_active_rank(2)
+    bench.adapted.model.eval()
+    ids = torch.tensor([[2, 5, 6, 7, 3], [2, 9, 10, 3, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        ours = bench.adapted.model(input_ids=ids, attention_mask=mask).logits
+        theirs = peft_model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+def test_export_from_a_checkpoint_equals_export_from_the_adapter(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    from prelort.simulation import run_simulation
+    from prelort.simulation.checkpoint import load_checkpoint, save_checkpoint  # noqa: F401
+    from prelort.simulation.outputs import write_outputs
+    from tests_helpers import tiny
+
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "run", rounds=1)
+    result = run_simulation(config, progress=False, checkpoint_dir=config.out)
+    write_outputs(result, config.out)
+    for name in ("adapter", "checkpoint"):
+        assert (
+            main(
+                [
+                    "export",
+                    "--rank",
+                    "2",
+                    "--out",
+                    str(tmp_path / name),
+                    str(config.out / f"{name}.safetensors"),
+                ]
+            )
+            == 0
+        )
+    a = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "checkpoint" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

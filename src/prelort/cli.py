@@ -221,10 +221,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"wrote the rank-{summary['rank']} prefix of {args.adapter} ({summary['modules']} modules) "
         f"as a PEFT adapter to {args.out}"
     )
-    if summary["head_not_exported"]:
+    if summary["head"]:
+        tier = "" if summary["head_tier"] is None else f" of tier {summary['head_tier']}"
         print(
-            f"note: the classification head ({', '.join(summary['head_not_exported'])}) is not part "
-            "of a PEFT LoRA folder and was not exported"
+            f"with the classification head{tier} as modules_to_save: {', '.join(summary['head'])}"
         )
     return 0
 

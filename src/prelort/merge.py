@@ -123,12 +123,16 @@ def peft_module_name(module: str) -> str:
 def export_prefix(adapter_file: Path, rank: int, out: Path) -> dict[str, Any]:
     """Write the rank-``rank`` prefix of a prelort global adapter as a PEFT LoRA folder.
 
-    Only the LoRA factors are exported; a classification head, if any, is not part of a PEFT
-    LoRA folder and is reported in the returned summary.
+    A classification head goes with it the PEFT way (``modules_to_save``): the tier's own head
+    with per-tier heads (the largest tier <= rank), else the shared one. The base model is named
+    by a path or hub id PEFT can load (a packaged alias is resolved to its folder).
 
     Raises:
-        AdapterError: an unreadable adapter or a rank above its R.
+        AdapterError: an unreadable adapter, a rank above its R, or metadata without a scale.
     """
+    from prelort.adapters.heads import split_head_key, tier_of
+    from prelort.models import PACKAGED_MODELS, resolve_model_path
+
     state, meta = load_adapter(adapter_file)
     held = state_rank(state)
     if not 1 <= rank <= held:
@@ -137,23 +141,25 @@ def export_prefix(adapter_file: Path, rank: int, out: Path) -> dict[str, Any]:
         raise AdapterError(
             f"{adapter_file}: a FLoRA adapter is merged into the base and has no rank prefix"
         )
+    if "scale" not in meta:
+        raise AdapterError(
+            f"{adapter_file}: its metadata has no LoRA scale (alpha / R); re-save it with prelort"
+        )
     prefix = slice_to_rank(state, rank)
     lora = {
         peft_module_name(k.rsplit(".", 1)[0]) + "." + k.rsplit(".", 1)[1]: v
         for k, v in prefix.items()
         if is_lora_key(k)
     }
+    heads = {k: v for k, v in state.items() if not is_lora_key(k)}
+    tiers = sorted({t for k in heads if (t := split_head_key(k)[1]) is not None})
+    tier = tier_of(rank, tiers) if tiers else None
+    head = {split_head_key(k)[0]: v for k, v in heads.items() if split_head_key(k)[1] == tier}
+    model = meta.get("model")
+    base = resolve_model_path(model) if model in PACKAGED_MODELS else model
     template = {
-        "base_model_name_or_path": meta.get("model"),
-        "task_type": "CAUSAL_LM" if not any(not is_lora_key(k) for k in state) else "SEQ_CLS",
+        "base_model_name_or_path": base,
+        "task_type": "SEQ_CLS" if head else "CAUSAL_LM",
     }
-    if "scale" not in meta:
-        raise AdapterError(
-            f"{adapter_file}: its metadata has no LoRA scale (alpha / R); re-save it with prelort"
-        )
-    write_peft_adapter(out, lora, template, scale=float(meta["scale"]))
-    return {
-        "rank": rank,
-        "modules": len(lora) // 2,
-        "head_not_exported": sorted(k for k in state if not is_lora_key(k)),
-    }
+    write_peft_adapter(out, lora, template, scale=float(meta["scale"]), head=head)
+    return {"rank": rank, "modules": len(lora) // 2, "head": sorted(head), "head_tier": tier}

@@ -129,3 +129,50 @@ def test_smollm2_classifies_by_writing_the_label(tmp_path, task, topic_jsonl):
     assert set(result.final) == {"2", "4"}
     assert all(0.0 <= m["accuracy"] <= 1.0 for m in result.final.values())
     assert result.rounds[-1]["train_loss"] > 0
+
+
+def test_minilm_classification_export_loads_in_peft(tmp_path):
+    """The default job's model: export a tier with its head, load it with PEFT, same logits."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from prelort.adapters import set_state
+    from prelort.cli import main
+    from prelort.simulation import build_workbench
+    from prelort.simulation.outputs import write_outputs
+
+    config = config_from_mapping(
+        dict(
+            model="minilm-l6",
+            task="bbc-news",
+            ranks="2,8",
+            clients=2,
+            rounds=1,
+            local_steps=2,
+            eval_examples=16,
+            readout_examples=0,
+            out=str(tmp_path / "run"),
+        )
+    )
+    bench = build_workbench(config)
+    result = run_simulation(config, bench, progress=False)
+    write_outputs(result, config.out)
+    out = tmp_path / "peft"
+    assert (
+        main(["export", "--rank", "2", "--out", str(out), str(config.out / "adapter.safetensors")])
+        == 0
+    )
+    peft_config = json.loads((out / "adapter_config.json").read_text())
+    base = AutoModelForSequenceClassification.from_pretrained(
+        peft_config["base_model_name_or_path"], num_labels=5
+    )
+    peft_model = PeftModel.from_pretrained(base, out).eval()
+    set_state(bench.adapted, result.global_state)
+    bench.adapted.set_active_rank(2)
+    bench.adapted.model.eval()
+    batch = {"input_ids": torch.tensor([bench.test.input_ids[0][:20]])}
+    with torch.no_grad():
+        ours = bench.adapted.model(**batch).logits
+        theirs = peft_model(**batch).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)

@@ -28,6 +28,7 @@ from prelort.errors import AdapterError
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_A, PEFT_B = ".lora_A.weight", ".lora_B.weight"
+PEFT_PREFIX = "base_model.model."
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,11 @@ def read_peft_adapter(folder: Path) -> PeftAdapter:
 
 
 def write_peft_adapter(
-    folder: Path, state: Mapping[str, torch.Tensor], template: Mapping[str, Any], scale: float = 1.0
+    folder: Path,
+    state: Mapping[str, torch.Tensor],
+    template: Mapping[str, Any],
+    scale: float = 1.0,
+    head: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     """Write ``state`` (scale ``scale``) as a PEFT LoRA folder, atomically.
 
@@ -114,6 +119,9 @@ def write_peft_adapter(
         state: ``<peft module>.lora_a`` / ``.lora_b`` tensors of one rank.
         template: an ``adapter_config.json`` to copy fields from (base model, task type).
         scale: the scale of ``state``; folded into B, and the config declares scale 1.
+        head: a trained task head by the model's parameter names (``classifier.weight``); saved
+            as PEFT saves ``modules_to_save`` (``base_model.model.classifier.weight``), which
+            ``PeftModel.from_pretrained`` loads into the head it wraps.
     """
     rank = state_rank(state)
     modules = lora_modules(state)
@@ -121,6 +129,8 @@ def write_peft_adapter(
     for module in modules:
         tensors[module + PEFT_A] = state[module + LORA_A].contiguous().float()
         tensors[module + PEFT_B] = (state[module + LORA_B] * scale).contiguous().float()
+    for name, value in (head or {}).items():
+        tensors[f"{PEFT_PREFIX}{name}"] = value.contiguous().float()
     config = {
         "peft_type": "LORA",
         "base_model_name_or_path": template.get("base_model_name_or_path"),
@@ -134,6 +144,8 @@ def write_peft_adapter(
         "fan_in_fan_out": False,
         "inference_mode": True,
     }
+    if head:
+        config["modules_to_save"] = sorted({name.rpartition(".")[0] for name in head})
     if folder.exists() and any(folder.iterdir()):
         raise AdapterError(f"{folder}: the output folder exists and is not empty")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +158,19 @@ def write_peft_adapter(
         staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def same_base_model(a: str, b: str) -> bool:
+    """Whether two names denote one base model: a packaged alias and its folder are the same."""
+    from prelort.models import PACKAGED_MODELS, resolve_model_path
+
+    def where(name: str) -> str:
+        if name in PACKAGED_MODELS:
+            name = resolve_model_path(name)
+        path = Path(name)
+        return str(path.resolve()) if path.exists() else name
+
+    return a == b or where(a) == where(b)
 
 
 def check_compatible(adapters: list[PeftAdapter]) -> None:
@@ -163,7 +188,7 @@ def check_compatible(adapters: list[PeftAdapter]) -> None:
         where = other.path / WEIGHTS_NAME
         base_a = first.config.get("base_model_name_or_path")
         base_b = other.config.get("base_model_name_or_path")
-        if base_a and base_b and base_a != base_b:
+        if base_a and base_b and not same_base_model(base_a, base_b):
             raise AdapterError(
                 f"{other.path / CONFIG_NAME}: base model {base_b!r} != {base_a!r} of {first.path}"
             )
