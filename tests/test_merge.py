@@ -215,3 +215,25 @@ def test_export_from_a_checkpoint_equals_export_from_the_adapter(
     a = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "checkpoint" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_export_never_replaces_a_read_only_folder(tiny_llama, tmp_path):
+    adapted = inject_nested_lora(copy.deepcopy(tiny_llama), max_rank=4, alpha=8.0)
+    save_adapter(tmp_path / "a.safetensors", get_state(adapted), {"model": "tiny", "scale": 2.0})
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(AdapterError, match="read-only"):
+            export_prefix(tmp_path / "a.safetensors", 2, locked)
+        assert locked.is_dir() and not any(locked.iterdir())
+    finally:
+        locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("weights", ["nan,1", "inf,1", "0,1", "-1,2"])
+def test_non_finite_or_non_positive_weights_are_refused(tmp_path, capsys, weights):
+    out = tmp_path / "merged"
+    argv = ["aggregate", f"--weights={weights}", "--out", str(out), str(tmp_path), str(tmp_path)]
+    assert main(argv) == 2
+    assert "weights" in capsys.readouterr().err and not out.exists()

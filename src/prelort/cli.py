@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import re
 import sys
 import time
@@ -193,7 +194,14 @@ def _report_comparison(comparison, out: Path) -> None:
 def cmd_summarize(args: argparse.Namespace) -> int:
     from prelort.simulation.compare import load_comparison
 
-    _report_comparison(load_comparison(args.folder), args.folder)
+    comparison = load_comparison(args.folder)
+    if comparison.unfinished:
+        print(
+            f"prelort summarize: left out {len(comparison.unfinished)} unfinished run(s): "
+            + ", ".join(comparison.unfinished)
+            + " (finish them with `prelort simulate --resume`)"
+        )
+    _report_comparison(comparison, args.folder)
     return 0
 
 
@@ -206,6 +214,10 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
             weights = [float(w) for w in args.weights.split(",")]
         except ValueError:
             raise ConfigError(f"weights: cannot read {args.weights!r} as numbers") from None
+        if not all(math.isfinite(w) and w > 0 for w in weights):
+            raise ConfigError(
+                f"weights: every weight must be a finite number > 0, got {args.weights!r}"
+            )
     rank = aggregate_folders(args.adapters, args.out, args.method, weights, args.rank)
     print(
         f"wrote a rank-{rank} PEFT adapter ({args.method} of {len(args.adapters)} adapters) to {args.out}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -146,8 +147,10 @@ def write_peft_adapter(
     }
     if head:
         config["modules_to_save"] = sorted({name.rpartition(".")[0] for name in head})
-    if folder.exists() and any(folder.iterdir()):
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise AdapterError(f"{folder}: the output folder exists and is not empty")
+    if folder.exists() and not folder.stat().st_mode & stat.S_IWUSR:
+        raise AdapterError(f"{folder}: the output folder is read-only; it is left as it is")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:

@@ -32,6 +32,7 @@ class Comparison:
     methods: list[str]
     seeds: list[int]
     runs: dict[tuple[str, int], SimulationResult] = field(default_factory=dict)
+    unfinished: list[str] = field(default_factory=list)
 
     def summary_rows(self) -> list[dict[str, Any]]:
         """One row per method, tier and metric: mean and std of the final value over seeds."""
@@ -290,19 +291,40 @@ def run_comparison(
     return comparison
 
 
+# Settings that may differ between the runs of one comparison: what the comparison varies.
+VARIED_SETTINGS = ("method", "seed", "out", "head", "nested", "head_lr")
+
+
 def load_comparison(out_dir: Path) -> Comparison:
-    """Rebuild a comparison from the ``<method>-seed<S>/metrics.json`` folders of a compare run.
+    """Rebuild a comparison from the ``<label>-seed<S>/metrics.json`` folders of a compare run.
+
+    Unfinished runs (no final metrics yet) are left out and named in ``Comparison.unfinished``.
 
     Raises:
-        DataError: no finished run under ``out_dir``.
+        DataError: no finished run under ``out_dir``, an unreadable metrics file, or runs whose
+            task or settings differ (the message names the setting and the two runs).
     """
     runs: dict[tuple[str, int], SimulationResult] = {}
-    config = None
+    unfinished: list[str] = []
+    config, first = None, None
     for path in sorted(out_dir.glob("*-seed*/metrics.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{path}: not a readable metrics file ({e})") from None
         if not data.get("final", {}).get("tiers"):
-            continue  # unfinished run
+            unfinished.append(path.parent.name)
+            continue
         method, _, seed = path.parent.name.rpartition("-seed")
+        if config is None:
+            config, first = data["config"], path.parent.name
+        for key in sorted(set(config) | set(data["config"])):
+            if key in VARIED_SETTINGS or config.get(key) == data["config"].get(key):
+                continue
+            raise DataError(
+                f"{out_dir}: runs differ in {key}: {config.get(key)!r} in {first}, "
+                f"{data['config'].get(key)!r} in {path.parent.name}; summarize one setting at a time"
+            )
         result = SimulationResult(
             data["config"],
             data["client_ranks"],
@@ -314,7 +336,6 @@ def load_comparison(out_dir: Path) -> Comparison:
             data.get("wall_seconds", 0.0),
         )
         runs[(method, int(seed))] = result
-        config = config or data["config"]
     if config is None:
         raise DataError(f"no finished run (<method>-seed<S>/metrics.json) under {out_dir}")
     order = list(METHODS)
@@ -325,7 +346,7 @@ def load_comparison(out_dir: Path) -> Comparison:
     )
     seeds = sorted({s for _, s in runs})
     base = config_from_mapping({**config, "out": str(out_dir)})
-    return Comparison(base, methods, seeds, runs)
+    return Comparison(base, methods, seeds, runs, unfinished)
 
 
 def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
