@@ -176,3 +176,33 @@ def test_minilm_classification_export_loads_in_peft(tmp_path):
         ours = bench.adapted.model(**batch).logits
         theirs = peft_model(**batch).logits
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+
+
+def test_defaults_learn_a_user_file_with_a_dominant_class(tmp_path):
+    """70 % of the records are one class: the default settings must beat that majority rate."""
+    import random
+
+    rng = random.Random(0)
+    words = {
+        "weather": "rain storm sunny cloudy forecast wind snow temperature",
+        "football": "goal striker match league referee penalty midfield coach",
+        "cooking": "recipe oven flour garlic simmer bake sauce spices",
+    }
+    path = tmp_path / "tickets.jsonl"
+    with path.open("w") as f:
+        for i in range(400):
+            label = "weather" if i % 10 < 7 else ("football" if i % 10 < 9 else "cooking")
+            text = " ".join(rng.choice(words[label].split()) for _ in range(8))
+            f.write(json.dumps({"text": f"Today: {text}.", "label": label}) + "\n")
+    config = config_from_mapping(
+        dict(
+            task=str(path),
+            eval_examples=80,
+            eval_every=8,
+            readout_examples=0,
+            out=str(tmp_path / "o"),
+        )
+    )
+    result = run_simulation(config, progress=False)
+    majority = 0.7
+    assert min(m["accuracy"] for m in result.final.values()) > majority + 0.1, result.final
