@@ -237,3 +237,35 @@ def test_non_finite_or_non_positive_weights_are_refused(tmp_path, capsys, weight
     argv = ["aggregate", f"--weights={weights}", "--out", str(out), str(tmp_path), str(tmp_path)]
     assert main(argv) == 2
     assert "weights" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("method", ["prelort", "zeropad", "flexlora", "flora"])
+def test_peft_trained_classifiers_of_two_ranks_merge_with_their_heads(tiny_bert, tmp_path, method):
+    """Adapters that PEFT itself trained (SEQ_CLS, a head in modules_to_save) are accepted."""
+    folders, heads = [], []
+    for rank, seed in ((2, 1), (4, 2)):
+        torch.manual_seed(seed)
+        model = get_peft_model(
+            copy.deepcopy(tiny_bert),
+            LoraConfig(
+                r=rank, lora_alpha=2 * rank, target_modules=["query", "value"], task_type="SEQ_CLS"
+            ),
+        )
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name or "modules_to_save" in name:
+                    p.normal_(0, 0.1)
+        model.save_pretrained(tmp_path / f"r{rank}")
+        folders.append(tmp_path / f"r{rank}")
+        heads.append(
+            model.base_model.model.classifier.modules_to_save["default"].weight.detach().clone()
+        )
+    out = tmp_path / "merged"
+    assert main(["aggregate", "--method", method, "--out", str(out), *map(str, folders)]) == 0
+    merged = read_peft_adapter(out)
+    torch.testing.assert_close(merged.state["classifier.weight"], (heads[0] + heads[1]) / 2)
+    loaded = PeftModel.from_pretrained(copy.deepcopy(tiny_bert), out)
+    torch.testing.assert_close(
+        loaded.base_model.model.classifier.modules_to_save["default"].weight,
+        (heads[0] + heads[1]) / 2,
+    )

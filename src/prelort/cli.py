@@ -340,6 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrelortError as e:
         print(f"prelort: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an unusable path met while writing: name it, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"prelort: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("prelort: interrupted", file=sys.stderr)
         return 130

@@ -17,6 +17,7 @@ from prelort.adapters.peft_io import (
     PeftAdapter,
     check_compatible,
     read_peft_adapter,
+    split_head,
     write_peft_adapter,
 )
 from prelort.adapters.state import (
@@ -29,7 +30,7 @@ from prelort.adapters.state import (
     state_rank,
 )
 from prelort.aggregation import AggregationContext, ClientUpdate, get_method
-from prelort.aggregation.base import example_weights
+from prelort.aggregation.base import average_dense, example_weights
 from prelort.aggregation.flexlora import stacked_factors
 from prelort.errors import AdapterError, ConfigError
 from prelort.io import load_adapter
@@ -39,7 +40,7 @@ MERGE_METHODS = ("prelort", "zeropad", "hetlora", "flexlora", "flora", "fedavg")
 
 def _zeros(adapters: Sequence[PeftAdapter], rank: int) -> AdapterState:
     first = adapters[0].state
-    out: AdapterState = {}
+    out: AdapterState = {k: torch.zeros_like(v) for k, v in split_head(first)[1].items()}
     for module in lora_modules(first):
         out[module + LORA_A] = torch.zeros(rank, first[module + LORA_A].shape[1])
         out[module + LORA_B] = torch.zeros(first[module + LORA_B].shape[0], rank)
@@ -83,8 +84,8 @@ def merge_adapters(
             "fedavg needs adapters of one rank; use prelort, zeropad, hetlora, flexlora or flora"
         )
     if method == "flora":
-        out: AdapterState = {}
         w = example_weights(updates)
+        out = average_dense(_zeros(adapters, 1), updates, w)  # the heads, if any
         for module in lora_modules(adapters[0].state):
             b_cat, a_cat = stacked_factors(updates, module, w, 1.0)  # (out, sum r), (sum r, in)
             out[module + LORA_A], out[module + LORA_B] = a_cat.float(), b_cat.float()
@@ -111,7 +112,8 @@ def aggregate_folders(
     """Read PEFT folders, merge them, write one PEFT folder; returns the output rank."""
     adapters = [read_peft_adapter(Path(f)) for f in folders]
     merged = merge_adapters(adapters, method, weights, rank)
-    write_peft_adapter(out, merged, adapters[0].config)
+    lora, head = split_head(merged)
+    write_peft_adapter(out, lora, adapters[0].config, head=head)
     return state_rank(merged)
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 GOOD = ["--rounds", "1", "--clients", "2", "--ranks", "2,4", "--local-steps", "1"]
 
@@ -111,6 +112,11 @@ CASES = [
         "weights",
     ),
     ("summarize-empty", ["summarize", "{dir}"], "no finished run"),
+    (
+        "export-unwritable",
+        ["export", "--rank", "1", "--out", "/proc/prelort-x", "{adapter}"],
+        "/proc",
+    ),
 ]
 
 
@@ -120,7 +126,18 @@ def test_malformed_input_gets_one_line_and_exit_2(case, tmp_path):
     folder = tmp_path / "inputs"
     _files(folder)
     out = tmp_path / "run"
-    argv = [a.replace("{dir}", str(folder)).replace("{out}", str(out)) for a in args]
+    adapter = tmp_path / "adapter.safetensors"
+    if "{adapter}" in args:
+        from safetensors.torch import save_file
+
+        tensors = {"m.lora_a": torch.zeros(2, 3), "m.lora_b": torch.zeros(3, 2)}
+        save_file(tensors, str(adapter), metadata={"scale": "2.0", "model": '"x"'})
+    argv = [
+        a.replace("{dir}", str(folder))
+        .replace("{out}", str(out))
+        .replace("{adapter}", str(adapter))
+        for a in args
+    ]
     if argv[0] in ("simulate", "compare"):
         argv.append("--quiet")
         if "--out" not in argv and "--resume" not in argv:

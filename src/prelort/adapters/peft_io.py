@@ -49,6 +49,20 @@ class PeftAdapter:
     rank: int
 
 
+def saved_head_name(key: str, saved_modules: tuple[str, ...]) -> str | None:
+    """``base_model.model.classifier.weight`` -> ``classifier.weight`` when ``classifier`` is one
+    of the config's ``modules_to_save``; None for any other key."""
+    name = key.removeprefix(PEFT_PREFIX)
+    owner = name.rpartition(".")[0]
+    return name if name != key and owner in saved_modules else None
+
+
+def split_head(state: Mapping[str, torch.Tensor]) -> tuple[AdapterState, AdapterState]:
+    """(LoRA factors, head tensors) of a state."""
+    lora = {k: v for k, v in state.items() if k.endswith((LORA_A, LORA_B))}
+    return lora, {k: v for k, v in state.items() if k not in lora}
+
+
 def peft_scale(config: Mapping[str, Any], rank: int) -> float:
     alpha = float(config.get("lora_alpha", rank))
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
@@ -79,6 +93,7 @@ def read_peft_adapter(folder: Path) -> PeftAdapter:
     except (SafetensorError, OSError, ValueError) as e:
         raise AdapterError(f"{weights_path}: not a readable safetensors file ({e})") from None
     state: AdapterState = {}
+    saved_modules = tuple(config.get("modules_to_save") or ())
     for key, tensor in raw.items():
         if not tensor.is_floating_point():
             raise AdapterError(f"{weights_path}: {key} has dtype {tensor.dtype}, not a float")
@@ -88,8 +103,13 @@ def read_peft_adapter(folder: Path) -> PeftAdapter:
             state[key[: -len(PEFT_A)] + LORA_A] = tensor.float()
         elif key.endswith(PEFT_B):
             state[key[: -len(PEFT_B)] + LORA_B] = tensor.float()
+        elif (head := saved_head_name(key, saved_modules)) is not None:
+            state[head] = tensor.float()  # a task head PEFT trained and saved whole
         else:
-            raise AdapterError(f"{weights_path}: unsupported key {key!r} (only lora_A / lora_B)")
+            raise AdapterError(
+                f"{weights_path}: unsupported key {key!r} (only lora_A / lora_B and the "
+                "modules_to_save of its config)"
+            )
     try:
         rank = state_rank(state)
     except AdapterError as e:
@@ -194,6 +214,13 @@ def check_compatible(adapters: list[PeftAdapter]) -> None:
         if base_a and base_b and not same_base_model(base_a, base_b):
             raise AdapterError(
                 f"{other.path / CONFIG_NAME}: base model {base_b!r} != {base_a!r} of {first.path}"
+            )
+        heads_a = {k: tuple(v.shape) for k, v in split_head(first.state)[1].items()}
+        heads_b = {k: tuple(v.shape) for k, v in split_head(other.state)[1].items()}
+        if heads_a != heads_b:
+            raise AdapterError(
+                f"{where}: its task head {heads_b or 'none'} differs from {first.path}'s "
+                f"{heads_a or 'none'}"
             )
         mods = lora_modules(other.state)
         if set(mods) != set(shapes):
