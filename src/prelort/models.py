@@ -111,10 +111,12 @@ def is_causal_lm(name: str) -> bool:
     from transformers import AutoConfig
 
     path = resolve_model_path(name)
+    if name.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
+        raise ModelError(f"model: cannot load {name!r}: no such folder")
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise ModelError(f"model: cannot read the config of {name!r} ({path}): {e}") from None
+        raise ModelError(f"model: cannot load {name!r} ({path}): {e}") from None
     architectures = getattr(config, "architectures", None) or []
     return any(a.endswith("ForCausalLM") for a in architectures)
 

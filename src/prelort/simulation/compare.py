@@ -291,8 +291,9 @@ def run_comparison(
     return comparison
 
 
-# Settings that may differ between the runs of one comparison: what the comparison varies.
-VARIED_SETTINGS = ("method", "seed", "out", "head", "nested", "head_lr")
+# Settings that may differ between the runs of one comparison: what it varies, and the evaluation
+# cadence (final metrics do not depend on it).
+VARIED_SETTINGS = ("method", "seed", "out", "head", "nested", "head_lr", "eval_every")
 
 
 def load_comparison(out_dir: Path) -> Comparison:
