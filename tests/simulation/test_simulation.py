@@ -203,3 +203,14 @@ def test_compare_runs_both_heads_and_the_reference(tiny_bert_dir, topic_jsonl, t
     reloaded = load_comparison(config.out)
     assert set(reloaded.methods) == set(comparison.methods)
     assert "no adapter" in reference_note(comparison.summary_rows())
+
+
+def test_balanced_method_differs_from_prelort_only_in_training(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "bal", method="prelort-balanced")
+    bench = build_workbench(config)
+    balanced = run_simulation(config, bench, progress=False)
+    plain = run_simulation(config.replace(method="prelort"), bench, progress=False)
+    key = next(k for k in plain.global_state if k.endswith(".lora_b"))
+    assert not torch.equal(balanced.global_state[key], plain.global_state[key])

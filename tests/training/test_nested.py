@@ -51,3 +51,13 @@ def test_nested_training_makes_the_prefix_work_alone(tiny_bert):
             return float(adapted.model(**classification_batch(data, list(range(24)), 0)).loss)
 
     assert loss_at_rank1("all") < loss_at_rank1("off")
+
+
+def test_tier_balanced_weights_equalise_each_truncations_total_weight():
+    from prelort.training.local import tier_balanced_weights, truncation_shares
+
+    weights = tier_balanced_weights([2, 2, 4, 16], (2, 4, 16))
+    assert weights == {2: 1 / 4, 4: 1 / 2, 16: 1.0}
+    shares = truncation_shares([2, 4, 16], weights)
+    assert abs(sum(shares.values()) - 1.0) < 1e-12 and shares[16] > shares[4] > shares[2]
+    assert truncation_shares([2, 4], None) is None

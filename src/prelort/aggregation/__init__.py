@@ -80,6 +80,8 @@ class Method:
         merges: the server merges each round into the base and clients restart (FLoRA).
         head: the default classifier head, "per-tier" or "shared" (measured: docs/RESULTS.md).
         trains_adapter: False for the no-adapter reference (only the head learns).
+        balance_tiers: weight each truncation's loss by 1 / (clients that train it), so every tier
+            counts equally over the federation (``prelort-balanced``).
     """
 
     name: str
@@ -91,6 +93,7 @@ class Method:
     merges: bool = False
     head: str = "shared"
     trains_adapter: bool = True
+    balance_tiers: bool = False
 
     def aggregator(self, context: AggregationContext) -> AggregateFn:
         return self.build(context)
@@ -153,6 +156,14 @@ METHODS: dict[str, Method] = {
             "all",
             "ablation: prefix-nested training, zero-pad aggregation",
             _zeropad,
+        ),
+        Method(
+            "prelort-balanced",
+            "all",
+            "PreLort + tier-balanced nested training: truncation t's loss weighted by 1 / (clients "
+            "of rank >= t)",
+            _segmentwise,
+            balance_tiers=True,
         ),
         Method(
             "no-adapter",

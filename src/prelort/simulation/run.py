@@ -6,6 +6,7 @@ initial adapter, the clients sampled each round, and each client's batches and t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -38,7 +39,7 @@ from prelort.data.partition import partition_indices
 from prelort.evaluation.tiers import HEAD, ReadoutData, TierMetrics, evaluate_tiers
 from prelort.simulation.checkpoint import Checkpoint, save_checkpoint
 from prelort.simulation.workbench import Workbench, build_workbench
-from prelort.training.local import LocalTrainingConfig, train_local
+from prelort.training.local import LocalTrainingConfig, tier_balanced_weights, train_local
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,9 @@ def run_simulation(
     )
     client_rows = [[pool[i] for i in part] for part in parts]
     ranks = method.client_ranks(assign_ranks(config.ranks, config.clients, config.seed))
+    if method.balance_tiers:
+        weights = tier_balanced_weights(ranks, ladder)
+        train_config = dataclasses.replace(train_config, truncation_weights=weights)
     result = SimulationResult(config.to_dict(), list(ranks), [len(p) for p in client_rows])
 
     per_tier = config.resolved_head == "per-tier" and bench.objective == HEAD

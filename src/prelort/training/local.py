@@ -7,7 +7,7 @@ read the adapter's features within a short federation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +36,8 @@ class LocalTrainingConfig:
         head_lr: learning rate of the task head (None: ``lr``).
         optimizer: "adamw" or "sgd" (momentum 0.9).
         train_adapter: False trains only the head (the no-adapter reference).
+        truncation_weights: relative weight of each truncation rank's loss under nested
+            training (renormalised over a step's truncations); None: equal weights.
     """
 
     steps: int = 10
@@ -48,6 +50,7 @@ class LocalTrainingConfig:
     head_lr: float | None = None
     optimizer: str = "adamw"
     train_adapter: bool = True
+    truncation_weights: Mapping[int, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,26 @@ class LocalResult:
 
 
 OPTIMIZERS = ("adamw", "sgd")
+
+
+def truncation_shares(
+    ranks: Sequence[int], weights: Mapping[int, float] | None
+) -> dict[int, float] | None:
+    """Each truncation's share of a step's loss: ``weights`` renormalised over ``ranks``."""
+    if weights is None:
+        return None
+    total = sum(weights[r] for r in ranks)
+    return {r: weights[r] / total for r in ranks}
+
+
+def tier_balanced_weights(client_ranks: Sequence[int], ladder: Sequence[int]) -> dict[int, float]:
+    """``1 / (clients whose rank covers truncation t)`` per ladder rank t.
+
+    Under nested training every client trains the low truncations and few train the high ones, so
+    the shared head and the top segments see the top tiers' features through a few clients only.
+    With these weights each truncation carries the same total weight over the federation.
+    """
+    return {t: 1.0 / max(1, sum(1 for r in client_ranks if r >= t)) for t in ladder}
 
 
 def make_optimizer(adapted: NestedLoRAModel, config: LocalTrainingConfig) -> torch.optim.Optimizer:
@@ -153,9 +176,11 @@ def train_local(
         trained.update(ranks)
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
+        shares = truncation_shares(ranks, config.truncation_weights)
         for r in ranks:
             adapted.set_active_rank(r)
-            loss = adapted.model(**batch).loss / len(ranks)
+            loss = adapted.model(**batch).loss
+            loss = loss / len(ranks) if shares is None else loss * shares[r]
             step_loss += float(loss.detach())
             if config.tail_penalty > 0:
                 loss = loss + config.tail_penalty * tail_norms(adapted, rank, tail_size(rank))[
