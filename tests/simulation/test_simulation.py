@@ -167,7 +167,7 @@ def test_head_modes_learn_and_keep_their_keys(tiny_bert_dir, topic_jsonl, tmp_pa
     assert max(m["accuracy"] for m in result.final.values()) > 0.5  # chance is 1/3
     # the refitted readout is reported next to the federated head at the end
     assert all("readout_accuracy" in m for m in result.final.values())
-    segments = result.rounds[-1]["segments"]
+    segments = result.traffic[-1]["segments"]
     assert [(s["lo"], s["hi"]) for s in segments] == [(0, 1), (1, 2), (2, 4)]
     assert abs(sum(s["share"] for s in segments) - 1.0) < 1e-9
 

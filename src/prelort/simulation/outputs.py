@@ -72,13 +72,13 @@ def plot_per_round(rounds: list[dict[str, Any]], title: str, out_dir: Path) -> l
     return paths
 
 
-def plot_segments(rounds: list[dict[str, Any]], title: str, out_dir: Path) -> Path | None:
+def plot_segments(traffic: list[dict[str, Any]], title: str, out_dir: Path) -> Path | None:
     """``segments.png``: each rank segment's share of the adapter's energy per round, stacked.
 
     A band that swallows the plot shows rank collapse (all signal in the first segment); bands
     that stay even mean a truncation discards most of the update.
     """
-    records = [r for r in rounds if r.get("segments")]
+    records = [r for r in traffic if r.get("segments")]
     if not records:
         return None
     import matplotlib
@@ -117,7 +117,7 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     )
     title = f"{config['method']} on {config['task']}"
     plots = plot_per_round(result.rounds, title, out_dir)
-    segments = plot_segments(result.rounds, title, out_dir)
+    segments = plot_segments(result.traffic, title, out_dir)
     plots += [segments] if segments is not None else []
     files = {
         "metrics_json": out_dir / "metrics.json",

@@ -250,6 +250,7 @@ def run_simulation(
                 "ranks": [u.rank for u in updates],
                 "dropped": dropped,
                 "rejected": rejected,
+                "segments": segment_record(global_state, ladder, adapted.scale),
             }
         )
         if updates:
@@ -276,7 +277,6 @@ def run_simulation(
                 "tiers": tiers,
                 "train_loss": sum(losses) / len(losses) if losses else float("nan"),
                 "seconds": round(time.perf_counter() - round_start, 2),
-                "segments": segment_record(global_state, ladder, adapted.scale),
             }
             result.rounds.append(record)
             if last:
