@@ -24,6 +24,7 @@ def test_classification_federation_writes_every_output(tiny_bert_dir, topic_json
     assert 0.0 <= metrics["final"]["tiers"]["4"]["accuracy"] <= 1.0
     assert (config.out / "metrics.csv").read_text().startswith("round,tier,metric,value")
     assert files["plot_accuracy"].stat().st_size > 1000
+    assert files["plot_segments"].stat().st_size > 1000  # energy per rank segment, every round
     state, meta = load_adapter(config.out / "adapter.safetensors")
     assert state_rank(state) == 4 and meta["max_rank"] == 4
     assert result.client_ranks == [1, 2, 4]
