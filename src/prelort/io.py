@@ -27,11 +27,21 @@ def _umask() -> int:
     return mask
 
 
+def make_staging_dir(parent: Path, prefix: str) -> Path:
+    """A temporary folder in ``parent`` with the mode ``mkdir`` would give (0777 less the umask).
+
+    Folders are built in it and renamed into place; ``mkdtemp``'s 0700 would otherwise keep a
+    shared results folder from colleagues.
+    """
+    staging = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    staging.chmod(0o777 & ~_umask())
+    return staging
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers never see a partial file.
 
-    The file gets the mode a plain ``open`` would give (0666 less the umask): ``mkstemp``'s 0600
-    would keep a shared results folder from colleagues.
+    The file gets the mode a plain ``open`` would give (0666 less the umask), not ``mkstemp``'s 0600.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -12,7 +12,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from prelort.errors import ModelError
+from prelort.io import make_staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def smollm2_path() -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    staging = make_staging_dir(target.parent, ".convert-")
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

@@ -13,7 +13,6 @@ import json
 import math
 import shutil
 import stat
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from prelort.adapters.state import LORA_A, LORA_B, AdapterState, lora_modules, state_rank
 from prelort.errors import AdapterError
+from prelort.io import make_staging_dir
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -172,7 +172,7 @@ def write_peft_adapter(
     if folder.exists() and not folder.stat().st_mode & stat.S_IWUSR:
         raise AdapterError(f"{folder}: the output folder is read-only; it is left as it is")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    staging = make_staging_dir(folder.parent, f".{folder.name}.")
     try:
         save_file(tensors, str(staging / WEIGHTS_NAME))
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
