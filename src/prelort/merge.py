@@ -136,6 +136,9 @@ def export_prefix(adapter_file: Path, rank: int, out: Path) -> dict[str, Any]:
     from prelort.models import PACKAGED_MODELS, resolve_model_path
 
     state, meta = load_adapter(adapter_file)
+    bad = sorted(k for k, v in state.items() if not torch.isfinite(v).all())
+    if bad:
+        raise AdapterError(f"{adapter_file}: holds NaN or Inf in {bad[:3]}; nothing exported")
     held = state_rank(state)
     if not 1 <= rank <= held:
         raise AdapterError(f"rank: {rank} is outside [1, {held}] for {adapter_file}")
