@@ -24,7 +24,6 @@ from prelort.adapters.state import (
     LORA_A,
     LORA_B,
     AdapterState,
-    is_lora_key,
     lora_modules,
     slice_to_rank,
     state_rank,
@@ -150,13 +149,12 @@ def export_prefix(adapter_file: Path, rank: int, out: Path) -> dict[str, Any]:
         raise AdapterError(
             f"{adapter_file}: its metadata has no LoRA scale (alpha / R); re-save it with prelort"
         )
-    prefix = slice_to_rank(state, rank)
+    prefix_factors, _ = split_head(slice_to_rank(state, rank))
     lora = {
         peft_module_name(k.rsplit(".", 1)[0]) + "." + k.rsplit(".", 1)[1]: v
-        for k, v in prefix.items()
-        if is_lora_key(k)
+        for k, v in prefix_factors.items()
     }
-    heads = {k: v for k, v in state.items() if not is_lora_key(k)}
+    heads = split_head(state)[1]
     tiers = sorted({t for k in heads if (t := split_head_key(k)[1]) is not None})
     tier = tier_of(rank, tiers) if tiers else None
     head = {split_head_key(k)[0]: v for k, v in heads.items() if split_head_key(k)[1] == tier}

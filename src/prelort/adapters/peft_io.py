@@ -22,7 +22,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from prelort.adapters.state import LORA_A, LORA_B, AdapterState, lora_modules, state_rank
+from prelort.adapters.state import (
+    LORA_A,
+    LORA_B,
+    AdapterState,
+    is_lora_key,
+    lora_modules,
+    state_rank,
+)
 from prelort.errors import AdapterError
 from prelort.io import make_staging_dir
 
@@ -59,8 +66,8 @@ def saved_head_name(key: str, saved_modules: tuple[str, ...]) -> str | None:
 
 def split_head(state: Mapping[str, torch.Tensor]) -> tuple[AdapterState, AdapterState]:
     """(LoRA factors, head tensors) of a state."""
-    lora = {k: v for k, v in state.items() if k.endswith((LORA_A, LORA_B))}
-    return lora, {k: v for k, v in state.items() if k not in lora}
+    lora = {k: v for k, v in state.items() if is_lora_key(k)}
+    return lora, {k: v for k, v in state.items() if not is_lora_key(k)}
 
 
 def peft_scale(config: Mapping[str, Any], rank: int) -> float:
