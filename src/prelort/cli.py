@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import re
 import sys
 import time
@@ -206,7 +205,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    from prelort.merge import aggregate_folders
+    from prelort.merge import aggregate_folders, check_weights
 
     weights = None
     if args.weights:
@@ -214,10 +213,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
             weights = [float(w) for w in args.weights.split(",")]
         except ValueError:
             raise ConfigError(f"weights: cannot read {args.weights!r} as numbers") from None
-        if not all(math.isfinite(w) and w > 0 for w in weights):
-            raise ConfigError(
-                f"weights: every weight must be a finite number > 0, got {args.weights!r}"
-            )
+        check_weights(weights, len(args.adapters))  # before any folder is read
     rank = aggregate_folders(args.adapters, args.out, args.method, weights, args.rank)
     print(
         f"wrote a rank-{rank} PEFT adapter ({args.method} of {len(args.adapters)} adapters) to {args.out}"

@@ -17,7 +17,6 @@ from prelort.adapters.peft_io import (
     PeftAdapter,
     check_compatible,
     read_peft_adapter,
-    split_head,
     write_peft_adapter,
 )
 from prelort.adapters.state import (
@@ -25,7 +24,9 @@ from prelort.adapters.state import (
     LORA_B,
     AdapterState,
     lora_modules,
+    nonfinite_keys,
     slice_to_rank,
+    split_head,
     state_rank,
 )
 from prelort.aggregation import AggregationContext, ClientUpdate, get_method
@@ -44,6 +45,17 @@ def _zeros(adapters: Sequence[PeftAdapter], rank: int) -> AdapterState:
         out[module + LORA_A] = torch.zeros(rank, first[module + LORA_A].shape[1])
         out[module + LORA_B] = torch.zeros(first[module + LORA_B].shape[0], rank)
     return out
+
+
+def check_weights(weights: Sequence[float], count: int) -> list[float]:
+    """The weights, if there is one finite weight > 0 per adapter.
+
+    Raises:
+        ConfigError: a wrong count, or a weight that is NaN, infinite, zero or negative.
+    """
+    if len(weights) != count or any(not math.isfinite(w) or w <= 0 for w in weights):
+        raise ConfigError(f"weights: need {count} finite weights > 0, got {list(weights)}")
+    return list(weights)
 
 
 def merge_adapters(
@@ -67,10 +79,7 @@ def merge_adapters(
     if not adapters:
         raise ConfigError("give at least one adapter folder")
     check_compatible(list(adapters))
-    if weights is None:
-        weights = [1.0] * len(adapters)
-    if len(weights) != len(adapters) or any(not math.isfinite(w) or w <= 0 for w in weights):
-        raise ConfigError(f"weights: need {len(adapters)} positive weights, got {list(weights)}")
+    weights = [1.0] * len(adapters) if weights is None else check_weights(weights, len(adapters))
     updates = [
         ClientUpdate(k, a.state, a.rank, w)
         for k, (a, w) in enumerate(zip(adapters, weights, strict=True))
@@ -135,7 +144,7 @@ def export_prefix(adapter_file: Path, rank: int, out: Path) -> dict[str, Any]:
     from prelort.models import PACKAGED_MODELS, resolve_model_path
 
     state, meta = load_adapter(adapter_file)
-    bad = sorted(k for k, v in state.items() if not torch.isfinite(v).all())
+    bad = nonfinite_keys(state)
     if bad:
         raise AdapterError(f"{adapter_file}: holds NaN or Inf in {bad[:3]}; nothing exported")
     held = state_rank(state)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-HEAD_MODES = ("per-tier", "shared")
 TIER_SEP = "@"
 
 

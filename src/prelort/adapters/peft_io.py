@@ -26,8 +26,8 @@ from prelort.adapters.state import (
     LORA_A,
     LORA_B,
     AdapterState,
-    is_lora_key,
     lora_modules,
+    split_head,
     state_rank,
 )
 from prelort.errors import AdapterError
@@ -62,12 +62,6 @@ def saved_head_name(key: str, saved_modules: tuple[str, ...]) -> str | None:
     name = key.removeprefix(PEFT_PREFIX)
     owner = name.rpartition(".")[0]
     return name if name != key and owner in saved_modules else None
-
-
-def split_head(state: Mapping[str, torch.Tensor]) -> tuple[AdapterState, AdapterState]:
-    """(LoRA factors, head tensors) of a state."""
-    lora = {k: v for k, v in state.items() if is_lora_key(k)}
-    return lora, {k: v for k, v in state.items() if not is_lora_key(k)}
 
 
 def peft_scale(config: Mapping[str, Any], rank: int) -> float:

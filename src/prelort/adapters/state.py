@@ -32,6 +32,17 @@ def is_head_key(key: str) -> bool:
     return not is_lora_key(key) and not key.endswith(MERGED)
 
 
+def split_head(state: Mapping[str, torch.Tensor]) -> tuple[AdapterState, AdapterState]:
+    """(LoRA factors, everything else: head tensors) of a state."""
+    lora = {k: v for k, v in state.items() if is_lora_key(k)}
+    return lora, {k: v for k, v in state.items() if not is_lora_key(k)}
+
+
+def nonfinite_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys whose tensors hold NaN or Inf, sorted."""
+    return sorted(k for k, v in state.items() if not torch.isfinite(v).all())
+
+
 def lora_modules(state: Mapping[str, torch.Tensor]) -> list[str]:
     """Names of the adapted modules in a state, sorted."""
     return sorted({k[: -len(LORA_A)] for k in state if k.endswith(LORA_A)})

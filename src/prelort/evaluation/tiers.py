@@ -17,7 +17,6 @@ from prelort.data.encoding import (
     classification_batch,
     prompt_batch,
 )
-from prelort.data.tasks import GENERATION
 from prelort.evaluation.choices import choice_accuracy
 from prelort.evaluation.metrics import accuracy, perplexity, rouge_l
 from prelort.evaluation.readout import readout_accuracy
@@ -26,7 +25,6 @@ TierMetrics = dict[str, dict[str, float]]
 
 # How a task is learnt and scored: a classifier head, a verbalised label, or free generation.
 HEAD, VERBALIZED = "head", "verbalized"
-OBJECTIVES = (HEAD, VERBALIZED, GENERATION)
 
 
 def _chunks(n: int, size: int):

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from prelort.adapters.state import AdapterState
+from prelort.adapters.state import AdapterState, nonfinite_keys
 from prelort.errors import AdapterError, ConfigError
 from prelort.io import load_adapter, save_adapter
 
@@ -75,7 +75,7 @@ def load_checkpoint(out_dir: Path) -> Checkpoint:
     if not path.is_file():
         raise ConfigError(f"resume: no {CHECKPOINT_NAME} in {out_dir}")
     state, meta = load_adapter(path)
-    bad = sorted(k for k, v in state.items() if not torch.isfinite(v).all())
+    bad = nonfinite_keys(state)
     if bad:
         raise AdapterError(f"{path}: holds NaN or Inf in {bad[:3]}; it cannot be resumed")
     missing = [k for k in ("round", "client_ranks", "rounds", "traffic", "config") if k not in meta]

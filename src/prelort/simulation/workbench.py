@@ -23,8 +23,7 @@ log = logging.getLogger(__name__)
 
 # Tokens per example by objective: a verbalised prompt also lists the labels and the chat markup.
 DEFAULT_MAX_LENGTH = {HEAD: 64, VERBALIZED: 128, GENERATION: 160}
-READOUT_SEED = 0  # one set of readout training rows for every method, seed and tier
-EVAL_SUBSET_SEED = 0  # one test subset for every method and seed
+EVAL_SUBSET_SEED = 0  # one test subset, and one set of readout rows, for every method and seed
 
 
 @dataclass

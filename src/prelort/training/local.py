@@ -15,6 +15,7 @@ import torch
 from prelort.adapters.inject import NestedLoRAModel
 from prelort.adapters.norms import product_gram
 from prelort.aggregation.hetlora import tail_size
+from prelort.config import OPTIMIZER_CHOICES
 from prelort.data.encoding import EncodedSplit, make_batch
 from prelort.errors import ConfigError
 from prelort.training.nested import truncation_ranks
@@ -70,9 +71,6 @@ class LocalResult:
     trained_ranks: frozenset[int] = frozenset()
 
 
-OPTIMIZERS = ("adamw", "sgd")
-
-
 def truncation_shares(
     ranks: Sequence[int], weights: Mapping[int, float] | None
 ) -> dict[int, float] | None:
@@ -110,7 +108,7 @@ def make_optimizer(adapted: NestedLoRAModel, config: LocalTrainingConfig) -> tor
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     raise ConfigError(
-        f"optimizer: unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+        f"optimizer: unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZER_CHOICES)}"
     )
 
 
