@@ -61,10 +61,10 @@ def test_good_update_passes():
 def test_nan_client_is_rejected_and_round_proceeds(
     tiny_bert_dir, topic_jsonl, tmp_path, caplog, monkeypatch
 ):
-    from prelort.simulation import run as run_module
+    from prelort.federation import client as client_module
     from tests_helpers import tiny
 
-    real = run_module.train_local
+    real = client_module.train_local
     calls = {"n": 0}
 
     def poisoned(adapted, *args, **kwargs):
@@ -75,7 +75,7 @@ def test_nan_client_is_rejected_and_round_proceeds(
                 next(iter(adapted.layers.values())).lora_b[0, 0] = float("nan")
         return result
 
-    monkeypatch.setattr(run_module, "train_local", poisoned)
+    monkeypatch.setattr(client_module, "train_local", poisoned)
     with caplog.at_level(logging.WARNING):
         result = run_simulation(tiny(tiny_bert_dir, topic_jsonl, tmp_path), progress=False)
     assert any(

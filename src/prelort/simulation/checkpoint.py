@@ -16,6 +16,7 @@ import torch
 
 from prelort.adapters.state import AdapterState, nonfinite_keys
 from prelort.errors import AdapterError, ConfigError
+from prelort.federation.records import RoundRecord, TrafficRecord
 from prelort.io import load_adapter, save_adapter
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -28,8 +29,8 @@ class Checkpoint:
     round: int
     global_state: AdapterState
     client_ranks: list[int]
-    rounds: list[dict[str, Any]]
-    traffic: list[dict[str, Any]]
+    rounds: list[RoundRecord]
+    traffic: list[TrafficRecord]
     previous_stack_numel: int
     config: dict[str, Any]
 

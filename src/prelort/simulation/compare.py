@@ -20,7 +20,8 @@ from prelort.simulation.outputs import (
     write_outputs,
     write_progress,
 )
-from prelort.simulation.run import SimulationResult, run_simulation
+from prelort.simulation.result import SimulationResult
+from prelort.simulation.run import run_simulation
 from prelort.simulation.workbench import Workbench, build_workbench, workbench_key
 
 

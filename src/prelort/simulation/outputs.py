@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from prelort.federation.records import RoundRecord, TrafficRecord
 from prelort.io import atomic_write_bytes, atomic_write_text, save_adapter, write_json
 from prelort.simulation.checkpoint import adapter_metadata
-from prelort.simulation.run import SimulationResult
+from prelort.simulation.result import SimulationResult
 
 METRIC_LABELS = {"accuracy": "accuracy", "perplexity": "perplexity", "rouge_l": "ROUGE-L"}
 
 
-def metric_rows(rounds: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def metric_rows(rounds: Iterable[RoundRecord]) -> list[dict[str, Any]]:
     """Long-format rows ``round, tier, metric, value`` of the per-round records."""
     return [
         {"round": rec["round"], "tier": int(tier), "metric": name, "value": value}
@@ -45,7 +46,7 @@ def save_figure(fig, path: Path, dpi: int = 110) -> Path:
     return path
 
 
-def plot_per_round(rounds: list[dict[str, Any]], title: str, out_dir: Path) -> list[Path]:
+def plot_per_round(rounds: Sequence[RoundRecord], title: str, out_dir: Path) -> list[Path]:
     """One PNG per metric: the metric per round, a line per tier."""
     import matplotlib
 
@@ -72,7 +73,7 @@ def plot_per_round(rounds: list[dict[str, Any]], title: str, out_dir: Path) -> l
     return paths
 
 
-def plot_segments(traffic: list[dict[str, Any]], title: str, out_dir: Path) -> Path | None:
+def plot_segments(traffic: Sequence[TrafficRecord], title: str, out_dir: Path) -> Path | None:
     """``segments.png``: each rank segment's share of the adapter's energy per round, stacked.
 
     A band that swallows the plot shows rank collapse (all signal in the first segment); bands

@@ -14,7 +14,6 @@ import torch
 
 from prelort.adapters.inject import NestedLoRAModel
 from prelort.adapters.norms import product_gram
-from prelort.aggregation.hetlora import tail_size
 from prelort.config import OPTIMIZER_CHOICES
 from prelort.data.encoding import EncodedSplit, make_batch
 from prelort.errors import ConfigError
@@ -32,8 +31,9 @@ class LocalTrainingConfig:
         weight_decay: weight decay (decoupled for AdamW, L2 for SGD).
         max_grad_norm: gradient clipping (0 disables it).
         nested: "all", "sample" or "off" (see ``truncation_ranks``).
-        tail_penalty: HetLoRA's gamma: weight of the norm of the last ``tail_size(rank)``
-            components' update in the loss (0 disables it).
+        tail_penalty: weight of the norm of the last ``tail`` components' update in the loss
+            (HetLoRA's gamma; 0 disables it).
+        tail: how many trailing components the penalty and ``LocalResult.tail_ratio`` cover.
         head_lr: learning rate of the task head (None: ``lr``).
         optimizer: "adamw" or "sgd" (momentum 0.9).
         train_adapter: False trains only the head (the no-adapter reference).
@@ -48,6 +48,7 @@ class LocalTrainingConfig:
     max_grad_norm: float = 1.0
     nested: str = "all"
     tail_penalty: float = 0.0
+    tail: int = 0
     head_lr: float | None = None
     optimizer: str = "adamw"
     train_adapter: bool = True
@@ -61,7 +62,8 @@ class LocalResult:
     Attributes:
         mean_loss: mean task loss over the steps.
         passes: forward/backward passes run (more than steps under nested training).
-        tail_ratio: norm of the tail components' update over the whole update's norm.
+        tail_ratio: norm of the last ``config.tail`` components' update over the whole update's
+            norm (0 when ``tail`` is 0).
         trained_ranks: the active ranks the client optimised (their tiers' heads were trained).
     """
 
@@ -79,16 +81,6 @@ def truncation_shares(
         return None
     total = sum(weights[r] for r in ranks)
     return {r: weights[r] / total for r in ranks}
-
-
-def tier_balanced_weights(client_ranks: Sequence[int], ladder: Sequence[int]) -> dict[int, float]:
-    """``1 / (clients whose rank covers truncation t)`` per ladder rank t.
-
-    Under nested training every client trains the low truncations and few train the high ones, so
-    the shared head and the top segments see the top tiers' features through a few clients only.
-    With these weights each truncation carries the same total weight over the federation.
-    """
-    return {t: 1.0 / max(1, sum(1 for r in client_ranks if r >= t)) for t in ladder}
 
 
 def make_optimizer(adapted: NestedLoRAModel, config: LocalTrainingConfig) -> torch.optim.Optimizer:
@@ -180,10 +172,9 @@ def train_local(
             loss = adapted.model(**batch).loss
             loss = loss / len(ranks) if shares is None else loss * shares[r]
             step_loss += float(loss.detach())
-            if config.tail_penalty > 0:
-                loss = loss + config.tail_penalty * tail_norms(adapted, rank, tail_size(rank))[
-                    0
-                ] / len(ranks)
+            if config.tail_penalty > 0 and config.tail > 0:
+                tail_norm = tail_norms(adapted, rank, config.tail)[0]
+                loss = loss + config.tail_penalty * tail_norm / len(ranks)
             loss.backward()
             passes += 1
         if config.max_grad_norm > 0:
@@ -192,7 +183,9 @@ def train_local(
         losses.append(step_loss)
     adapted.set_active_rank(rank)
     adapted.model.eval()
-    with torch.no_grad():
-        tail, whole = tail_norms(adapted, rank, tail_size(rank))
-    ratio = float(tail / whole) if whole > 0 else 0.0
+    ratio = 0.0
+    if config.tail > 0:
+        with torch.no_grad():
+            tail, whole = tail_norms(adapted, rank, config.tail)
+        ratio = float(tail / whole) if whole > 0 else 0.0
     return LocalResult(sum(losses) / len(losses), passes, ratio, frozenset(trained))

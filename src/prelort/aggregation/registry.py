@@ -1,0 +1,155 @@
+"""The registry of federated methods by name (``prelort methods`` lists it).
+
+Each entry pairs a rule (``build`` makes it for a run) with the method's hooks (``methods.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+
+import torch
+
+from prelort.adapters.state import AdapterState
+from prelort.aggregation.base import AggregateFn, ClientUpdate
+from prelort.aggregation.flexlora import aggregate_flexlora
+from prelort.aggregation.flora import aggregate_flora
+from prelort.aggregation.hetlora import aggregate_hetlora
+from prelort.aggregation.methods import (
+    AggregationContext,
+    FLoRA,
+    HetLoRA,
+    Method,
+    NoAdapter,
+    TierBalanced,
+)
+from prelort.aggregation.prelort import aggregate_segmentwise
+from prelort.aggregation.zeropad import aggregate_zeropad
+from prelort.errors import ConfigError
+
+
+def _all_min(ranks: Sequence[int]) -> list[int]:
+    return [min(ranks)] * len(ranks)
+
+
+def _all_max(ranks: Sequence[int]) -> list[int]:
+    return [max(ranks)] * len(ranks)
+
+
+def _segmentwise(ctx: AggregationContext) -> AggregateFn:
+    return partial(aggregate_segmentwise, ladder=ctx.ladder)
+
+
+def _zeropad(ctx: AggregationContext) -> AggregateFn:
+    return aggregate_zeropad
+
+
+def _hetlora(ctx: AggregationContext) -> AggregateFn:
+    return partial(aggregate_hetlora, scale=ctx.scale)
+
+
+def _flexlora(ctx: AggregationContext) -> AggregateFn:
+    return partial(aggregate_flexlora, scale=ctx.scale)
+
+
+def _flora(ctx: AggregationContext) -> AggregateFn:
+    if ctx.fresh_state is None:
+        raise ValueError("flora needs the fresh adapter state")
+    return partial(aggregate_flora, scale=ctx.scale, fresh_state=ctx.fresh_state)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "prelort",
+            "all",
+            "segment-wise aggregation + prefix-nested training (PreLort)",
+            _segmentwise,
+        ),
+        Method(
+            "zeropad", "off", "zero-pad to R, example-weighted average over all clients", _zeropad
+        ),
+        HetLoRA(
+            "hetlora",
+            "off",
+            "HetLoRA: zero-pad, norm-weighted average, tail self-pruning",
+            _hetlora,
+        ),
+        Method(
+            "flexlora",
+            "off",
+            "FlexLoRA: average full updates, truncated SVD back to each rank",
+            _flexlora,
+        ),
+        FLoRA(
+            "flora",
+            "off",
+            "FLoRA: stack adapters, merge into the base each round, fresh adapters",
+            _flora,
+        ),
+        Method(
+            "fedit-min",
+            "off",
+            "homogeneous FedIT: every client at the smallest rank",
+            _zeropad,
+            client_ranks=_all_min,
+        ),
+        Method(
+            "fedit-max",
+            "off",
+            "homogeneous FedIT: every client at the largest rank (oracle)",
+            _zeropad,
+            client_ranks=_all_max,
+        ),
+        Method(
+            "prelort-agg",
+            "off",
+            "ablation: segment-wise aggregation, plain LoRA training",
+            _segmentwise,
+        ),
+        Method(
+            "prelort-train",
+            "all",
+            "ablation: prefix-nested training, zero-pad aggregation",
+            _zeropad,
+        ),
+        TierBalanced(
+            "prelort-balanced",
+            "all",
+            "PreLort + tier-balanced nested training: truncation t's loss weighted by 1 / (clients "
+            "of rank >= t)",
+            _segmentwise,
+        ),
+        NoAdapter(
+            "no-adapter",
+            "off",
+            "reference: frozen base, only the classifier head learns (zero-shot for a causal LM)",
+            _zeropad,
+        ),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    """Look a method up by name.
+
+    Raises:
+        ConfigError: an unknown name; the message lists the valid ones.
+    """
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(
+            f"method: unknown method {name!r}; choose one of {', '.join(METHODS)}"
+        ) from None
+
+
+def aggregate(
+    method: str,
+    global_state: Mapping[str, torch.Tensor],
+    updates: Sequence[ClientUpdate],
+    context: AggregationContext,
+) -> AdapterState:
+    """Aggregate with the named method's rule."""
+    return get_method(method).aggregator(context)(global_state, updates)

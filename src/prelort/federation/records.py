@@ -1,0 +1,51 @@
+"""The typed records a run writes per round: what metrics.json, checkpoints and summaries read."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from prelort.evaluation.tiers import TierMetrics
+
+
+class Rejection(TypedDict):
+    """A reply the server refused, and why."""
+
+    client: int
+    reason: str
+
+
+class SegmentRecord(TypedDict):
+    """One rank segment [lo, hi) of the global adapter: ``||s B_seg A_seg||_F`` and energy share."""
+
+    lo: int
+    hi: int
+    norm: float
+    share: float
+
+
+class TrafficRecord(TypedDict):
+    """What one round moved and cost on the server.
+
+    ``bytes_up``/``bytes_down`` count fp32 numbers; ``ranks`` are the accepted replies' ranks;
+    ``dropped`` the sampled clients whose reply never came; ``segments`` the global adapter after
+    the round.
+    """
+
+    round: int
+    clients: int
+    bytes_up: int
+    bytes_down: int
+    aggregation_seconds: float
+    ranks: list[int]
+    dropped: list[int]
+    rejected: list[Rejection]
+    segments: list[SegmentRecord]
+
+
+class RoundRecord(TypedDict):
+    """The metrics of one evaluated round: per tier, the mean training loss and the wall time."""
+
+    round: int
+    tiers: TierMetrics
+    train_loss: float
+    seconds: float

@@ -1,0 +1,221 @@
+"""The server step: the round's replies in, the next global adapter and the round's record out.
+
+It needs no model and no data, only the method's rule and hooks, so the in-process simulation and
+a Flower ServerApp share it. Every reply is checked before it becomes an update: a malformed or
+hostile reply is logged and left out, and never aborts the round or touches the global state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from prelort.adapters.norms import segment_norms
+from prelort.adapters.state import AdapterState, slice_to_rank, state_rank
+from prelort.aggregation.base import AggregateFn, ClientUpdate
+from prelort.aggregation.flora import stacked_numel
+from prelort.aggregation.methods import AggregationContext, Method, uplink_numel
+from prelort.aggregation.segments import segment_bounds
+from prelort.aggregation.validation import update_problem
+from prelort.federation.client import ClientReply
+from prelort.federation.records import Rejection, SegmentRecord, TrafficRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What the server keeps between rounds (and checkpoints).
+
+    Attributes:
+        round: rounds completed.
+        global_state: the rank-R global adapter (and heads, and FLoRA's merged terms).
+        client_ranks: every client's current rank (HetLoRA prunes them).
+        previous_stack_numel: numbers in last round's stacked factors (FLoRA's downlink).
+    """
+
+    round: int
+    global_state: AdapterState
+    client_ranks: tuple[int, ...]
+    previous_stack_numel: int = 0
+
+    def prefix(self, client: int) -> AdapterState:
+        """What the server sends ``client``: the prefix of its rank, and the heads it may use."""
+        return slice_to_rank(self.global_state, self.client_ranks[client])
+
+
+@dataclass(frozen=True)
+class ServerRules:
+    """How the server treats a run's replies.
+
+    Attributes:
+        method: the method, for its hooks.
+        aggregate: its aggregation rule, built for this run.
+        ladder: the ranks in use.
+        scale: the LoRA scale s.
+        allowed_ranks: ranks a reply may carry (None: any up to R).
+        max_update_norm: bound on a reply's ``||s B A||_F`` (None: no bound).
+    """
+
+    method: Method
+    aggregate: AggregateFn
+    ladder: tuple[int, ...]
+    scale: float
+    allowed_ranks: frozenset[int] | None
+    max_update_norm: float | None = None
+
+    @classmethod
+    def for_run(
+        cls,
+        method: Method,
+        context: AggregationContext,
+        client_ranks: Sequence[int],
+        max_update_norm: float | None = None,
+    ) -> ServerRules:
+        allowed = method.allowed_ranks(context.ladder, client_ranks)
+        return cls(
+            method,
+            method.aggregator(context),
+            context.ladder,
+            context.scale,
+            None if allowed is None else frozenset(allowed),
+            max_update_norm,
+        )
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """The server state after a round, the round's traffic record and mean training loss."""
+
+    server: ServerState
+    traffic: TrafficRecord
+    train_loss: float
+
+
+def initial_server_state(
+    method: Method, fresh_state: Mapping[str, torch.Tensor], client_ranks: Sequence[int]
+) -> ServerState:
+    """Round 0: the method's starting state from the fresh rank-R adapter."""
+    return ServerState(0, method.initial_state(fresh_state), tuple(client_ranks))
+
+
+def reply_problem(
+    reply: ClientReply, server: ServerState, rules: ServerRules, sampled: Sequence[int]
+) -> str | None:
+    """Why a reply must be left out of the round, or None if it may be aggregated."""
+    if reply.client_id not in sampled:
+        return "it was not sampled this round"
+    expected = server.client_ranks[reply.client_id]
+    if reply.rank != expected:
+        return f"it claims rank {reply.rank} but was sent the rank-{expected} prefix"
+    examples = reply.num_examples
+    if isinstance(examples, bool) or not isinstance(examples, int | float) or not examples > 0:
+        return f"num_examples must be a positive number, got {examples!r}"
+    if not math.isfinite(examples):
+        return f"num_examples must be finite, got {examples!r}"
+    return update_problem(
+        reply.state,
+        reply.rank,
+        server.global_state,
+        rules.allowed_ranks,
+        rules.max_update_norm,
+        rules.scale,
+    )
+
+
+def server_step(
+    server: ServerState,
+    sampled: Sequence[int],
+    replies: Sequence[ClientReply],
+    rules: ServerRules,
+    failures: Sequence[Rejection] = (),
+) -> RoundOutcome:
+    """Aggregate one round.
+
+    Args:
+        server: the state after the previous round.
+        sampled: the clients sent a prefix this round; those without a reply count as dropped.
+        replies: the replies that arrived, in the order they are aggregated (sort them by client
+            for results that do not depend on arrival); each is checked before it counts.
+        rules: the method, its rule and the checks of this run.
+        failures: clients whose reply arrived as an error or could not be decoded (the engine
+            logs them); they count as rejected.
+
+    Returns:
+        The new server state (the global adapter kept when no reply is valid), the round's
+        traffic record and the mean training loss of the accepted replies (NaN if none).
+    """
+    round_index = server.round + 1
+    down = sum(
+        rules.method.downlink_numel(server.prefix(c), server.previous_stack_numel) for c in sampled
+    )
+    replied = {r.client_id for r in replies} | {f["client"] for f in failures}
+    dropped = [c for c in sampled if c not in replied]
+    updates: list[ClientUpdate] = []
+    losses: list[float] = []
+    rejected: list[Rejection] = list(failures)
+    ranks = list(server.client_ranks)
+    accepted: set[int] = set()
+    for reply in replies:
+        problem = reply_problem(reply, server, rules, sampled)
+        if problem is None and reply.client_id in accepted:
+            problem = "a second reply from the same client"
+        if problem is not None:
+            log.warning(
+                "round %d: rejected the update of client %s: %s",
+                round_index,
+                reply.client_id,
+                problem,
+            )
+            rejected.append({"client": reply.client_id, "reason": problem})
+            continue
+        accepted.add(reply.client_id)
+        updates.append(ClientUpdate(reply.client_id, reply.state, reply.rank, reply.num_examples))
+        losses.append(reply.loss)
+        ranks[reply.client_id] = rules.method.next_rank(reply.rank, reply.tail_ratio, rules.ladder)
+
+    agg_start = time.perf_counter()
+    global_state = server.global_state
+    if updates:
+        global_state = rules.aggregate(global_state, updates)
+    else:
+        log.warning("round %d: no valid update; the global adapter is unchanged", round_index)
+    traffic: TrafficRecord = {
+        "round": round_index,
+        "clients": len(updates),
+        "bytes_up": 4 * sum(uplink_numel(u.state) for u in updates),
+        "bytes_down": 4 * down,
+        "aggregation_seconds": round(time.perf_counter() - agg_start, 4),
+        "ranks": [u.rank for u in updates],
+        "dropped": dropped,
+        "rejected": rejected,
+        "segments": segment_record(global_state, rules.ladder, rules.scale),
+    }
+    stack = stacked_numel(updates) if updates else server.previous_stack_numel
+    return RoundOutcome(
+        ServerState(round_index, global_state, tuple(ranks), stack),
+        traffic,
+        sum(losses) / len(losses) if losses else float("nan"),
+    )
+
+
+def segment_record(
+    global_state: Mapping[str, torch.Tensor], ladder: Sequence[int], scale: float
+) -> list[SegmentRecord]:
+    """Per rank segment of the global adapter: ``||s B_seg A_seg||_F`` and its share of the energy.
+
+    Shows whether training concentrates the signal in the prefix, or leaves it stuck in the first
+    segment ("rank collapse") or spread evenly (a truncation then loses most of it).
+    """
+    bounds = segment_bounds(tuple(ladder), state_rank(global_state))
+    norms = segment_norms(global_state, bounds, scale)
+    energy = sum(n * n for n in norms)
+    return [
+        {"lo": lo, "hi": hi, "norm": n, "share": n * n / energy if energy > 0 else 0.0}
+        for (lo, hi), n in zip(bounds, norms, strict=True)
+    ]

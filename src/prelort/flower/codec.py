@@ -1,0 +1,85 @@
+"""What travels in Flower messages: a prefix down, a reply up, as Array/Config/Metric records.
+
+Adapters travel as ``ArrayRecord`` (exact fp32); everything else as scalars. Decoding a reply
+checks only its form; whether it may be aggregated is the server step's call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from prelort.adapters.state import AdapterState
+from prelort.errors import AdapterError
+from prelort.federation.client import ClientReply
+
+ADAPTER, SETTINGS, METRICS = "adapter", "settings", "metrics"
+
+
+def to_arrays(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    return ArrayRecord({k: v.detach().contiguous() for k, v in state.items()})
+
+
+def from_arrays(record: ArrayRecord) -> AdapterState:
+    # the decoded arrays are read-only views of the message buffer: own them
+    return {k: v.clone() for k, v in record.to_torch_state_dict().items()}
+
+
+def encode_prefix(prefix: Mapping[str, torch.Tensor], client: int, round_index: int) -> RecordDict:
+    """The server's train message to ``client``: its rank prefix of the global adapter."""
+    settings = ConfigRecord({"client": client, "round": round_index})
+    return RecordDict({ADAPTER: to_arrays(prefix), SETTINGS: settings})
+
+
+def decode_prefix(content: RecordDict) -> tuple[AdapterState, int, int]:
+    """(prefix, client, round) of a train message.
+
+    Raises:
+        AdapterError: a message without the adapter or its settings.
+    """
+    try:
+        settings = content.config_records[SETTINGS]
+        return (
+            from_arrays(content.array_records[ADAPTER]),
+            int(settings["client"]),
+            int(settings["round"]),
+        )
+    except KeyError as missing:
+        raise AdapterError(f"a train message without {missing}") from None
+
+
+def encode_reply(reply: ClientReply) -> RecordDict:
+    """A client's reply; ``num-examples`` is the key Flower's own aggregators read."""
+    metrics = MetricRecord(
+        {
+            "client": reply.client_id,
+            "rank": reply.rank,
+            "num-examples": reply.num_examples,
+            "loss": reply.loss,
+            "tail-ratio": reply.tail_ratio,
+        }
+    )
+    return RecordDict({ADAPTER: to_arrays(reply.state), METRICS: metrics})
+
+
+def decode_reply(content: RecordDict) -> ClientReply:
+    """A reply as the server step takes it.
+
+    Raises:
+        AdapterError: a reply without an adapter or without one of its metrics.
+    """
+    try:
+        metrics = content.metric_records[METRICS]
+        state = from_arrays(content.array_records[ADAPTER])
+        client, rank, examples = metrics["client"], metrics["rank"], metrics["num-examples"]
+        loss, tail = float(metrics["loss"]), float(metrics["tail-ratio"])
+    except KeyError as missing:
+        raise AdapterError(f"a reply without {missing}") from None
+    if not all(isinstance(v, int) for v in (client, rank)):
+        raise AdapterError(f"client and rank must be integers, got {client!r} and {rank!r}")
+    return ClientReply(
+        client, state, rank, examples, loss if math.isfinite(loss) else math.nan, tail
+    )

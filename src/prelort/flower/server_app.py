@@ -1,0 +1,93 @@
+"""The Flower ServerApp: the simulation's plan, server step, evaluation and outputs over a Grid.
+
+It evaluates every tier of the global adapter centrally (the task's test split, as ``prelort
+simulate`` does), checkpoints after every round and writes the same files as ``prelort
+simulate``: metrics.json with per-tier metrics, metrics.csv, plots and the adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from prelort.config import SimulationConfig
+from prelort.federation.server import RoundOutcome
+from prelort.flower.codec import to_arrays
+from prelort.flower.settings import config_from_run_config
+from prelort.flower.strategy import PrefixNestedStrategy, query_partitions
+from prelort.simulation.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from prelort.simulation.federation import prepare_federation, resumed_server
+from prelort.simulation.outputs import write_outputs, write_progress
+from prelort.simulation.result import SimulationResult
+from prelort.simulation.run import format_round
+from prelort.simulation.workbench import build_workbench
+
+log = logging.getLogger(__name__)
+
+NODE_TIMEOUT = 600.0  # seconds to wait for the nodes, and for one round's replies
+
+
+def run_server(
+    grid: Grid, config: SimulationConfig, resume: bool = False, timeout: float = NODE_TIMEOUT
+) -> SimulationResult:
+    """Run a federation over ``grid`` and write its outputs to ``config.out``.
+
+    Args:
+        grid: Flower's connection to the nodes (simulation engine or SuperLink).
+        config: the run's settings, validated.
+        resume: continue from ``config.out``'s checkpoint instead of round 0.
+        timeout: seconds to wait for the nodes to connect, and for each round's replies.
+    """
+    out = Path(config.out)
+    bench = build_workbench(config)
+    fed = prepare_federation(config, bench)
+    result = fed.new_result()
+    server = fed.initial
+    if resume and (out / CHECKPOINT_NAME).is_file():
+        server = resumed_server(load_checkpoint(out), result, config.rounds)
+    partitions = query_partitions(grid, config.clients, timeout)
+    start = last_round_end = time.perf_counter()
+
+    def on_round(outcome: RoundOutcome) -> None:
+        nonlocal last_round_end
+        tiers = fed.evaluate(outcome.server)
+        record = fed.record(result, outcome, tiers, time.perf_counter() - last_round_end, out)
+        if record is not None:
+            log.info(format_round(config.method, record))
+        result.wall_seconds = time.perf_counter() - start
+        write_progress(result, out)
+        last_round_end = time.perf_counter()
+
+    strategy = PrefixNestedStrategy(fed.plan, fed.rules, server, partitions, on_round)
+    if server.round < config.rounds:
+        strategy.start(
+            grid,
+            to_arrays(server.global_state),
+            num_rounds=config.rounds - server.round,
+            timeout=timeout,
+        )
+    result.global_state = strategy.server.global_state
+    result.wall_seconds = time.perf_counter() - start
+    write_outputs(result, out)
+    return result
+
+
+def make_server_app(config: SimulationConfig | None = None, resume: bool = False) -> ServerApp:
+    """A ServerApp for ``config``, or for each run's run config when None (``flwr run``)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        if config is not None:
+            run_server(grid, config, resume)
+        else:
+            run_server(grid, *config_from_run_config(context.run_config))
+
+    return app
+
+
+app = make_server_app()

@@ -1,0 +1,189 @@
+"""One run's parts, derived from its config and workbench, identical in every engine.
+
+The in-process simulation (``run.py``) and the Flower apps (``prelort.flower``) both call
+``prepare_federation`` and then wire the same client step, server step, evaluation and records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from prelort.adapters.state import get_state, state_rank
+from prelort.aggregation import AggregationContext, Method, get_method
+from prelort.config import SimulationConfig
+from prelort.evaluation.tiers import HEAD, ReadoutData, TierMetrics, evaluate_tiers
+from prelort.federation.client import ClientReply, client_step
+from prelort.federation.plan import FederationPlan, assign_ranks, build_plan
+from prelort.federation.records import RoundRecord
+from prelort.federation.server import RoundOutcome, ServerRules, ServerState, initial_server_state
+from prelort.simulation.checkpoint import Checkpoint, save_checkpoint
+from prelort.simulation.result import SimulationResult
+from prelort.simulation.workbench import Workbench
+from prelort.training.local import LocalTrainingConfig
+
+
+@dataclass(frozen=True)
+class Federation:
+    """A run's method, plan, local-training settings, server rules and round-0 server state.
+
+    Attributes:
+        config: the run's settings.
+        bench: its task and model (the model holds a fresh rank-R adapter after preparation).
+        method: the method, for its hooks.
+        plan: partitions, ranks and per-round draws.
+        train_config: local training settings before the per-client hooks.
+        rules: how the server checks and aggregates replies.
+        initial: the server state before round 1.
+    """
+
+    config: SimulationConfig
+    bench: Workbench
+    method: Method
+    plan: FederationPlan
+    train_config: LocalTrainingConfig
+    rules: ServerRules
+    initial: ServerState
+
+    def train_client(
+        self, received: Mapping[str, torch.Tensor], client: int, round_index: int
+    ) -> ClientReply:
+        """The client step of ``client`` in ``round_index`` on the received prefix."""
+        rank = state_rank(received)
+        return client_step(
+            self.bench.adapted,
+            received,
+            self.bench.train,
+            self.plan.client_rows[client],
+            self.bench.batch_kind,
+            self.bench.tokenizer.pad_token_id,
+            self.config.ranks.ladder,
+            dataclasses.replace(self.train_config, tail=self.method.tail_components(rank)),
+            client,
+            self.plan.client_seed(round_index, client),
+        )
+
+    def evaluate(self, server: ServerState) -> TierMetrics | None:
+        """Metrics per tier of the global adapter after ``server.round``, on evaluated rounds."""
+        config, bench = self.config, self.bench
+        last = server.round == config.rounds
+        if not (last or server.round % config.eval_every == 0):
+            return None
+        readout = None
+        if last and bench.readout_rows:
+            readout = ReadoutData(bench.train, bench.readout_rows, bench.task.num_labels)
+        return evaluate_tiers(
+            bench.adapted,
+            server.global_state,
+            config.ranks.ladder,
+            bench.objective,
+            bench.test,
+            bench.tokenizer,
+            generation_data=bench.generation if (last or config.rouge_every_round) else None,
+            max_new_tokens=config.max_new_tokens,
+            readout=readout,
+            same_at_every_tier=not self.method.trains_adapter and not bench.adapted.tier_heads,
+        )
+
+    def record(
+        self,
+        result: SimulationResult,
+        outcome: RoundOutcome,
+        tiers: TierMetrics | None,
+        round_seconds: float,
+        checkpoint_dir: Path | None = None,
+    ) -> RoundRecord | None:
+        """Add a finished round to ``result`` and checkpoint the server state.
+
+        Returns:
+            The round's metric record, or None on a round that was not evaluated.
+        """
+        server = outcome.server
+        result.traffic.append(outcome.traffic)
+        record: RoundRecord | None = None
+        if tiers is not None:
+            record = {
+                "round": server.round,
+                "tiers": tiers,
+                "train_loss": outcome.train_loss,
+                "seconds": round(round_seconds, 2),
+            }
+            result.rounds.append(record)
+            if server.round == self.config.rounds:
+                result.final = tiers
+        result.global_state, result.client_ranks = server.global_state, list(server.client_ranks)
+        if checkpoint_dir is not None:
+            save_checkpoint(
+                checkpoint_dir,
+                Checkpoint(
+                    server.round,
+                    server.global_state,
+                    list(server.client_ranks),
+                    result.rounds,
+                    result.traffic,
+                    server.previous_stack_numel,
+                    result.config,
+                ),
+            )
+        return record
+
+    def new_result(self) -> SimulationResult:
+        return SimulationResult(
+            self.config.to_dict(),
+            list(self.plan.client_ranks),
+            [len(rows) for rows in self.plan.client_rows],
+        )
+
+
+def prepare_federation(config: SimulationConfig, bench: Workbench) -> Federation:
+    """Derive a run's parts and give the workbench's model a fresh rank-R adapter.
+
+    Raises:
+        ConfigError, DataError: an unknown method, or too few examples for the clients.
+    """
+    method = get_method(config.method)
+    ladder = config.ranks.ladder
+    plan = build_plan(
+        config,
+        bench.train.labels,
+        method.client_ranks(assign_ranks(config.ranks, config.clients, config.seed)),
+    )
+    train_config = LocalTrainingConfig(
+        config.local_steps,
+        config.batch_size,
+        config.lr,
+        config.weight_decay,
+        1.0,
+        config.resolved_nested,
+        method.tail_penalty,
+        head_lr=config.resolved_head_lr,
+        optimizer=config.optimizer,
+        train_adapter=method.trains_adapter,
+        truncation_weights=method.truncation_weights(plan.client_ranks, ladder),
+    )
+    adapted = bench.adapted
+    per_tier = config.resolved_head == "per-tier" and bench.objective == HEAD
+    adapted.use_tier_heads(ladder if per_tier else None)
+    adapted.reset_parameters(torch.Generator().manual_seed(config.seed))  # a fresh rank-R adapter
+    fresh_state = get_state(adapted)
+    context = AggregationContext(ladder, adapted.scale, fresh_state)
+    rules = ServerRules.for_run(method, context, plan.client_ranks, config.max_update_norm)
+    initial = initial_server_state(method, fresh_state, plan.client_ranks)
+    return Federation(config, bench, method, plan, train_config, rules, initial)
+
+
+def resumed_server(checkpoint: Checkpoint, result: SimulationResult, rounds: int) -> ServerState:
+    """The server state of a checkpoint; its history goes into ``result``."""
+    result.rounds, result.traffic = list(checkpoint.rounds), list(checkpoint.traffic)
+    if result.rounds and result.rounds[-1]["round"] == rounds:
+        result.final = result.rounds[-1]["tiers"]
+    return ServerState(
+        checkpoint.round,
+        checkpoint.global_state,
+        tuple(checkpoint.client_ranks),
+        checkpoint.previous_stack_numel,
+    )

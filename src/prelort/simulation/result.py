@@ -1,0 +1,46 @@
+"""What a run produces: per-round and final metrics per tier, traffic, the final adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prelort.adapters.state import AdapterState
+from prelort.evaluation.tiers import TierMetrics
+from prelort.federation.records import RoundRecord, TrafficRecord
+
+
+@dataclass
+class SimulationResult:
+    """The outcome of a run.
+
+    Attributes:
+        config: the run's settings, resolved.
+        client_ranks: the rank of every client.
+        client_examples: the training examples of every client.
+        rounds: one record per evaluated round: ``{"round", "tiers", "train_loss", "seconds"}``.
+        final: metrics of the final global adapter per tier.
+        global_state: the final rank-R global adapter.
+        traffic: per round: clients, bytes up and down (fp32), server aggregation seconds, ranks.
+        wall_seconds: the run's wall time, workbench loading excluded.
+    """
+
+    config: dict[str, Any]
+    client_ranks: list[int]
+    client_examples: list[int]
+    rounds: list[RoundRecord] = field(default_factory=list)
+    final: TierMetrics = field(default_factory=dict)
+    global_state: AdapterState = field(default_factory=dict)
+    traffic: list[TrafficRecord] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "client_ranks": self.client_ranks,
+            "client_examples": self.client_examples,
+            "rounds": self.rounds,
+            "final": {"tiers": self.final},
+            "traffic": self.traffic,
+            "wall_seconds": round(self.wall_seconds, 2),
+        }

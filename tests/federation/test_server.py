@@ -1,0 +1,134 @@
+"""The server step: closed-form results on hand-built replies, and hostile replies left out."""
+
+import math
+
+import pytest
+import torch
+
+from prelort.aggregation import AggregationContext, aggregate_segmentwise, get_method
+from prelort.aggregation.base import ClientUpdate
+from prelort.federation import ClientReply, ServerRules, ServerState, server_step
+from prelort.federation.server import initial_server_state
+
+IN, OUT, R = 3, 2, 4
+LADDER = (1, 2, 4)
+
+
+def state(rank: int, value: float) -> dict[str, torch.Tensor]:
+    return {
+        "m.lora_a": torch.full((rank, IN), value),
+        "m.lora_b": torch.full((OUT, rank), value),
+        "head.weight": torch.full((2, 2), value),
+    }
+
+
+def reply(client: int, rank: int, value: float, examples: int = 1, **kw) -> ClientReply:
+    return ClientReply(client, state(rank, value), rank, examples, 0.5, **kw)
+
+
+def setup(method: str = "prelort", ranks=(1, 2, 4)) -> tuple[ServerState, ServerRules]:
+    m = get_method(method)
+    fresh = state(R, 0.0)
+    context = AggregationContext(LADDER, 1.0, fresh)
+    return initial_server_state(m, fresh, ranks), ServerRules.for_run(m, context, ranks)
+
+
+def test_matches_the_rule_and_records_the_round():
+    server, rules = setup()
+    replies = [reply(0, 1, 1.0, 3), reply(1, 2, 2.0, 1)]
+    outcome = server_step(server, [0, 1, 2], replies, rules)
+    updates = [ClientUpdate(0, state(1, 1.0), 1, 3), ClientUpdate(1, state(2, 2.0), 2, 1)]
+    expected = aggregate_segmentwise(server.global_state, updates, LADDER)
+    for key, value in expected.items():
+        assert torch.equal(outcome.server.global_state[key], value), key
+    assert outcome.server.global_state["m.lora_a"][2:].eq(0).all()  # segment nobody sent: kept
+    traffic = outcome.traffic
+    assert traffic["round"] == 1 and outcome.server.round == 1
+    assert traffic["clients"] == 2 and traffic["ranks"] == [1, 2] and traffic["dropped"] == [2]
+    assert traffic["bytes_up"] == 4 * ((1 + 2) * (IN + OUT) + 2 * 4)
+    # every sampled client was sent its prefix and the head, the dropped one included
+    assert traffic["bytes_down"] == 4 * ((1 + 2 + 4) * (IN + OUT) + 3 * 4)
+    assert [s["hi"] for s in traffic["segments"]] == [1, 2, 4]
+    assert math.isclose(sum(s["share"] for s in traffic["segments"]), 1.0)
+    assert outcome.train_loss == 0.5
+
+
+BAD = {
+    "nan": lambda: ClientReply(
+        0, {**state(1, 1.0), "m.lora_a": torch.full((1, IN), math.nan)}, 1, 1, 0.1
+    ),
+    "rank above R": lambda: reply(2, 8, 1.0),
+    "rank not the one sent": lambda: reply(0, 2, 1.0),
+    "shape off its rank": lambda: ClientReply(1, state(1, 1.0), 2, 1, 0.1),
+    "not sampled": lambda: reply(3, 1, 1.0),
+    "zero examples": lambda: reply(0, 1, 1.0, 0),
+    "nan examples": lambda: ClientReply(0, state(1, 1.0), 1, math.nan, 0.1),
+    "bool examples": lambda: ClientReply(0, state(1, 1.0), 1, True, 0.1),
+    "unknown key": lambda: ClientReply(
+        0, {**state(1, 1.0), "x.lora_a": torch.ones(1, IN)}, 1, 1, 0.1
+    ),
+    "missing head": lambda: ClientReply(
+        0, {k: v for k, v in state(1, 1.0).items() if k != "head.weight"}, 1, 1, 0.1
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_a_hostile_reply_is_rejected_and_never_touches_the_state(case):
+    server, rules = setup()
+    sampled = [0, 1, 2]
+    before = {k: v.clone() for k, v in server.global_state.items()}
+    outcome = server_step(server, sampled, [BAD[case]()], rules)
+    assert outcome.traffic["clients"] == 0 and len(outcome.traffic["rejected"]) == 1
+    assert outcome.traffic["rejected"][0]["reason"]
+    for key, value in before.items():
+        assert torch.equal(outcome.server.global_state[key], value), key
+    assert math.isnan(outcome.train_loss)
+    # the same hostile reply next to a good one: the good one alone is aggregated
+    good = reply(1, 2, 2.0)
+    mixed = server_step(server, sampled, [BAD[case](), good], rules)
+    alone = server_step(server, sampled, [good], rules)
+    for key, value in alone.server.global_state.items():
+        assert torch.equal(mixed.server.global_state[key], value), key
+
+
+def test_a_second_reply_from_one_client_is_rejected():
+    server, rules = setup()
+    outcome = server_step(server, [0], [reply(0, 1, 1.0), reply(0, 1, 9.0)], rules)
+    assert outcome.traffic["clients"] == 1
+    assert outcome.traffic["rejected"] == [
+        {"client": 0, "reason": "a second reply from the same client"}
+    ]
+    assert outcome.server.global_state["m.lora_a"][0].eq(1.0).all()
+
+
+def test_hetlora_prunes_a_quiet_tail_and_flora_merges():
+    server, rules = setup("hetlora", ranks=(4, 4))
+    outcome = server_step(
+        server, [0, 1], [reply(0, 4, 1.0, tail_ratio=0.01), reply(1, 4, 1.0, tail_ratio=0.5)], rules
+    )
+    assert outcome.server.client_ranks == (3, 4)  # the pruned rank falls between the rungs
+    assert rules.allowed_ranks is None
+
+    server, rules = setup("flora", ranks=(1, 2))
+    assert server.global_state["m.merged"].shape == (OUT, IN)
+    first = server_step(server, [0, 1], [reply(0, 1, 1.0), reply(1, 2, 1.0)], rules)
+    assert first.server.previous_stack_numel == (1 + 2) * (IN + OUT)
+    assert first.server.global_state["m.merged"].abs().sum() > 0
+    assert first.server.global_state["m.lora_b"].eq(0).all()  # clients restart from fresh adapters
+    second = server_step(first.server, [0], [], rules)
+    assert second.traffic["bytes_down"] == 4 * (4 + (1 + 2) * (IN + OUT))  # head + last stack
+
+
+def test_method_hooks_default_to_the_plain_behaviour():
+    plain, hetlora = get_method("zeropad"), get_method("hetlora")
+    assert plain.next_rank(4, 0.0, LADDER) == 4 and plain.tail_components(8) == 0
+    assert plain.allowed_ranks(LADDER, [1, 2]) == {1, 2, 4}
+    assert hetlora.tail_components(16) == 4 and hetlora.tail_penalty > 0
+    assert hetlora.next_rank(2, 0.0, (2, 4)) == 2  # never below the smallest rung
+    assert get_method("prelort-balanced").truncation_weights([1, 4], LADDER) == {
+        1: 0.5,
+        2: 1.0,
+        4: 1.0,
+    }
+    assert not get_method("no-adapter").trains_adapter and get_method("prelort").trains_adapter

@@ -1,0 +1,108 @@
+"""The Flower apps give the in-process simulation's adapter and metrics, and survive bad nodes.
+
+These run Flower's simulation engine (Ray) on the tiny model: about 20 s each.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.simulation import run_simulation as run_flower_simulation
+
+from prelort.flower.client_app import federation_for, make_client_app, partition_of
+from prelort.flower.codec import decode_reply, encode_reply
+from prelort.flower.server_app import make_server_app
+from prelort.flower.strategy import PARTITION_QUERY
+from prelort.io import load_adapter
+from prelort.simulation import run_simulation
+from tests_helpers import tiny
+
+BACKEND = {"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}}
+
+
+def flower_run(server_config, client_app: ClientApp) -> None:
+    run_flower_simulation(
+        make_server_app(server_config),
+        client_app,
+        num_supernodes=server_config.clients,
+        backend_config=BACKEND,
+    )
+
+
+@pytest.mark.parametrize("method", ["prelort", "hetlora"])
+def test_flower_simulation_equals_the_in_process_simulation(
+    method, tiny_bert_dir, topic_jsonl, tmp_path
+):
+    config = tiny(
+        tiny_bert_dir, topic_jsonl, tmp_path / "flower", method=method, partition="dirichlet"
+    )
+    flower_run(config, make_client_app(config))
+    reference = run_simulation(config.replace(out=str(tmp_path / "sim")), progress=False)
+
+    state, _ = load_adapter(config.out / "adapter.safetensors")
+    assert state.keys() == reference.global_state.keys()
+    for key, value in reference.global_state.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6)
+    metrics = json.loads((config.out / "metrics.json").read_text())
+    assert metrics["final"]["tiers"] == reference.final
+    assert [t["ranks"] for t in metrics["traffic"]] == [t["ranks"] for t in reference.traffic]
+    assert metrics["client_ranks"] == reference.client_ranks
+    assert (config.out / "checkpoint.safetensors").is_file()
+
+
+def test_a_failing_node_and_a_poisoned_reply_are_logged_and_left_out(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "flower", rounds=1)
+    app = ClientApp()
+
+    @app.train()
+    def train(message: Message, context) -> Message:
+        from prelort.flower.codec import decode_prefix
+
+        partition = partition_of(context)
+        if partition == 1:
+            raise RuntimeError("out of memory")
+        prefix, client, round_index = decode_prefix(message.content)
+        reply = federation_for(config).train_client(prefix, client, round_index)
+        if partition == 2:
+            next(v for k, v in reply.state.items() if k.endswith("lora_b"))[0, 0] = math.nan
+        return Message(encode_reply(reply), reply_to=message)
+
+    @app.query(PARTITION_QUERY)
+    def partition(message: Message, context) -> Message:
+        record = ConfigRecord({"partition-id": partition_of(context)})
+        return Message(RecordDict({PARTITION_QUERY: record}), reply_to=message)
+
+    flower_run(config, app)
+
+    metrics = json.loads((config.out / "metrics.json").read_text())
+    traffic = metrics["traffic"][0]
+    assert traffic["clients"] == 1 and traffic["ranks"] == [1]
+    reasons = {r["client"]: r["reason"] for r in traffic["rejected"]}
+    assert "failed" in reasons[1] and "NaN" in reasons[2]
+    state, _ = load_adapter(config.out / "adapter.safetensors")
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_a_reply_round_trips_exactly_and_a_malformed_one_is_refused():
+    from prelort.errors import AdapterError
+    from prelort.federation import ClientReply
+
+    state = {"m.lora_a": torch.randn(2, 3), "m.lora_b": torch.randn(4, 2)[:, :2]}
+    reply = ClientReply(3, state, 2, 17, 0.25, 0.5)
+    back = decode_reply(encode_reply(reply))
+    assert (back.client_id, back.rank, back.num_examples, back.loss, back.tail_ratio) == (
+        3,
+        2,
+        17,
+        0.25,
+        0.5,
+    )
+    for key, value in state.items():
+        assert torch.equal(back.state[key], value)
+    with pytest.raises(AdapterError, match="without"):
+        decode_reply(RecordDict())
