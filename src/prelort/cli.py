@@ -1,4 +1,4 @@
-"""The ``prelort`` command: ``simulate``, ``compare``, ``aggregate``, ``export`` and ``methods``.
+"""The ``prelort`` command: ``simulate``, ``flower``, ``compare``, ``aggregate``, ``export``, ``methods``.
 
 Every setting of ``SimulationConfig`` is a flag (``--local-steps 5``) that overrides the TOML file
 given with ``--config``. User errors print one line and exit with status 2.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import re
 import sys
@@ -121,6 +122,39 @@ def _simulate(args: argparse.Namespace, config: SimulationConfig, resume) -> int
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    from prelort.flower.deploy import deploy
+    from prelort.simulation.checkpoint import load_checkpoint
+    from prelort.simulation.outputs import final_table
+    from prelort.simulation.result import SimulationResult
+    from prelort.simulation.rundir import claimed_run_dir
+
+    if args.resume is not None:
+        resume = load_checkpoint(args.resume)
+        if set(_overrides(args)) - {"out"} or args.config is not None:
+            raise ConfigError(
+                "resume: the settings come from the checkpoint; give no other setting"
+            )
+        config = config_from_mapping({**resume.config, "out": str(args.resume)})
+    else:
+        config = load_config(args.config, _overrides(args))
+    nodes = config.clients if args.nodes is None else args.nodes
+    print(
+        f"prelort flower: {config.method} on {config.task} with {config.model}, ranks "
+        f"{config.ranks}, {config.clients} clients on {nodes} Flower nodes, {config.rounds} rounds "
+        f"-> {config.out}"
+    )
+    start = time.perf_counter()
+    with claimed_run_dir(config.out, args.overwrite, resume=args.resume is not None):
+        out = deploy(config, nodes, resume=args.resume is not None)
+    metrics = json.loads((out / "metrics.json").read_text())
+    result = SimulationResult(config.to_dict(), [], [], final=metrics["final"]["tiers"])
+    print(f"\nfinal metrics of the global adapter per rank tier ({config.method}):")
+    print(final_table(result))
+    print(f"\nwall time {time.perf_counter() - start:.1f} s; wrote {out}")
     return 0
 
 
@@ -263,6 +297,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(simulate)
     _add_settings(simulate)
     simulate.set_defaults(func=cmd_simulate)
+
+    flower = sub.add_parser(
+        "flower", help="run one federation on a local Flower SuperLink with N SuperNodes"
+    )
+    flower.add_argument(
+        "--nodes", type=int, help="SuperNodes to start, one partition each [default: --clients]"
+    )
+    flower.add_argument(
+        "--resume",
+        type=Path,
+        metavar="OUT",
+        help="continue the run whose output folder is OUT from its last checkpoint",
+    )
+    _add_overwrite(flower)
+    _add_settings(flower)
+    flower.set_defaults(func=cmd_flower)
 
     compare = sub.add_parser("compare", help="run several methods x seeds on identical splits")
     compare.add_argument("--methods", default="prelort,zeropad", help="comma list of methods")

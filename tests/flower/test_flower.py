@@ -106,3 +106,82 @@ def test_a_reply_round_trips_exactly_and_a_malformed_one_is_refused():
         assert torch.equal(back.state[key], value)
     with pytest.raises(AdapterError, match="without"):
         decode_reply(RecordDict())
+
+
+def _flower_processes() -> int:
+    import subprocess
+
+    found = subprocess.run(["pgrep", "-f", "flower-super|flwr-"], capture_output=True, text=True)
+    return len(found.stdout.split())
+
+
+def _wait_for_no_flower_processes(before: int, seconds: float = 20.0) -> int:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while _flower_processes() > before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return _flower_processes()
+
+
+def _tiny_flags(model_dir, task, out, rounds: int) -> list[str]:
+    return [
+        *("--model", str(model_dir), "--task", str(task), "--ranks", "1,2,4", "--clients", "3"),
+        *("--rounds", str(rounds), "--local-steps", "3", "--batch-size", "8", "--lr", "0.005"),
+        *("--eval-examples", "24", "--partition", "iid", "--max-length", "32", "--out", str(out)),
+    ]
+
+
+def test_prelort_flower_runs_three_nodes_over_the_network_like_the_simulation(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    import subprocess
+    import sys
+
+    before = _flower_processes()
+    out = tmp_path / "deployed"
+    command = [sys.executable, "-m", "prelort.cli", "flower", "--nodes", "3"]
+    done = subprocess.run(
+        command + _tiny_flags(tiny_bert_dir, topic_jsonl, out, rounds=2),
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "final metrics of the global adapter" in done.stdout
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "sim")
+    reference = run_simulation(config, progress=False)
+    state, _ = load_adapter(out / "adapter.safetensors")
+    for key, value in reference.global_state.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6)
+    assert json.loads((out / "metrics.json").read_text())["final"]["tiers"] == reference.final
+    assert sorted(p.name for p in (out / "flower-logs").iterdir())[:2] == [
+        "superlink.log",
+        "supernode-0.log",
+    ]
+    assert _wait_for_no_flower_processes(before) == before  # it stopped all it started
+
+
+def test_a_terminated_deployment_stops_every_process_it_started(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    before = _flower_processes()
+    out = tmp_path / "stopped"
+    command = [sys.executable, "-m", "prelort.cli", "flower"]
+    process = subprocess.Popen(
+        command + _tiny_flags(tiny_bert_dir, topic_jsonl, out, rounds=500),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)  # the first round is in: the whole deployment is up
+    assert (out / "metrics.json").is_file()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) != 0
+    assert _wait_for_no_flower_processes(before) == before

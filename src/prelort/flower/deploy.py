@@ -1,0 +1,234 @@
+"""``prelort flower``: a real Flower deployment on this machine, started and stopped for one run.
+
+It starts a ``flower-superlink`` and N ``flower-supernode`` processes on 127.0.0.1 (each node
+holding partition K of N), submits the prelort app with ``flwr run``, streams its logs, and stops
+every process it started (with their children), also when interrupted. The nodes talk to the
+SuperLink over Flower's network transport exactly as on separate machines; only TLS and node
+authentication are off here (docs/FLOWER.md shows the flags for a real deployment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from prelort.config import SimulationConfig
+from prelort.errors import ConfigError, PrelortError
+
+log = logging.getLogger(__name__)
+
+CONNECTION = "prelort-local"
+STARTUP_SECONDS = 60.0
+
+
+class DeploymentError(PrelortError, RuntimeError):
+    """A Flower process failed to start, or the run ended without its outputs."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string is a JSON string
+
+
+def run_config(config: SimulationConfig, resume: bool) -> dict[str, Any]:
+    """The settings as Flower's flat run config: scalars only, lists as comma strings."""
+    settings: dict[str, Any] = {"resume": resume}
+    for key, value in config.to_dict().items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = ",".join(map(str, value))
+        settings[key.replace("_", "-")] = value
+    settings["out"] = str(Path(config.out).resolve())
+    return settings
+
+
+def write_app(folder: Path, settings: Mapping[str, Any]) -> None:
+    """A Flower app folder: the prelort components, with ``settings`` as its run config.
+
+    Flower refuses ``--run-config`` keys the app does not declare, so the settings are the
+    app's own config. The app has no dependencies to install: prelort runs from this
+    environment.
+    """
+    lines = [
+        "[build-system]",
+        'requires = ["hatchling"]',
+        'build-backend = "hatchling.build"',
+        "",
+        "[project]",
+        'name = "prelort-run"',
+        'version = "1.0.0"',
+        'description = "a prelort federation"',
+        'license = "Apache-2.0"',
+        "dependencies = []",
+        "",
+        "[tool.flwr.app]",
+        'publisher = "prelort"',
+        "",
+        "[tool.flwr.app.components]",
+        'serverapp = "prelort.flower.server_app:app"',
+        'clientapp = "prelort.flower.client_app:app"',
+        "",
+        "[tool.flwr.app.config]",
+        *(f"{key} = {toml_value(value)}" for key, value in settings.items()),
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+class Processes:
+    """Processes started in their own sessions, stopped together with their children."""
+
+    def __init__(self, env: Mapping[str, str], logs: Path) -> None:
+        self.env, self.logs = dict(env), logs
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, name: str, command: Sequence[str]) -> subprocess.Popen:
+        log_file = (self.logs / f"{name}.log").open("w", encoding="utf-8")
+        process = subprocess.Popen(
+            list(command),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,  # its own process group: the apps it forks stop with it
+        )
+        log_file.close()
+        self.started.append(process)
+        return process
+
+    def stop(self, grace: float = 10.0) -> None:
+        for process in reversed(self.started):
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in self.started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.1, deadline - time.monotonic()))
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def wait_healthy(port: int, process: subprocess.Popen, log_path: Path) -> None:
+    """Wait until the SuperLink answers on ``port``.
+
+    Raises:
+        DeploymentError: it exited or did not answer within ``STARTUP_SECONDS``.
+    """
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DeploymentError(f"flower-superlink exited at start; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise DeploymentError(
+        f"flower-superlink did not answer in {STARTUP_SECONDS:.0f} s; see {log_path}"
+    )
+
+
+def deploy(config: SimulationConfig, nodes: int, resume: bool = False) -> Path:
+    """Run ``config`` on a local SuperLink with ``nodes`` SuperNodes; return the output folder.
+
+    Raises:
+        ConfigError: fewer nodes than clients.
+        DeploymentError: a Flower process failed, or the run wrote no final metrics.
+    """
+    if nodes < config.clients:
+        raise ConfigError(
+            f"nodes: {nodes} nodes cannot hold {config.clients} clients (one partition each)"
+        )
+    out = Path(config.out).resolve()
+    logs = out / "flower-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    bin_dir = str(Path(sys.executable).parent)
+    with tempfile.TemporaryDirectory(prefix="prelort-flower-") as tmp:
+        home, app = Path(tmp) / "home", Path(tmp) / "app"
+        link_port = free_port()
+        home.mkdir()
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{link_port}"\ninsecure = true\n',
+            encoding="utf-8",
+        )
+        write_app(app, run_config(config, resume))
+        env = {
+            **os.environ,
+            "FLWR_HOME": str(home),
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        }
+        processes = Processes(env, logs)
+        # `kill PID` must stop the nodes too: turn SIGTERM into an exception that runs `finally`
+        previous = signal.signal(signal.SIGTERM, _raise_exit)
+        try:
+            link = processes.start(
+                "superlink",
+                [
+                    "flower-superlink",
+                    "--insecure",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(link_port),
+                    "--disable-runtime-dependency-installation",
+                ],
+            )
+            wait_healthy(link_port, link, logs / "superlink.log")
+            for k in range(nodes):
+                processes.start(
+                    f"supernode-{k}",
+                    [
+                        "flower-supernode",
+                        "--insecure",
+                        "--superlink",
+                        f"127.0.0.1:{link_port}",
+                        "--node-config",
+                        f"partition-id={k} num-partitions={nodes}",
+                        "--port",
+                        str(free_port()),
+                    ],
+                )
+            finished = subprocess.run(
+                ["flwr", "run", str(app), CONNECTION, "--stream"], env=env, check=False
+            )
+        finally:
+            processes.stop()
+            signal.signal(signal.SIGTERM, previous)
+    metrics = out / "metrics.json"
+    done = metrics.is_file() and json.loads(metrics.read_text()).get("final", {}).get("tiers")
+    if not done:
+        raise DeploymentError(
+            f"the Flower run ended (flwr run exit {finished.returncode}) without final metrics "
+            f"in {out}; see {logs}"
+        )
+    return out
