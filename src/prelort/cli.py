@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prelort.config import (
     HEAD_CHOICES,
@@ -24,6 +25,9 @@ from prelort.config import (
     read_toml,
 )
 from prelort.errors import ConfigError, PrelortError
+
+if TYPE_CHECKING:
+    from prelort.simulation.checkpoint import Checkpoint
 
 log = logging.getLogger("prelort")
 
@@ -71,21 +75,24 @@ def _overrides(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, 
     }
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> tuple[SimulationConfig, Checkpoint | None]:
+    """The run's settings from flags and ``--config``, or from the checkpoint of ``--resume``."""
     from prelort.simulation.checkpoint import load_checkpoint
+
+    if args.resume is None:
+        return load_config(args.config, _overrides(args)), None
+    resume = load_checkpoint(args.resume)
+    if set(_overrides(args)) - {"out"} or args.config is not None:
+        raise ConfigError("resume: the settings come from the checkpoint; give no other setting")
+    return config_from_mapping({**resume.config, "out": str(args.resume)}), resume
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
     from prelort.simulation.rundir import claimed_run_dir
 
-    resume = None
-    if args.resume is not None:
-        resume = load_checkpoint(args.resume)
-        if set(_overrides(args)) - {"out"} or args.config is not None:
-            raise ConfigError(
-                "resume: the settings come from the checkpoint; give no other setting"
-            )
-        config = config_from_mapping({**resume.config, "out": str(args.resume)})
+    config, resume = _settings(args)
+    if resume is not None:
         print(f"prelort simulate: resuming {args.resume} after round {resume.round}")
-    else:
-        config = load_config(args.config, _overrides(args))
     with claimed_run_dir(config.out, args.overwrite, resume=resume is not None):
         return _simulate(args, config, resume)
 
@@ -127,20 +134,11 @@ def _simulate(args: argparse.Namespace, config: SimulationConfig, resume) -> int
 
 def cmd_flower(args: argparse.Namespace) -> int:
     from prelort.flower.deploy import deploy
-    from prelort.simulation.checkpoint import load_checkpoint
     from prelort.simulation.outputs import final_table
     from prelort.simulation.result import SimulationResult
     from prelort.simulation.rundir import claimed_run_dir
 
-    if args.resume is not None:
-        resume = load_checkpoint(args.resume)
-        if set(_overrides(args)) - {"out"} or args.config is not None:
-            raise ConfigError(
-                "resume: the settings come from the checkpoint; give no other setting"
-            )
-        config = config_from_mapping({**resume.config, "out": str(args.resume)})
-    else:
-        config = load_config(args.config, _overrides(args))
+    config, _ = _settings(args)
     nodes = config.clients if args.nodes is None else args.nodes
     print(
         f"prelort flower: {config.method} on {config.task} with {config.model}, ranks "

@@ -185,3 +185,22 @@ def test_a_terminated_deployment_stops_every_process_it_started(
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) != 0
     assert _wait_for_no_flower_processes(before) == before
+
+
+def test_fewer_nodes_than_clients_is_refused_before_anything_starts(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    import subprocess
+    import sys
+
+    out = tmp_path / "refused"
+    done = subprocess.run(
+        [sys.executable, "-m", "prelort.cli", "flower", "--nodes", "2"]
+        + _tiny_flags(tiny_bert_dir, topic_jsonl, out, rounds=1),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "nodes: 2 nodes cannot hold 3 clients" in done.stderr
+    assert not out.exists()  # a refused run leaves nothing on disk
