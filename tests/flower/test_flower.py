@@ -204,3 +204,21 @@ def test_fewer_nodes_than_clients_is_refused_before_anything_starts(
     assert done.returncode == 2
     assert "nodes: 2 nodes cannot hold 3 clients" in done.stderr
     assert not out.exists()  # a refused run leaves nothing on disk
+
+
+def test_the_flower_server_resumes_from_its_checkpoint(tiny_bert_dir, topic_jsonl, tmp_path):
+    two_rounds = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "flower", rounds=2)
+    first = two_rounds.replace(rounds=1)
+    flower_run(first, make_client_app(first))
+    run_flower_simulation(
+        make_server_app(two_rounds, resume=True),
+        make_client_app(two_rounds),
+        num_supernodes=two_rounds.clients,
+        backend_config=BACKEND,
+    )
+    reference = run_simulation(two_rounds.replace(out=str(tmp_path / "sim")), progress=False)
+    state, _ = load_adapter(two_rounds.out / "adapter.safetensors")
+    for key, value in reference.global_state.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6)
+    metrics = json.loads((two_rounds.out / "metrics.json").read_text())
+    assert [t["round"] for t in metrics["traffic"]] == [1, 2]

@@ -52,6 +52,7 @@ class PrefixNestedStrategy(Strategy):
         self.nodes = {p: n for n, p in self.node_partitions.items()}
         self.on_round = on_round
         self._sampled: list[int] = []
+        self._sent: set[int] = set()
 
     def summary(self) -> None:
         log.info(
@@ -76,11 +77,13 @@ class PrefixNestedStrategy(Strategy):
         sampled = self.plan.sampled(round_index)
         self._sampled = sampled
         messages = []
-        for client, lost in zip(sampled, self.plan.fails(round_index, sampled), strict=True):
+        lost_draws = self.plan.fails(round_index, sampled)
+        for client, lost in zip(sampled, lost_draws, strict=True):
             if lost:
                 continue  # a simulated failure, drawn as in the in-process simulation
             content = encode_prefix(self.server.prefix(client), client, round_index)
             messages.append(Message(content, self.nodes[client], MessageType.TRAIN))
+        self._sent = {c for c, lost in zip(sampled, lost_draws, strict=True) if not lost}
         return messages
 
     def aggregate_train(
@@ -106,6 +109,14 @@ class PrefixNestedStrategy(Strategy):
                 failures.append({"client": client, "reason": reason})
                 continue
             decoded.append(reply)
+        answered = {r.client_id for r in decoded} | {f["client"] for f in failures}
+        for client in sorted(self._sent - answered):
+            log.warning(
+                "round %d: no reply from node %d (partition %d) in time; dropped",
+                self.server.round + 1,
+                self.nodes[client],
+                client,
+            )
         for failure in failures:
             log.warning("round %d: client %s: %s", self.server.round + 1, *failure.values())
         decoded.sort(key=lambda r: r.client_id)  # arrival order must not change the float sums
