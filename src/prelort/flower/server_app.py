@@ -26,7 +26,7 @@ from prelort.simulation.result import SimulationResult
 from prelort.simulation.run import format_round
 from prelort.simulation.workbench import build_workbench
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flwr.prelort")  # a child of Flower's logger: shown by `flwr run --stream`
 
 NODE_TIMEOUT = 600.0  # seconds to wait for the nodes, and for one round's replies
 

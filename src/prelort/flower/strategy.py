@@ -23,7 +23,7 @@ from prelort.federation.records import Rejection
 from prelort.federation.server import RoundOutcome, ServerRules, ServerState, server_step
 from prelort.flower.codec import decode_reply, encode_prefix, to_arrays
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flwr.prelort")  # a child of Flower's logger: shown by `flwr run --stream`
 
 PARTITION_QUERY = "partition"
 
