@@ -156,6 +156,60 @@ def cmd_flower(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from prelort.evaluation.tiers import evaluate_tiers
+    from prelort.io import load_adapter, save_adapter, write_json
+    from prelort.simulation.calibrate import calibrate
+    from prelort.simulation.checkpoint import adapter_metadata
+    from prelort.simulation.federation import prepare_federation
+    from prelort.simulation.workbench import build_workbench
+
+    metrics_path, adapter_path = args.run / "metrics.json", args.run / "adapter.safetensors"
+    for path in (metrics_path, adapter_path):
+        if not path.is_file():
+            raise ConfigError(f"run: {path} not found; give the --out folder of a finished run")
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    config = config_from_mapping(metrics["config"])
+    state, _ = load_adapter(adapter_path)
+    name = "calibrated-lda-holders" if args.holders_only else "calibrated-lda"
+    out = args.out or args.run / name
+    fed = prepare_federation(config, build_workbench(config))
+    calibration = calibrate(fed, state, holders_only=args.holders_only)
+    ladder = config.ranks.ladder
+    bench = fed.bench
+    bench.adapted.use_tier_heads(ladder)
+    tiers = evaluate_tiers(
+        bench.adapted, calibration.state, ladder, bench.objective, bench.test, bench.tokenizer
+    )
+    before = metrics.get("final", {}).get("tiers", {})
+    report = {
+        "run": str(args.run),
+        "holders_only": args.holders_only,
+        "tiers": {
+            str(t): {
+                "accuracy": tiers[str(t)]["accuracy"],
+                "head_accuracy": before.get(str(t), {}).get("accuracy"),
+                "readout_accuracy": before.get(str(t), {}).get("readout_accuracy"),
+                "examples": calibration.examples[t],
+                "clients": calibration.clients[t],
+            }
+            for t in ladder
+        },
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {**adapter_metadata(config.to_dict(), list(ladder)), "head": "per-tier"}
+    save_adapter(out / "adapter.safetensors", calibration.state, {**meta, "calibration": name})
+    write_json(out / "calibration.json", report)
+    print("| rank tier | LDA head | federated head | readout | examples |")
+    print("|---|---|---|---|---|")
+    for t, row in report["tiers"].items():
+        cells = [row["accuracy"], row["head_accuracy"], row["readout_accuracy"]]
+        shown = " | ".join("-" if v is None else f"{v:.4f}" for v in cells)
+        print(f"| {t} | {shown} | {row['examples']} |")
+    print(f"wrote {out / 'adapter.safetensors'} and {out / 'calibration.json'}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from prelort.aggregation import get_method
     from prelort.simulation.rundir import claimed_run_dir
@@ -328,6 +382,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(compare)
     _add_settings(compare, skip=("method",))
     compare.set_defaults(func=cmd_compare)
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="refit every tier's classifier head in closed form (LDA) from client statistics",
+    )
+    calibrate.add_argument("run", type=Path, help="the --out folder of a finished simulate run")
+    calibrate.add_argument(
+        "--holders-only",
+        action="store_true",
+        help="a client computes statistics only at the tiers up to its own rank",
+    )
+    calibrate.add_argument("--out", type=Path, help="[default: RUN/calibrated-lda]")
+    calibrate.set_defaults(func=cmd_calibrate)
 
     summarize = sub.add_parser("summarize", help="rebuild the tables and plots of a compare folder")
     summarize.add_argument("folder", type=Path, help="the --out folder of prelort compare")

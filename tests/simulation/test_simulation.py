@@ -215,3 +215,29 @@ def test_balanced_method_differs_from_prelort_only_in_training(
     plain = run_simulation(config.replace(method="prelort"), bench, progress=False)
     key = next(k for k in plain.global_state if k.endswith(".lora_b"))
     assert not torch.equal(balanced.global_state[key], plain.global_state[key])
+
+
+def test_calibrate_refits_a_head_per_tier_from_client_statistics(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    from prelort.cli import main
+
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "run")
+    write_outputs(run_simulation(config, progress=False), config.out)
+    assert main(["calibrate", str(config.out)]) == 0
+    report = json.loads((config.out / "calibrated-lda" / "calibration.json").read_text())
+    assert set(report["tiers"]) == {"1", "2", "4"}
+    for row in report["tiers"].values():
+        assert row["examples"] == 192 and row["clients"] == 3  # every client, every tier
+        assert row["accuracy"] >= row["head_accuracy"]  # a learnable toy: LDA reads it at once
+    state, meta = load_adapter(config.out / "calibrated-lda" / "adapter.safetensors")
+    assert {k for k in state if "@" in k} == {
+        f"classifier.{p}@{t}" for p in ("weight", "bias") for t in (1, 2, 4)
+    }
+    assert meta["head"] == "per-tier"
+    assert main(["calibrate", str(config.out), "--holders-only"]) == 0
+    holders = json.loads((config.out / "calibrated-lda-holders" / "calibration.json").read_text())
+    assert [holders["tiers"][t]["clients"] for t in ("1", "2", "4")] == [3, 2, 1]
+    peft = tmp_path / "peft"
+    exported = ["export", "--rank", "2", "--out", str(peft)]
+    assert main([*exported, str(config.out / "calibrated-lda" / "adapter.safetensors")]) == 0

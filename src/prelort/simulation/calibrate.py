@@ -1,0 +1,103 @@
+"""A calibration round: every tier's classifier head refitted in closed form from client statistics.
+
+After training, each client runs forward passes only (no optimizer, no backward) over its own
+examples with the global adapter truncated at every tier, and sends per tier its class counts,
+per-class feature sums and feature scatter (``prelort.aggregation.lda``). The server sums them
+and sets tier r's head to the LDA classifier of the federation's statistics at tier r, so each
+truncation gets a head that matches its own features. With ``holders_only`` a client computes
+only the tiers up to its own rank (a rank-2 client never runs the rank-16 adapter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prelort.adapters.heads import head_key
+from prelort.adapters.state import AdapterState, is_head_key, set_state, slice_to_rank
+from prelort.aggregation.lda import ClassStatistics, lda_head, sum_statistics
+from prelort.errors import ConfigError
+from prelort.evaluation.readout import head_features, head_module
+from prelort.simulation.federation import Federation
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per-tier LDA heads and what they were fitted on.
+
+    Attributes:
+        state: the global adapter with one head per tier (``<name>@<tier>`` keys).
+        examples: per tier, the training examples whose statistics were summed.
+        clients: per tier, the clients that sent statistics.
+    """
+
+    state: AdapterState
+    examples: dict[int, int]
+    clients: dict[int, int]
+
+
+def linear_head_names(fed: Federation) -> tuple[str, str]:
+    """(weight name, bias name) of the classifier's final linear layer, the head LDA replaces.
+
+    Raises:
+        ConfigError: the task has no classifier head, or its head is not one linear layer with
+            a bias.
+    """
+    adapted = fed.bench.adapted
+    if fed.bench.objective != "head" or not adapted.head:
+        raise ConfigError("calibration: only runs with a classifier head can be calibrated")
+    module = head_module(adapted)
+    names = sorted(adapted.head)
+    if not isinstance(module, nn.Linear) or module.bias is None or len(names) != 2:
+        raise ConfigError(
+            f"calibration: the head {names} is not one linear layer with a bias; LDA needs one"
+        )
+    weight = next(n for n in names if n.endswith("weight"))
+    return weight, next(n for n in names if n.endswith("bias"))
+
+
+@torch.inference_mode()
+def client_statistics(
+    fed: Federation, global_state: AdapterState, client: int, tiers: list[int]
+) -> dict[int, ClassStatistics]:
+    """One client's class statistics at each of ``tiers`` (forward passes over its rows only)."""
+    adapted, data = fed.bench.adapted, fed.bench.train
+    rows = list(fed.plan.client_rows[client])
+    labels = torch.tensor([data.labels[i] for i in rows])
+    stats = {}
+    for tier in tiers:
+        set_state(adapted, slice_to_rank(global_state, tier))
+        adapted.set_active_rank(tier)
+        features = head_features(adapted, data, rows, fed.bench.tokenizer.pad_token_id, 64)
+        stats[tier] = ClassStatistics.of(features, labels, fed.bench.task.num_labels)
+    return stats
+
+
+def calibrate(
+    fed: Federation, global_state: AdapterState, holders_only: bool = False
+) -> Calibration:
+    """Every tier's head refitted by LDA on the statistics of every client (or of its holders).
+
+    Raises:
+        ConfigError: no linear classifier head; or ``holders_only`` and a tier no client holds.
+    """
+    weight_name, bias_name = linear_head_names(fed)
+    ladder = list(fed.config.ranks.ladder)
+    per_tier: dict[int, list[ClassStatistics]] = {t: [] for t in ladder}
+    for client, rank in enumerate(fed.plan.client_ranks):
+        tiers = [t for t in ladder if t <= rank] if holders_only else ladder
+        for tier, stats in client_statistics(fed, global_state, client, tiers).items():
+            per_tier[tier].append(stats)
+    state = {k: v for k, v in global_state.items() if not is_head_key(k)}
+    examples, clients = {}, {}
+    for tier, parts in per_tier.items():
+        if not parts:
+            raise ConfigError(f"calibration: no client holds tier {tier}")
+        total = sum_statistics(parts)
+        weight, bias = lda_head(total)
+        state[head_key(weight_name, tier)] = weight
+        state[head_key(bias_name, tier)] = bias
+        examples[tier], clients[tier] = int(total.counts.sum()), len(parts)
+    return Calibration(state, examples, clients)
