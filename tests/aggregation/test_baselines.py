@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from prelort.adapters.norms import update_norm
 from prelort.aggregation import (
     METHODS,
     ClientUpdate,
@@ -12,7 +13,7 @@ from prelort.aggregation import (
     get_method,
 )
 from prelort.aggregation.flexlora import low_rank_svd
-from prelort.aggregation.hetlora import tail_size, update_norm
+from prelort.aggregation.hetlora import tail_size
 
 IN, OUT, R, SCALE = 7, 5, 4, 0.5
 

@@ -6,9 +6,9 @@ whose adapters carry more signal count more (example counts are not used, as in 
 
 Distribution is by truncation: a rank-r client receives the rank-r prefix.
 
-Local rank self-pruning lives in training (``prelort.training.local``): each client adds
-``gamma * ||s B_tail A_tail||_F`` for its last ``ceil(r / 4)`` components to its loss, and after
-the round, if that tail norm is below ``threshold`` times the whole adapter's norm, the client
+Local rank self-pruning lives in the method's hooks (``prelort.aggregation.methods.HetLoRA``):
+each client adds ``gamma * ||s B_tail A_tail||_F`` for its last ``ceil(r / 4)`` components to its
+loss, and after the round, if that tail norm is below ``threshold`` times the whole adapter's norm, the client
 drops those components for the rest of the run (never below the smallest ladder rank).
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from prelort.adapters.norms import product_gram, update_norm
+from prelort.adapters.norms import update_norm
 from prelort.adapters.state import AdapterState
 from prelort.aggregation.base import ClientUpdate, check_updates
 from prelort.aggregation.zeropad import zero_padded_average
@@ -54,7 +54,5 @@ __all__ = [
     "HETLORA_GAMMA",
     "HETLORA_THRESHOLD",
     "aggregate_hetlora",
-    "product_gram",
     "tail_size",
-    "update_norm",
 ]
