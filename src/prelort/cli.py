@@ -157,9 +157,8 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from prelort.evaluation.tiers import evaluate_tiers
     from prelort.io import load_adapter, save_adapter, write_json
-    from prelort.simulation.calibrate import calibrate
+    from prelort.simulation.calibrate import calibrated_tiers
     from prelort.simulation.checkpoint import adapter_metadata
     from prelort.simulation.federation import prepare_federation
     from prelort.simulation.workbench import build_workbench
@@ -174,13 +173,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     name = "calibrated-lda-holders" if args.holders_only else "calibrated-lda"
     out = args.out or args.run / name
     fed = prepare_federation(config, build_workbench(config))
-    calibration = calibrate(fed, state, holders_only=args.holders_only)
+    calibration, tiers = calibrated_tiers(fed, state, holders_only=args.holders_only)
     ladder = config.ranks.ladder
-    bench = fed.bench
-    bench.adapted.use_tier_heads(ladder)
-    tiers = evaluate_tiers(
-        bench.adapted, calibration.state, ladder, bench.objective, bench.test, bench.tokenizer
-    )
     before = metrics.get("final", {}).get("tiers", {})
     report = {
         "run": str(args.run),

@@ -30,6 +30,7 @@ PARTITION_CHOICES = ("iid", "dirichlet", "pathological")
 NESTED_CHOICES = ("all", "sample", "off")
 HEAD_CHOICES = ("per-tier", "shared")
 OPTIMIZER_CHOICES = ("adamw", "sgd")
+CALIBRATION_CHOICES = ("none", "lda")
 CLASSIFIER_CHOICES = ("auto", "head", "verbalized")
 
 
@@ -116,6 +117,7 @@ class SimulationConfig:
         head_lr: learning rate of the classifier head (default: 30 x lr for AdamW, lr for SGD).
         classifier: how a classification task is learnt: head (a trained classifier head), verbalized (a causal LM writes the label), auto (verbalized for causal LMs).
         readout_examples: training examples for the refitted-readout diagnostic at the end (0: off).
+        calibration: lda also scores each tier, after the last round, with a head refitted from every client's class statistics (calibrated_accuracy; see prelort calibrate), or none.
         nested: prefix-nested training mode; default: the method's own.
         partition: "iid", "dirichlet" or "pathological".
         dirichlet_alpha: Dirichlet concentration of label proportions.
@@ -155,6 +157,7 @@ class SimulationConfig:
     head_lr: float | None = None
     classifier: str = "auto"
     readout_examples: int = 600
+    calibration: str = "none"
     nested: str | None = None
     partition: str = "dirichlet"
     dirichlet_alpha: float = 0.5
@@ -223,6 +226,7 @@ class SimulationConfig:
         _choice(self, "nested", NESTED_CHOICES, optional=True)
         _choice(self, "head", HEAD_CHOICES, optional=True)
         _choice(self, "optimizer", OPTIMIZER_CHOICES)
+        _choice(self, "calibration", CALIBRATION_CHOICES)
         _choice(self, "classifier", CLASSIFIER_CHOICES)
         _choice(self, "partition", PARTITION_CHOICES)
         _choice(self, "dtype", DTYPE_CHOICES)

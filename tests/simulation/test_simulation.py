@@ -241,3 +241,21 @@ def test_calibrate_refits_a_head_per_tier_from_client_statistics(
     peft = tmp_path / "peft"
     exported = ["export", "--rank", "2", "--out", str(peft)]
     assert main([*exported, str(config.out / "calibrated-lda" / "adapter.safetensors")]) == 0
+
+
+def test_calibration_setting_adds_the_calibrated_accuracy_of_every_tier(
+    tiny_bert_dir, tiny_llama_dir, topic_jsonl, headline_jsonl, tmp_path
+):
+    from prelort.errors import ConfigError
+
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "run", calibration="lda")
+    result = run_simulation(config, progress=False)
+    assert all(0 <= result.final[t]["calibrated_accuracy"] <= 1 for t in ("1", "2", "4"))
+    assert all("calibrated_accuracy" not in r["tiers"]["4"] for r in result.rounds[:-1])
+    generation = tiny(
+        tiny_llama_dir, headline_jsonl, tmp_path / "llm", calibration="lda", rounds=50
+    )
+    with pytest.raises(ConfigError, match="calibration: only runs with a classifier head"):
+        run_simulation(generation, progress=False)  # refused before 50 rounds of training
+    with pytest.raises(ConfigError, match="calibration"):
+        tiny(tiny_bert_dir, topic_jsonl, tmp_path / "x", calibration="ncm")

@@ -161,9 +161,14 @@ def deploy(config: SimulationConfig, nodes: int, resume: bool = False) -> Path:
     """Run ``config`` on a local SuperLink with ``nodes`` SuperNodes; return the output folder.
 
     Raises:
-        ConfigError: fewer nodes than clients.
+        ConfigError: fewer nodes than clients, or a calibration (not built for Flower yet).
         DeploymentError: a Flower process failed, or the run wrote no final metrics.
     """
+    if config.calibration != "none":
+        raise ConfigError(
+            "calibration: not a round of the Flower app yet; run `prelort calibrate` on an "
+            "in-process run instead"
+        )
     if nodes < config.clients:
         raise ConfigError(
             f"nodes: {nodes} nodes cannot hold {config.clients} clients (one partition each)"

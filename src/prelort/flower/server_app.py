@@ -15,6 +15,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from prelort.config import SimulationConfig
+from prelort.errors import ConfigError
 from prelort.federation.server import RoundOutcome
 from prelort.flower.codec import to_arrays
 from prelort.flower.settings import config_from_run_config
@@ -42,6 +43,11 @@ def run_server(
         resume: continue from ``config.out``'s checkpoint instead of round 0.
         timeout: seconds to wait for the nodes to connect, and for each round's replies.
     """
+    if config.calibration != "none":
+        raise ConfigError(
+            "calibration: not a round of the Flower app yet; run `prelort calibrate` on an "
+            "in-process run instead"
+        )
     out = Path(config.out)
     bench = build_workbench(config)
     fed = prepare_federation(config, bench)

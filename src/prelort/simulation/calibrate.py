@@ -20,6 +20,7 @@ from prelort.adapters.state import AdapterState, is_head_key, set_state, slice_t
 from prelort.aggregation.lda import ClassStatistics, lda_head, sum_statistics
 from prelort.errors import ConfigError
 from prelort.evaluation.readout import head_features, head_module
+from prelort.evaluation.tiers import TierMetrics, evaluate_tiers
 from prelort.simulation.federation import Federation
 
 
@@ -101,3 +102,16 @@ def calibrate(
         state[head_key(bias_name, tier)] = bias
         examples[tier], clients[tier] = int(total.counts.sum()), len(parts)
     return Calibration(state, examples, clients)
+
+
+def calibrated_tiers(
+    fed: Federation, global_state: AdapterState, holders_only: bool = False
+) -> tuple[Calibration, TierMetrics]:
+    """Calibrate, then evaluate every tier with its own LDA head (the model keeps per-tier heads)."""
+    calibration = calibrate(fed, global_state, holders_only)
+    bench, ladder = fed.bench, fed.config.ranks.ladder
+    bench.adapted.use_tier_heads(ladder)
+    tiers = evaluate_tiers(
+        bench.adapted, calibration.state, ladder, bench.objective, bench.test, bench.tokenizer
+    )
+    return calibration, tiers

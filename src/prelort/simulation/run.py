@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from prelort.config import SimulationConfig
 from prelort.federation.server import server_step
+from prelort.simulation.calibrate import calibrated_tiers, linear_head_names
 from prelort.simulation.checkpoint import Checkpoint
 from prelort.simulation.federation import prepare_federation, resumed_server
 from prelort.simulation.result import SimulationResult
@@ -50,6 +51,8 @@ def run_simulation(
     """
     bench = workbench or build_workbench(config)
     fed = prepare_federation(config, bench)
+    if config.calibration == "lda":
+        linear_head_names(fed)  # refuse a head LDA cannot replace before any training
     result = fed.new_result()
     server = fed.initial if resume is None else resumed_server(resume, result, config.rounds)
 
@@ -85,6 +88,10 @@ def run_simulation(
         if on_round is not None:
             on_round(result)
     bar.close()
+    if config.calibration == "lda" and result.final:
+        _, calibrated = calibrated_tiers(fed, server.global_state)
+        for tier, metrics in calibrated.items():
+            result.final[tier]["calibrated_accuracy"] = metrics["accuracy"]
     result.global_state = server.global_state
     result.wall_seconds = time.perf_counter() - start
     return result
