@@ -118,14 +118,55 @@ class Processes:
         return process
 
     def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM everything started and every descendant, then SIGKILL what is left after ``grace``.
+
+        Descendants are collected first, while their parents live: the SuperLink starts its
+        executor in a session of its own (out of reach of its process group), and the ServerApp
+        process that executor starts would outlive both.
+        """
+        family = [pid for process in self.started for pid in descendants(process.pid)]
         for process in reversed(self.started):
             _signal_group(process, signal.SIGTERM)
+        for pid in family:
+            _signal_pid(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for process in self.started:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(max(0.1, deadline - time.monotonic()))
             _signal_group(process, signal.SIGKILL)
             process.wait()
+        while any(_alive(pid) for pid in family) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in family:
+            _signal_pid(pid, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first listed), found with ``pgrep -P``."""
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        children = subprocess.run(
+            ["pgrep", "-P", ",".join(map(str, frontier))], capture_output=True, text=True
+        ).stdout.split()
+        frontier = [int(c) for c in children if int(c) not in found]
+        found += frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
