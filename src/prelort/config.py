@@ -26,6 +26,7 @@ else:  # pragma: no cover
 # 30x by 0.7 to 2 at ranks 2-8 and 6.3 at rank 16.
 HEAD_LR_FACTOR = 30.0
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+WIRE_DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 PARTITION_CHOICES = ("iid", "dirichlet", "pathological")
 NESTED_CHOICES = ("all", "sample", "off")
 HEAD_CHOICES = ("per-tier", "shared")
@@ -132,6 +133,7 @@ class SimulationConfig:
         max_update_norm: reject client updates whose ||s B A||_F is above this (default: no bound).
         client_failure_rate: probability that a sampled client drops out mid-round.
         dtype: base model dtype: auto, float32, bfloat16, float16.
+        wire_dtype: number format of adapters sent between server and clients: float32, or bfloat16/float16 (half the bytes, every number rounded).
         seed: the one seed of partitions, rank assignment, sampling and initialisation.
         text_field, label_field, instruction_field, response_field: columns of a task file.
         out: output folder.
@@ -172,6 +174,7 @@ class SimulationConfig:
     max_update_norm: float | None = None
     client_failure_rate: float = 0.0
     dtype: str = "auto"
+    wire_dtype: str = "float32"
     seed: int = 0
     text_field: str = "text"
     label_field: str = "label"
@@ -230,6 +233,7 @@ class SimulationConfig:
         _choice(self, "classifier", CLASSIFIER_CHOICES)
         _choice(self, "partition", PARTITION_CHOICES)
         _choice(self, "dtype", DTYPE_CHOICES)
+        _choice(self, "wire_dtype", WIRE_DTYPE_CHOICES)
 
     @property
     def resolved_max_rank(self) -> int:

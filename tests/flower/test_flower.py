@@ -32,12 +32,19 @@ def flower_run(server_config, client_app: ClientApp) -> None:
     )
 
 
-@pytest.mark.parametrize("method", ["prelort", "hetlora"])
+@pytest.mark.parametrize(
+    ("method", "wire"), [("prelort", "float32"), ("hetlora", "float32"), ("prelort", "bfloat16")]
+)
 def test_flower_simulation_equals_the_in_process_simulation(
-    method, tiny_bert_dir, topic_jsonl, tmp_path
+    method, wire, tiny_bert_dir, topic_jsonl, tmp_path
 ):
     config = tiny(
-        tiny_bert_dir, topic_jsonl, tmp_path / "flower", method=method, partition="dirichlet"
+        tiny_bert_dir,
+        topic_jsonl,
+        tmp_path / "flower",
+        method=method,
+        partition="dirichlet",
+        wire_dtype=wire,
     )
     flower_run(config, make_client_app(config))
     reference = run_simulation(config.replace(out=str(tmp_path / "sim")), progress=False)

@@ -6,7 +6,8 @@ targeted ``nn.Linear`` for a ``NestedLoRALinear`` and freezes everything else bu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -52,6 +53,31 @@ class NestedLoRAModel:
             layer.set_active_rank(min(rank, layer.rank))
         if self.tier_heads:
             self._install_head(tier_of(rank, sorted(self.tier_heads)))
+
+    @contextmanager
+    def truncations(self, ranks: Sequence[int], copy_size: int) -> Iterator[None]:
+        """Run several truncations in one forward: ``len(ranks)`` copies of a batch stacked.
+
+        Copy t (rows ``t * copy_size`` to ``(t + 1) * copy_size``) sees the adapter truncated to
+        ``ranks[t]``: every layer runs at the largest rank and masks each row's components above
+        its copy's rank, which gives the outputs and gradients of the separate truncated
+        forwards while the frozen base runs one wide matmul instead of one per truncation.
+        A shared head only: per-tier heads differ between copies.
+        """
+        if self.tier_heads:
+            raise ModelError("truncations in one batch need a shared head, not per-tier heads")
+        top = max(ranks)
+        device = next(iter(self.layers.values())).lora_a.device
+        ranks_per_row = torch.tensor(ranks, device=device).repeat_interleave(copy_size)  # (rows,)
+        keep = torch.arange(top, device=device)[None, :] < ranks_per_row[:, None]  # (rows, top)
+        try:
+            for layer in self.layers.values():
+                layer.set_active_rank(min(top, layer.rank))
+                layer.rank_mask = keep.to(layer.lora_a.dtype)
+            yield
+        finally:
+            for layer in self.layers.values():
+                layer.rank_mask = None
 
     def use_tier_heads(self, tiers: Sequence[int] | None) -> None:
         """One head per tier (copies of the current head), or with None one shared head again."""

@@ -54,6 +54,9 @@ class NestedLoRALinear(nn.Module):
             torch.zeros(base.out_features, rank, dtype=adapter_dtype, device=device)
         )  # (out, rank)
         self.active_rank = rank
+        # Several truncations in one batch: (rows, active rank) 0/1 mask, row n of the batch keeps
+        # the components below its own rank (see NestedLoRAModel.truncations); None: all keep all.
+        self.rank_mask: torch.Tensor | None = None
         # A dense update merged into the frozen base (FLoRA merges each round); None for most methods.
         self.merged: torch.Tensor | None = None
 
@@ -120,6 +123,9 @@ class NestedLoRALinear(nn.Module):
             return out
         h = self.dropout(x).to(self.lora_a.dtype)
         h = h @ self.lora_a[:r].T  # (..., in) @ (in, r) -> (..., r)
+        if self.rank_mask is not None:  # zero each row's components above its truncation
+            mask = self.rank_mask[:, :r]  # (batch, r)
+            h = h * mask.view(mask.shape[0], *([1] * (h.ndim - 2)), r)
         h = h @ self.lora_b[:, :r].T  # (..., r) @ (r, out) -> (..., out)
         return out + (self.scale * h).to(out.dtype)
 

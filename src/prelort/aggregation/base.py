@@ -8,7 +8,16 @@ from typing import Protocol
 
 import torch
 
-from prelort.adapters.state import MERGED, AdapterState, is_head_key, is_lora_key, state_rank
+from prelort.adapters.state import (
+    LORA_A,
+    LORA_B,
+    MERGED,
+    AdapterState,
+    is_head_key,
+    is_lora_key,
+    lora_modules,
+    state_rank,
+)
 from prelort.errors import AdapterError
 
 
@@ -62,6 +71,36 @@ def weighted_sum(tensors: Sequence[torch.Tensor], weights: torch.Tensor) -> torc
     for t, w in zip(tensors, weights.tolist(), strict=True):
         total += w * t.to(torch.float64)
     return total.to(torch.float32)
+
+
+def prefix_sums(
+    global_state: Mapping[str, torch.Tensor],
+    updates: Sequence[ClientUpdate],
+    weights: torch.Tensor,
+) -> tuple[AdapterState, torch.Tensor]:
+    """``sum_k w_k A_k`` and ``sum_k w_k B_k`` zero-padded to R per module, and each index's weight.
+
+    One pass over the uploaded numbers, accumulated in place into rank-R float32 buffers (no
+    padded copies), so the cost is that of reading the updates once: the rule is bounded by
+    memory bandwidth. Float32 accumulation of weighted factors loses about 1e-7 relative.
+
+    Returns:
+        (sums, held): ``<module>.lora_a`` (R, in) and ``<module>.lora_b`` (out, R) sums, and
+        ``held`` (R,) float64, the total weight of the updates whose rank covers each index.
+    """
+    held = torch.zeros(state_rank(global_state), dtype=torch.float64)
+    for u, w in zip(updates, weights.tolist(), strict=True):
+        held[: u.rank] += w
+    sums: AdapterState = {}
+    for module in lora_modules(global_state):
+        key_a, key_b = module + LORA_A, module + LORA_B
+        sum_a = torch.zeros(global_state[key_a].shape, dtype=torch.float32)  # (R, in)
+        sum_b = torch.zeros(global_state[key_b].shape, dtype=torch.float32)  # (out, R)
+        for u, w in zip(updates, weights.tolist(), strict=True):
+            sum_a[: u.rank].add_(u.state[key_a], alpha=w)  # (r, in)
+            sum_b[:, : u.rank].add_(u.state[key_b], alpha=w)  # (out, r)
+        sums[key_a], sums[key_b] = sum_a, sum_b
+    return sums, held
 
 
 def average_dense(

@@ -39,10 +39,10 @@ def aggregate_hetlora(
     Raises:
         AdapterError: no updates, or an update that does not fit the global adapter.
     """
-    max_rank = check_updates(global_state, updates)
+    check_updates(global_state, updates)
     norms = torch.tensor([update_norm(u.state, scale) for u in updates], dtype=torch.float64)
     weights = norms / norms.sum() if norms.sum() > 0 else torch.full_like(norms, 1 / len(norms))
-    return zero_padded_average(global_state, updates, weights, max_rank)
+    return zero_padded_average(global_state, updates, weights)
 
 
 def tail_size(rank: int) -> int:

@@ -17,8 +17,13 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from prelort.adapters.state import LORA_A, LORA_B, AdapterState, lora_modules
-from prelort.aggregation.base import ClientUpdate, average_dense, check_updates, weighted_sum
-from prelort.aggregation.segments import segment_bounds
+from prelort.aggregation.base import (
+    ClientUpdate,
+    average_dense,
+    check_updates,
+    example_weights,
+    prefix_sums,
+)
 
 
 def aggregate_segmentwise(
@@ -28,10 +33,15 @@ def aggregate_segmentwise(
 ) -> AdapterState:
     """Average each rank segment over its holders; keep segments nobody holds.
 
+    Computed per rank index in one pass over the uploads: the example-weighted sums of the
+    zero-padded prefixes divided, index by index, by the examples of the clients holding that
+    index. Indices with the same holders form a segment, so this is the segment-wise average.
+
     Args:
         global_state: the rank-R global adapter, A (R, in) and B (out, R) per module.
         updates: the round's client updates, each a rank-r_k prefix.
-        ladder: extra cut points (the ranks in use); the updates' ranks are always cuts.
+        ladder: the ranks in use; they cut the segments of the diagnostics but cannot change
+            the average (a cut between indices with the same holders splits nothing).
 
     Returns:
         The new rank-R global adapter.
@@ -39,22 +49,17 @@ def aggregate_segmentwise(
     Raises:
         AdapterError: no updates, or an update that does not fit the global adapter.
     """
-    max_rank = check_updates(global_state, updates)
+    check_updates(global_state, updates)
     out = average_dense(global_state, updates)
-    bounds = segment_bounds([*ladder, *(u.rank for u in updates)], max_rank)
-    counts = torch.tensor([u.num_examples for u in updates], dtype=torch.float64)
+    sums, held = prefix_sums(global_state, updates, example_weights(updates))
+    covered = held > 0  # (R,) indices some update holds
+    inverse = torch.where(covered, 1 / held.clamp_min(1e-300), 0.0).float()  # (R,)
     for module in lora_modules(global_state):
         key_a, key_b = module + LORA_A, module + LORA_B
-        new_a = global_state[key_a].detach().clone().float()  # (R, in)
-        new_b = global_state[key_b].detach().clone().float()  # (out, R)
-        for lo, hi in bounds:
-            holders = [k for k, u in enumerate(updates) if u.rank >= hi]
-            if not holders:
-                continue  # nobody trained this segment this round: keep its value
-            weights = counts[holders] / counts[holders].sum()
-            new_a[lo:hi] = weighted_sum([updates[k].state[key_a][lo:hi] for k in holders], weights)
-            new_b[:, lo:hi] = weighted_sum(
-                [updates[k].state[key_b][:, lo:hi] for k in holders], weights
-            )
+        new_a = sums[key_a].mul_(inverse[:, None])  # (R, in)
+        new_b = sums[key_b].mul_(inverse[None, :])  # (out, R)
+        if not covered.all():  # nobody trained these indices this round: keep their value
+            new_a[~covered] = global_state[key_a][~covered].float()
+            new_b[:, ~covered] = global_state[key_b][:, ~covered].float()
         out[key_a], out[key_b] = new_a, new_b
     return out

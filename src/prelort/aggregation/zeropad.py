@@ -11,13 +11,13 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from prelort.adapters.state import AdapterState, is_lora_key, pad_to_rank
+from prelort.adapters.state import AdapterState
 from prelort.aggregation.base import (
     ClientUpdate,
     average_dense,
     check_updates,
     example_weights,
-    weighted_sum,
+    prefix_sums,
 )
 
 
@@ -29,20 +29,17 @@ def aggregate_zeropad(
     Raises:
         AdapterError: no updates, or an update that does not fit the global adapter.
     """
-    max_rank = check_updates(global_state, updates)
-    return zero_padded_average(global_state, updates, example_weights(updates), max_rank)
+    check_updates(global_state, updates)
+    return zero_padded_average(global_state, updates, example_weights(updates))
 
 
 def zero_padded_average(
     global_state: Mapping[str, torch.Tensor],
     updates: Sequence[ClientUpdate],
     weights: torch.Tensor,
-    max_rank: int,
 ) -> AdapterState:
     """``sum_k w_k pad(A_k)`` and ``sum_k w_k pad(B_k)`` per module; heads over their holders."""
     out = average_dense(global_state, updates, weights)
-    padded = [pad_to_rank(u.state, max_rank) for u in updates]
-    for key in global_state:
-        if is_lora_key(key):
-            out[key] = weighted_sum([p[key] for p in padded], weights)
+    sums, _ = prefix_sums(global_state, updates, weights)  # padding zeros add nothing to a sum
+    out.update(sums)
     return out

@@ -26,7 +26,7 @@ class SegmentRecord(TypedDict):
 class TrafficRecord(TypedDict):
     """What one round moved and cost on the server.
 
-    ``bytes_up``/``bytes_down`` count fp32 numbers; ``ranks`` are the accepted replies' ranks;
+    ``bytes_up``/``bytes_down`` count bytes in the wire format; ``ranks`` are the accepted replies' ranks;
     ``dropped`` the sampled clients whose reply never came; ``segments`` the global adapter after
     the round.
     """

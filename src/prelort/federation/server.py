@@ -24,6 +24,7 @@ from prelort.aggregation.segments import segment_bounds
 from prelort.aggregation.validation import update_problem
 from prelort.federation.client import ClientReply
 from prelort.federation.records import Rejection, SegmentRecord, TrafficRecord
+from prelort.federation.wire import wire_bytes
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class ServerRules:
         scale: the LoRA scale s.
         allowed_ranks: ranks a reply may carry (None: any up to R).
         max_update_norm: bound on a reply's ``||s B A||_F`` (None: no bound).
+        wire_dtype: the number format of adapters on the wire (counts the traffic's bytes).
     """
 
     method: Method
@@ -68,6 +70,7 @@ class ServerRules:
     scale: float
     allowed_ranks: frozenset[int] | None
     max_update_norm: float | None = None
+    wire_dtype: str = "float32"
 
     @classmethod
     def for_run(
@@ -76,6 +79,7 @@ class ServerRules:
         context: AggregationContext,
         client_ranks: Sequence[int],
         max_update_norm: float | None = None,
+        wire_dtype: str = "float32",
     ) -> ServerRules:
         allowed = method.allowed_ranks(context.ladder, client_ranks)
         return cls(
@@ -85,6 +89,7 @@ class ServerRules:
             context.scale,
             None if allowed is None else frozenset(allowed),
             max_update_norm,
+            wire_dtype,
         )
 
 
@@ -188,8 +193,8 @@ def server_step(
     traffic: TrafficRecord = {
         "round": round_index,
         "clients": len(updates),
-        "bytes_up": 4 * sum(uplink_numel(u.state) for u in updates),
-        "bytes_down": 4 * down,
+        "bytes_up": wire_bytes(sum(uplink_numel(u.state) for u in updates), rules.wire_dtype),
+        "bytes_down": wire_bytes(down, rules.wire_dtype),
         "aggregation_seconds": round(time.perf_counter() - agg_start, 4),
         "ranks": [u.rank for u in updates],
         "dropped": dropped,

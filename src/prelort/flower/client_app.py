@@ -41,12 +41,12 @@ def make_client_app(config: SimulationConfig | None = None) -> ClientApp:
     @app.train()
     def train(message: Message, context: Context) -> Message:
         fed = federation_for(config or config_from_run_config(context.run_config)[0])
-        prefix, client, round_index = decode_prefix(message.content)
+        prefix, client, round_index = decode_prefix(message.content, fed.config.wire_dtype)
         partition = partition_of(context)
         if client != partition:
             raise AdapterError(f"a message for client {client} reached partition {partition}")
         reply = fed.train_client(prefix, client, round_index)
-        return Message(encode_reply(reply), reply_to=message)
+        return Message(encode_reply(reply, fed.config.wire_dtype), reply_to=message)
 
     @app.query(PARTITION_QUERY)
     def partition(message: Message, context: Context) -> Message:

@@ -1,7 +1,8 @@
 """What travels in Flower messages: a prefix down, a reply up, as Array/Config/Metric records.
 
-Adapters travel as ``ArrayRecord`` (exact fp32); everything else as scalars. Decoding a reply
-checks only its form; whether it may be aggregated is the server step's call.
+Adapters travel as ``ArrayRecord`` in the run's wire format (fp32, float16, or bfloat16 sent as
+its 16 bits, since numpy has no bfloat16) and are fp32 once decoded; everything else as scalars.
+Decoding a reply checks only its form; whether it may be aggregated is the server step's call.
 """
 
 from __future__ import annotations
@@ -15,26 +16,37 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from prelort.adapters.state import AdapterState
 from prelort.errors import AdapterError
 from prelort.federation.client import ClientReply
+from prelort.federation.wire import on_wire
 
 ADAPTER, SETTINGS, METRICS = "adapter", "settings", "metrics"
 
 
-def to_arrays(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
-    return ArrayRecord({k: v.detach().contiguous() for k, v in state.items()})
+def to_arrays(state: Mapping[str, torch.Tensor], wire_dtype: str = "float32") -> ArrayRecord:
+    sent = on_wire(state, wire_dtype)
+    if wire_dtype == "bfloat16":
+        sent = {k: v.view(torch.int16) for k, v in sent.items()}
+    return ArrayRecord({k: v.detach().contiguous() for k, v in sent.items()})
 
 
-def from_arrays(record: ArrayRecord) -> AdapterState:
+def from_arrays(record: ArrayRecord, wire_dtype: str = "float32") -> AdapterState:
+    arrays = record.to_torch_state_dict()
+    if wire_dtype == "bfloat16":
+        arrays = {k: v.view(torch.bfloat16) for k, v in arrays.items()}
     # the decoded arrays are read-only views of the message buffer: own them
-    return {k: v.clone() for k, v in record.to_torch_state_dict().items()}
+    return {k: v.float().clone() for k, v in arrays.items()}
 
 
-def encode_prefix(prefix: Mapping[str, torch.Tensor], client: int, round_index: int) -> RecordDict:
+def encode_prefix(
+    prefix: Mapping[str, torch.Tensor], client: int, round_index: int, wire_dtype: str = "float32"
+) -> RecordDict:
     """The server's train message to ``client``: its rank prefix of the global adapter."""
     settings = ConfigRecord({"client": client, "round": round_index})
-    return RecordDict({ADAPTER: to_arrays(prefix), SETTINGS: settings})
+    return RecordDict({ADAPTER: to_arrays(prefix, wire_dtype), SETTINGS: settings})
 
 
-def decode_prefix(content: RecordDict) -> tuple[AdapterState, int, int]:
+def decode_prefix(
+    content: RecordDict, wire_dtype: str = "float32"
+) -> tuple[AdapterState, int, int]:
     """(prefix, client, round) of a train message.
 
     Raises:
@@ -43,7 +55,7 @@ def decode_prefix(content: RecordDict) -> tuple[AdapterState, int, int]:
     try:
         settings = content.config_records[SETTINGS]
         return (
-            from_arrays(content.array_records[ADAPTER]),
+            from_arrays(content.array_records[ADAPTER], wire_dtype),
             int(settings["client"]),
             int(settings["round"]),
         )
@@ -51,7 +63,7 @@ def decode_prefix(content: RecordDict) -> tuple[AdapterState, int, int]:
         raise AdapterError(f"a train message without {missing}") from None
 
 
-def encode_reply(reply: ClientReply) -> RecordDict:
+def encode_reply(reply: ClientReply, wire_dtype: str = "float32") -> RecordDict:
     """A client's reply; ``num-examples`` is the key Flower's own aggregators read."""
     metrics = MetricRecord(
         {
@@ -62,10 +74,10 @@ def encode_reply(reply: ClientReply) -> RecordDict:
             "tail-ratio": reply.tail_ratio,
         }
     )
-    return RecordDict({ADAPTER: to_arrays(reply.state), METRICS: metrics})
+    return RecordDict({ADAPTER: to_arrays(reply.state, wire_dtype), METRICS: metrics})
 
 
-def decode_reply(content: RecordDict) -> ClientReply:
+def decode_reply(content: RecordDict, wire_dtype: str = "float32") -> ClientReply:
     """A reply as the server step takes it.
 
     Raises:
@@ -73,7 +85,7 @@ def decode_reply(content: RecordDict) -> ClientReply:
     """
     try:
         metrics = content.metric_records[METRICS]
-        state = from_arrays(content.array_records[ADAPTER])
+        state = from_arrays(content.array_records[ADAPTER], wire_dtype)
         client, rank, examples = metrics["client"], metrics["rank"], metrics["num-examples"]
         loss, tail = float(metrics["loss"]), float(metrics["tail-ratio"])
     except KeyError as missing:

@@ -81,7 +81,8 @@ class PrefixNestedStrategy(Strategy):
         for client, lost in zip(sampled, lost_draws, strict=True):
             if lost:
                 continue  # a simulated failure, drawn as in the in-process simulation
-            content = encode_prefix(self.server.prefix(client), client, round_index)
+            prefix = self.server.prefix(client)
+            content = encode_prefix(prefix, client, round_index, self.rules.wire_dtype)
             messages.append(Message(content, self.nodes[client], MessageType.TRAIN))
         self._sent = {c for c, lost in zip(sampled, lost_draws, strict=True) if not lost}
         return messages
@@ -100,7 +101,7 @@ class PrefixNestedStrategy(Strategy):
                 failures.append({"client": client, "reason": reason})
                 continue
             try:
-                reply = decode_reply(message.content)
+                reply = decode_reply(message.content, self.rules.wire_dtype)
             except AdapterError as error:
                 failures.append({"client": client, "reason": f"node {node}: {error}"})
                 continue

@@ -21,6 +21,7 @@ from prelort.federation.client import ClientReply, client_step
 from prelort.federation.plan import FederationPlan, assign_ranks, build_plan
 from prelort.federation.records import RoundRecord
 from prelort.federation.server import RoundOutcome, ServerRules, ServerState, initial_server_state
+from prelort.federation.wire import through_wire
 from prelort.simulation.checkpoint import Checkpoint, save_checkpoint
 from prelort.simulation.result import SimulationResult
 from prelort.simulation.workbench import Workbench
@@ -52,11 +53,16 @@ class Federation:
     def train_client(
         self, received: Mapping[str, torch.Tensor], client: int, round_index: int
     ) -> ClientReply:
-        """The client step of ``client`` in ``round_index`` on the received prefix."""
+        """The client step of ``client`` in ``round_index`` on the received prefix.
+
+        Both directions go through the wire format: the client trains on the prefix as it
+        arrives, and its reply is what the server will receive.
+        """
         rank = state_rank(received)
-        return client_step(
+        wire = self.config.wire_dtype
+        reply = client_step(
             self.bench.adapted,
-            received,
+            through_wire(received, wire),
             self.bench.train,
             self.plan.client_rows[client],
             self.bench.batch_kind,
@@ -66,6 +72,7 @@ class Federation:
             client,
             self.plan.client_seed(round_index, client),
         )
+        return dataclasses.replace(reply, state=through_wire(reply.state, wire))
 
     def evaluate(self, server: ServerState) -> TierMetrics | None:
         """Metrics per tier of the global adapter after ``server.round``, on evaluated rounds."""
@@ -171,7 +178,9 @@ def prepare_federation(config: SimulationConfig, bench: Workbench) -> Federation
     adapted.reset_parameters(torch.Generator().manual_seed(config.seed))  # a fresh rank-R adapter
     fresh_state = get_state(adapted)
     context = AggregationContext(ladder, adapted.scale, fresh_state)
-    rules = ServerRules.for_run(method, context, plan.client_ranks, config.max_update_norm)
+    rules = ServerRules.for_run(
+        method, context, plan.client_ranks, config.max_update_norm, config.wire_dtype
+    )
     initial = initial_server_state(method, fresh_state, plan.client_ranks)
     return Federation(config, bench, method, plan, train_config, rules, initial)
 

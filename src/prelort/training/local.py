@@ -39,6 +39,9 @@ class LocalTrainingConfig:
         train_adapter: False trains only the head (the no-adapter reference).
         truncation_weights: relative weight of each truncation rank's loss under nested
             training (renormalised over a step's truncations); None: equal weights.
+        stack_truncations: run a step's truncations as copies of the batch in one forward and
+            backward (same loss and gradients, fewer and wider matmuls, T times the activation
+            memory); False loops over them. Used only with equal weights and a shared head.
     """
 
     steps: int = 10
@@ -53,6 +56,7 @@ class LocalTrainingConfig:
     optimizer: str = "adamw"
     train_adapter: bool = True
     truncation_weights: Mapping[int, float] | None = None
+    stack_truncations: bool = True
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,8 @@ class LocalResult:
 
     Attributes:
         mean_loss: mean task loss over the steps.
-        passes: forward/backward passes run (more than steps under nested training).
+        passes: truncations trained, summed over steps (more than steps under nested training,
+            whether a step's truncations ran stacked in one pass or one after another).
         tail_ratio: norm of the last ``config.tail`` components' update over the whole update's
             norm (0 when ``tail`` is 0).
         trained_ranks: the active ranks the client optimised (their tiers' heads were trained).
@@ -127,6 +132,53 @@ def batch_indices(
             yield [indices[i] for i in order[start : start + size]]
 
 
+def tail_penalty(adapted: NestedLoRAModel, rank: int, config: LocalTrainingConfig) -> torch.Tensor:
+    """HetLoRA's ``gamma * ||s B_tail A_tail||`` of the client's rank (0 when disabled)."""
+    if config.tail_penalty > 0 and config.tail > 0:
+        return config.tail_penalty * tail_norms(adapted, rank, config.tail)[0]
+    return torch.zeros(())
+
+
+def looped_backward(
+    adapted: NestedLoRAModel,
+    batch: Mapping[str, torch.Tensor],
+    ranks: Sequence[int],
+    rank: int,
+    config: LocalTrainingConfig,
+    shares: Mapping[int, float] | None,
+) -> float:
+    """One forward and backward per truncation, gradients accumulated; returns the step's loss."""
+    step_loss = 0.0
+    for r in ranks:
+        adapted.set_active_rank(r)
+        loss = adapted.model(**batch).loss
+        loss = loss / len(ranks) if shares is None else loss * shares[r]
+        step_loss += float(loss.detach())
+        (loss + tail_penalty(adapted, rank, config) / len(ranks)).backward()
+    return step_loss
+
+
+def stacked_backward(
+    adapted: NestedLoRAModel,
+    batch: Mapping[str, torch.Tensor],
+    ranks: Sequence[int],
+    rank: int,
+    config: LocalTrainingConfig,
+) -> float:
+    """Every truncation in one forward and backward over stacked copies of the batch.
+
+    The model's loss is a mean over rows (or over label tokens, equally many in every copy), so
+    over the stacked batch it is exactly the mean of the truncations' losses.
+    """
+    copies = {k: torch.cat([v] * len(ranks)) for k, v in batch.items()}
+    copy_size = next(iter(batch.values())).shape[0]
+    with adapted.truncations(ranks, copy_size):
+        loss = adapted.model(**copies).loss
+    adapted.set_active_rank(rank)
+    (loss + tail_penalty(adapted, rank, config)).backward()
+    return float(loss.detach())
+
+
 def train_local(
     adapted: NestedLoRAModel,
     data: EncodedSplit,
@@ -165,18 +217,13 @@ def train_local(
         ranks = truncation_ranks(config.nested, rank, ladder, generator)
         trained.update(ranks)
         optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
         shares = truncation_shares(ranks, config.truncation_weights)
-        for r in ranks:
-            adapted.set_active_rank(r)
-            loss = adapted.model(**batch).loss
-            loss = loss / len(ranks) if shares is None else loss * shares[r]
-            step_loss += float(loss.detach())
-            if config.tail_penalty > 0 and config.tail > 0:
-                tail_norm = tail_norms(adapted, rank, config.tail)[0]
-                loss = loss + config.tail_penalty * tail_norm / len(ranks)
-            loss.backward()
-            passes += 1
+        stack = config.stack_truncations and len(ranks) > 1 and shares is None
+        if stack and not adapted.tier_heads:
+            step_loss = stacked_backward(adapted, batch, ranks, rank, config)
+        else:
+            step_loss = looped_backward(adapted, batch, ranks, rank, config, shares)
+        passes += len(ranks)
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
