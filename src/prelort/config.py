@@ -132,6 +132,8 @@ class SimulationConfig:
         rouge_every_round: also generate for ROUGE-L each evaluated round (else only at the end).
         max_update_norm: reject client updates whose ||s B A||_F is above this (default: no bound).
         client_failure_rate: probability that a sampled client drops out mid-round.
+        dp_clip: client-level DP: the server clips each client's update (factors and head) to this L2 norm (default: no clipping, no DP).
+        dp_noise: client-level DP: Gaussian noise multiplier sigma; the aggregate gets noise of std sigma x dp_clip x the rule's largest client weight (needs dp_clip).
         dtype: base model dtype: auto, float32, bfloat16, float16.
         wire_dtype: number format of adapters sent between server and clients: float32, or bfloat16/float16 (half the bytes, every number rounded).
         seed: the one seed of partitions, rank assignment, sampling and initialisation.
@@ -173,6 +175,8 @@ class SimulationConfig:
     rouge_every_round: bool = False
     max_update_norm: float | None = None
     client_failure_rate: float = 0.0
+    dp_clip: float | None = None
+    dp_noise: float = 0.0
     dtype: str = "auto"
     wire_dtype: str = "float32"
     seed: int = 0
@@ -224,6 +228,18 @@ class SimulationConfig:
             )
         if self.max_update_norm is not None and self.max_update_norm <= 0:
             raise ConfigError(f"max_update_norm: must be > 0, got {self.max_update_norm}")
+        if self.dp_clip is not None and self.dp_clip <= 0:
+            raise ConfigError(f"dp_clip: must be > 0, got {self.dp_clip}")
+        if self.dp_noise < 0:
+            raise ConfigError(f"dp_noise: must be >= 0, got {self.dp_noise}")
+        if self.dp_noise > 0 and self.dp_clip is None:
+            raise ConfigError("dp_noise: needs dp_clip (the noise is calibrated to the clip norm)")
+        if self.dp_clip is not None and get_method(self.method).sensitivity is None:
+            raise ConfigError(
+                f"dp_clip: method {self.method!r} does not support client-level DP: its aggregate "
+                "is not a weighted average of the updates, so one client's influence is unbounded "
+                "(use prelort, zeropad or another averaging method)"
+            )
         if self.generate_examples < 0:
             raise ConfigError(f"generate_examples: must be >= 0, got {self.generate_examples}")
         _choice(self, "nested", NESTED_CHOICES, optional=True)

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from prelort.adapters.state import LORA_A, LORA_B, MERGED, AdapterState, is_lora_key, lora_modules
-from prelort.aggregation.base import AggregateFn
+from prelort.aggregation.base import AggregateFn, ClientUpdate
 from prelort.aggregation.hetlora import HETLORA_GAMMA, HETLORA_THRESHOLD, tail_size
+from prelort.aggregation.privacy import average_sensitivity
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class Method:
         build: makes the aggregation rule for a run.
         client_ranks: maps the assigned client ranks to the ranks the method trains at.
         head: the default classifier head, "per-tier" or "shared" (measured: docs/RESULTS.md).
+        sensitivity: the largest weight one client has in the rule's averages, for client-level
+            DP (``prelort.aggregation.privacy``); None: the rule is not a weighted average of
+            the updates and refuses DP.
     """
 
     name: str
@@ -56,6 +60,7 @@ class Method:
     build: Callable[[AggregationContext], AggregateFn]
     client_ranks: Callable[[Sequence[int]], list[int]] = same_ranks
     head: str = "shared"
+    sensitivity: Callable[[Sequence[ClientUpdate]], float] | None = average_sensitivity
 
     trains_adapter = True  # False for the no-adapter reference (only the head learns)
     tail_penalty = 0.0  # weight of a client's tail-norm regulariser (HetLoRA's gamma)

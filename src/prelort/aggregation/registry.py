@@ -24,6 +24,7 @@ from prelort.aggregation.methods import (
     TierBalanced,
 )
 from prelort.aggregation.prelort import aggregate_segmentwise
+from prelort.aggregation.privacy import segment_sensitivity
 from prelort.aggregation.zeropad import aggregate_zeropad
 from prelort.errors import ConfigError
 
@@ -66,6 +67,7 @@ METHODS: dict[str, Method] = {
             "all",
             "segment-wise aggregation + prefix-nested training (PreLort)",
             _segmentwise,
+            sensitivity=segment_sensitivity,
         ),
         Method(
             "zeropad", "off", "zero-pad to R, example-weighted average over all clients", _zeropad
@@ -75,18 +77,21 @@ METHODS: dict[str, Method] = {
             "off",
             "HetLoRA: zero-pad, norm-weighted average, tail self-pruning",
             _hetlora,
+            sensitivity=None,
         ),
         Method(
             "flexlora",
             "off",
             "FlexLoRA: average full updates, truncated SVD back to each rank",
             _flexlora,
+            sensitivity=None,
         ),
         FLoRA(
             "flora",
             "off",
             "FLoRA: stack adapters, merge into the base each round, fresh adapters",
             _flora,
+            sensitivity=None,
         ),
         Method(
             "fedit-min",
@@ -107,6 +112,7 @@ METHODS: dict[str, Method] = {
             "off",
             "ablation: segment-wise aggregation, plain LoRA training",
             _segmentwise,
+            sensitivity=segment_sensitivity,
         ),
         Method(
             "prelort-train",
@@ -120,6 +126,7 @@ METHODS: dict[str, Method] = {
             "PreLort + tier-balanced nested training: truncation t's loss weighted by 1 / (clients "
             "of rank >= t)",
             _segmentwise,
+            sensitivity=segment_sensitivity,
         ),
         NoAdapter(
             "no-adapter",

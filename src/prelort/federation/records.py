@@ -23,6 +23,16 @@ class SegmentRecord(TypedDict):
     share: float
 
 
+class PrivacyRecord(TypedDict):
+    """Client-level DP in one round: the clip norm, the noise, and how many updates were clipped."""
+
+    clip: float
+    noise_multiplier: float
+    noise_std: float
+    clipped: int
+    median_norm: float
+
+
 class TrafficRecord(TypedDict):
     """What one round moved and cost on the server.
 
@@ -40,6 +50,7 @@ class TrafficRecord(TypedDict):
     dropped: list[int]
     rejected: list[Rejection]
     segments: list[SegmentRecord]
+    privacy: PrivacyRecord | None
 
 
 class RoundRecord(TypedDict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,10 +21,11 @@ from prelort.adapters.state import AdapterState, slice_to_rank, state_rank
 from prelort.aggregation.base import AggregateFn, ClientUpdate
 from prelort.aggregation.flora import stacked_numel
 from prelort.aggregation.methods import AggregationContext, Method, uplink_numel
+from prelort.aggregation.privacy import add_noise, clip_update
 from prelort.aggregation.segments import segment_bounds
 from prelort.aggregation.validation import update_problem
 from prelort.federation.client import ClientReply
-from prelort.federation.records import Rejection, SegmentRecord, TrafficRecord
+from prelort.federation.records import PrivacyRecord, Rejection, SegmentRecord, TrafficRecord
 from prelort.federation.wire import wire_bytes
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,19 @@ class ServerState:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    """Client-level DP of a run: clip norm C, noise multiplier sigma, the seed of the noise."""
+
+    clip: float
+    noise_multiplier: float
+    seed: int
+
+    def generator(self, round_index: int) -> torch.Generator:
+        """The noise stream of one round: resuming a run draws the same noise."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + round_index)
+
+
+@dataclass(frozen=True)
 class ServerRules:
     """How the server treats a run's replies.
 
@@ -62,6 +77,7 @@ class ServerRules:
         allowed_ranks: ranks a reply may carry (None: any up to R).
         max_update_norm: bound on a reply's ``||s B A||_F`` (None: no bound).
         wire_dtype: the number format of adapters on the wire (counts the traffic's bytes).
+        privacy: client-level DP (clip, noise), or None.
     """
 
     method: Method
@@ -71,6 +87,7 @@ class ServerRules:
     allowed_ranks: frozenset[int] | None
     max_update_norm: float | None = None
     wire_dtype: str = "float32"
+    privacy: PrivacySettings | None = None
 
     @classmethod
     def for_run(
@@ -80,6 +97,7 @@ class ServerRules:
         client_ranks: Sequence[int],
         max_update_norm: float | None = None,
         wire_dtype: str = "float32",
+        privacy: PrivacySettings | None = None,
     ) -> ServerRules:
         allowed = method.allowed_ranks(context.ladder, client_ranks)
         return cls(
@@ -90,6 +108,7 @@ class ServerRules:
             None if allowed is None else frozenset(allowed),
             max_update_norm,
             wire_dtype,
+            privacy,
         )
 
 
@@ -131,6 +150,40 @@ def reply_problem(
         rules.max_update_norm,
         rules.scale,
     )
+
+
+def clipped_updates(
+    server: ServerState, updates: Sequence[ClientUpdate], rules: ServerRules
+) -> tuple[list[ClientUpdate], PrivacyRecord]:
+    """Each update clipped to the run's norm around the prefix its client was sent."""
+    assert rules.privacy is not None
+    clip, out, norms = rules.privacy.clip, [], []
+    for u in updates:
+        state, norm = clip_update(server.prefix(u.client_id), u.state, clip)
+        out.append(ClientUpdate(u.client_id, state, u.rank, u.num_examples))
+        norms.append(norm)
+    record: PrivacyRecord = {
+        "clip": clip,
+        "noise_multiplier": rules.privacy.noise_multiplier,
+        "noise_std": 0.0,
+        "clipped": sum(n > clip for n in norms),
+        "median_norm": round(statistics.median(norms), 6),
+    }
+    return out, record
+
+
+def noisy(
+    global_state: AdapterState,
+    updates: Sequence[ClientUpdate],
+    rules: ServerRules,
+    privacy: PrivacyRecord,
+    round_index: int,
+) -> tuple[AdapterState, PrivacyRecord]:
+    """The aggregate plus Gaussian noise of std sigma x C x the rule's largest client weight."""
+    assert rules.privacy is not None and rules.method.sensitivity is not None
+    std = privacy["noise_multiplier"] * privacy["clip"] * rules.method.sensitivity(updates)
+    noised = add_noise(global_state, updates, std, rules.privacy.generator(round_index))
+    return noised, {**privacy, "noise_std": std}
 
 
 def server_step(
@@ -186,8 +239,13 @@ def server_step(
 
     agg_start = time.perf_counter()
     global_state = server.global_state
+    privacy: PrivacyRecord | None = None
+    if updates and rules.privacy is not None:
+        updates, privacy = clipped_updates(server, updates, rules)
     if updates:
         global_state = rules.aggregate(global_state, updates)
+        if privacy is not None and privacy["noise_multiplier"] > 0:
+            global_state, privacy = noisy(global_state, updates, rules, privacy, round_index)
     else:
         log.warning("round %d: no valid update; the global adapter is unchanged", round_index)
     traffic: TrafficRecord = {
@@ -200,6 +258,7 @@ def server_step(
         "dropped": dropped,
         "rejected": rejected,
         "segments": segment_record(global_state, rules.ladder, rules.scale),
+        "privacy": privacy,
     }
     stack = stacked_numel(updates) if updates else server.previous_stack_numel
     return RoundOutcome(

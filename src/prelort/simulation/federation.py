@@ -20,7 +20,13 @@ from prelort.evaluation.tiers import HEAD, ReadoutData, TierMetrics, evaluate_ti
 from prelort.federation.client import ClientReply, client_step
 from prelort.federation.plan import FederationPlan, assign_ranks, build_plan
 from prelort.federation.records import RoundRecord
-from prelort.federation.server import RoundOutcome, ServerRules, ServerState, initial_server_state
+from prelort.federation.server import (
+    PrivacySettings,
+    RoundOutcome,
+    ServerRules,
+    ServerState,
+    initial_server_state,
+)
 from prelort.federation.wire import through_wire
 from prelort.simulation.checkpoint import Checkpoint, save_checkpoint
 from prelort.simulation.result import SimulationResult
@@ -178,8 +184,11 @@ def prepare_federation(config: SimulationConfig, bench: Workbench) -> Federation
     adapted.reset_parameters(torch.Generator().manual_seed(config.seed))  # a fresh rank-R adapter
     fresh_state = get_state(adapted)
     context = AggregationContext(ladder, adapted.scale, fresh_state)
+    privacy = None
+    if config.dp_clip is not None:
+        privacy = PrivacySettings(config.dp_clip, config.dp_noise, config.seed)
     rules = ServerRules.for_run(
-        method, context, plan.client_ranks, config.max_update_norm, config.wire_dtype
+        method, context, plan.client_ranks, config.max_update_norm, config.wire_dtype, privacy
     )
     initial = initial_server_state(method, fresh_state, plan.client_ranks)
     return Federation(config, bench, method, plan, train_config, rules, initial)

@@ -23,6 +23,8 @@ class SimulationResult:
         global_state: the final rank-R global adapter.
         traffic: per round: clients, bytes up and down (fp32), server aggregation seconds, ranks.
         wall_seconds: the run's wall time, workbench loading excluded.
+        phase_seconds: how this process's wall time split: ``train`` (client steps),
+            ``aggregate`` (server steps), ``evaluate`` (tier metrics, records, checkpoints).
     """
 
     config: dict[str, Any]
@@ -33,6 +35,7 @@ class SimulationResult:
     global_state: AdapterState = field(default_factory=dict)
     traffic: list[TrafficRecord] = field(default_factory=list)
     wall_seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,4 +46,5 @@ class SimulationResult:
             "final": {"tiers": self.final},
             "traffic": self.traffic,
             "wall_seconds": round(self.wall_seconds, 2),
+            "phase_seconds": {k: round(v, 2) for k, v in self.phase_seconds.items()},
         }

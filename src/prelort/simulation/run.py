@@ -65,6 +65,7 @@ def run_simulation(
         disable=not progress,
         dynamic_ncols=True,
     )
+    phases = result.phase_seconds = dict.fromkeys(("train", "aggregate", "evaluate"), 0.0)
     for round_index in range(server.round + 1, config.rounds + 1):
         round_start = time.perf_counter()
         sampled = fed.plan.sampled(round_index)
@@ -76,12 +77,17 @@ def run_simulation(
             reply = fed.train_client(server.prefix(client), client, round_index)
             replies.append(reply)
             bar.set_postfix(round=round_index, loss=f"{reply.loss:.3f}")
+        trained = time.perf_counter()
         outcome = server_step(server, sampled, replies, fed.rules)
         server = outcome.server
+        aggregated = time.perf_counter()
         tiers = fed.evaluate(server)
         record = fed.record(
             result, outcome, tiers, time.perf_counter() - round_start, checkpoint_dir
         )
+        phases["train"] += trained - round_start
+        phases["aggregate"] += aggregated - trained
+        phases["evaluate"] += time.perf_counter() - aggregated
         if record is not None and progress:
             bar.write(format_round(config.method, record))
         result.wall_seconds = time.perf_counter() - start
