@@ -15,9 +15,11 @@ many modules and scaled to all, and the table says so.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -124,10 +126,41 @@ def time_method(
     return seconds * len(shapes.modules) / len(modules)
 
 
+def available_bytes() -> int:
+    """MemAvailable of /proc/meminfo (Linux); a large number elsewhere."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 50
+
+
+def fitting(shapes: Shapes, ladder: Sequence[int], clients: int) -> Shapes:
+    """``shapes`` with fewer layers when all the uploads would take over half the free memory.
+
+    Every rule's time is a sum over modules of equal shape, so the ratios do not change; the
+    table says how many layers ran.
+    """
+    mean_rank = sum(ladder[k % len(ladder)] for k in range(clients)) / clients
+    per_layer = (
+        clients
+        * len(shapes.projections)
+        * mean_rank
+        * (shapes.in_features + shapes.out_features)
+        * 4
+    )
+    layers = min(shapes.layers, max(1, int(available_bytes() / 2 // per_layer)))
+    return dataclasses.replace(shapes, layers=layers)
+
+
 def run_case(
     shapes: Shapes, ladder: Sequence[int], clients: int, repeats: int, dense_modules: int
 ) -> dict[str, float]:
     """Print one case's table; returns seconds per method and for the memcpy."""
+    full_layers = shapes.layers
+    shapes = fitting(shapes, ladder, clients)
     modules = shapes.modules
     global_state, updates = random_updates(
         modules, (shapes.out_features, shapes.in_features), ladder, clients
@@ -139,9 +172,14 @@ def run_case(
         seconds[method] = time_method(
             method, shapes, subset, global_state, updates, ladder, 1 if method in DENSE else repeats
         )
+    fewer = (
+        f" ({shapes.layers} of {full_layers} layers: all would take over half the free memory)"
+        if shapes.layers < full_layers
+        else ""
+    )
     print(
         f"\n{shapes.name}: {len(modules)} modules of {shapes.out_features} x {shapes.in_features}, "
-        f"ranks {list(ladder)}, {clients} clients, {uploaded / 1e9:.3f} GB uploaded"
+        f"ranks {list(ladder)}, {clients} clients, {uploaded / 1e9:.3f} GB uploaded{fewer}"
     )
     print("| rule | ms | / memcpy | / prelort |")
     print("|---|---|---|---|")
@@ -164,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--quick", action="store_true", help="toy sizes (CI proves it runs)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dense-modules", type=int, default=2)
+    parser.add_argument("--headline", action="store_true", help="only the 7B, 100-client case")
     args = parser.parse_args(argv)
     print(f"## Server aggregation (torch {torch.__version__}, {torch.get_num_threads()} threads)")
     if args.quick:
@@ -175,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
             for ladder in ((2, 4, 8, 16), (8, 16, 32, 64))
             for clients in (10, 100)
         ]
+    if args.headline:
+        cases = [(LLM_7B, (8, 16, 32, 64), 100)]
     headline: dict[str, float] = {}
     for shapes, ladder, clients in cases:
         seconds = run_case(shapes, ladder, clients, args.repeats, args.dense_modules)
