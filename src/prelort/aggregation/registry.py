@@ -23,6 +23,7 @@ from prelort.aggregation.methods import (
     NoAdapter,
     TierBalanced,
 )
+from prelort.aggregation.nested_svd import aggregate_nested_svd
 from prelort.aggregation.prelort import aggregate_segmentwise
 from prelort.aggregation.privacy import segment_sensitivity
 from prelort.aggregation.zeropad import aggregate_zeropad
@@ -39,6 +40,10 @@ def _all_max(ranks: Sequence[int]) -> list[int]:
 
 def _segmentwise(ctx: AggregationContext) -> AggregateFn:
     return partial(aggregate_segmentwise, ladder=ctx.ladder)
+
+
+def _nested_svd(ctx: AggregationContext) -> AggregateFn:
+    return partial(aggregate_nested_svd, scale=ctx.scale, ladder=ctx.ladder)
 
 
 def _zeropad(ctx: AggregationContext) -> AggregateFn:
@@ -127,6 +132,14 @@ METHODS: dict[str, Method] = {
             "of rank >= t)",
             _segmentwise,
             sensitivity=segment_sensitivity,
+        ),
+        Method(
+            "prelort-svd",
+            "all",
+            "PreLort + nested product averaging: prefix r approximates the average of the "
+            "clients' rank-r products (segment-by-segment SVD of the residual)",
+            _nested_svd,
+            sensitivity=None,
         ),
         NoAdapter(
             "no-adapter",
