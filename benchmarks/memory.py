@@ -3,7 +3,9 @@
 The base model is loaded once and shared by every client; per client the run keeps only its rows
 of the training data and, within a round, its reply. So memory should hardly grow with clients.
 Each run is a fresh process (one round, one local step per client, BBC News), on a tiny random
-BERT and on the packaged MiniLM.
+BERT and on the packaged MiniLM. Ranks are listed 16, 8, 4, 2 so that the single client of the
+1-client run has rank 16 and trains all four truncations, the heaviest client step of every run:
+the runs then differ in their number of clients only.
 
     python -m benchmarks.memory [--quick]
 """
@@ -21,6 +23,7 @@ from benchmarks.runs import simulate, tiny_model
 def flags(model: str, clients: int) -> list[str]:
     return [
         *("--model", model, "--task", "bbc-news", "--clients", str(clients), "--rounds", "1"),
+        *("--ranks", "16,8,4,2"),
         *("--local-steps", "1", "--batch-size", "8", "--partition", "iid"),
         *("--eval-examples", "32", "--readout-examples", "0"),
     ]
