@@ -42,6 +42,9 @@ def test_summarize_refuses_mixed_runs_and_names_unfinished_ones(
     unfinished.mkdir()
     (unfinished / "metrics.json").write_text(json.dumps({**data, "final": {"tiers": {}}}))
     assert load_comparison(config.out).unfinished == ["flora-seed0"]
+    older = {k: v for k, v in data["config"].items() if k not in ("wire_dtype", "dp_noise")}
+    metrics.write_text(json.dumps({**data, "config": older}))  # a run of an earlier version
+    assert load_comparison(config.out).runs  # missing settings are their defaults
     data["config"]["task"] = "other.jsonl"
     metrics.write_text(json.dumps(data))
     with pytest.raises(DataError, match="runs differ in task"):

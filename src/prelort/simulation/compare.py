@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from collections.abc import Callable, Sequence
@@ -295,6 +296,12 @@ def run_comparison(
 # Settings that may differ between the runs of one comparison: what it varies, and the evaluation
 # cadence (final metrics do not depend on it).
 VARIED_SETTINGS = ("method", "seed", "out", "head", "nested", "head_lr", "eval_every")
+# A run written by an earlier version lacks the settings added since: it ran with their defaults.
+SETTING_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(SimulationConfig)
+    if f.default is not dataclasses.MISSING
+}
 
 
 def load_comparison(out_dir: Path) -> Comparison:
@@ -321,11 +328,13 @@ def load_comparison(out_dir: Path) -> Comparison:
         if config is None:
             config, first = data["config"], path.parent.name
         for key in sorted(set(config) | set(data["config"])):
-            if key in VARIED_SETTINGS or config.get(key) == data["config"].get(key):
+            default = SETTING_DEFAULTS.get(key)
+            ours, theirs = config.get(key, default), data["config"].get(key, default)
+            if key in VARIED_SETTINGS or ours == theirs:
                 continue
             raise DataError(
-                f"{out_dir}: runs differ in {key}: {config.get(key)!r} in {first}, "
-                f"{data['config'].get(key)!r} in {path.parent.name}; summarize one setting at a time"
+                f"{out_dir}: runs differ in {key}: {ours!r} in {first}, "
+                f"{theirs!r} in {path.parent.name}; summarize one setting at a time"
             )
         result = SimulationResult(
             data["config"],
