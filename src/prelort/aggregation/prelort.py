@@ -52,14 +52,36 @@ def aggregate_segmentwise(
     check_updates(global_state, updates)
     out = average_dense(global_state, updates)
     sums, held = prefix_sums(global_state, updates, example_weights(updates))
-    covered = held > 0  # (R,) indices some update holds
-    inverse = torch.where(covered, 1 / held.clamp_min(1e-300), 0.0).float()  # (R,)
     for module in lora_modules(global_state):
         key_a, key_b = module + LORA_A, module + LORA_B
-        new_a = sums[key_a].mul_(inverse[:, None])  # (R, in)
-        new_b = sums[key_b].mul_(inverse[None, :])  # (out, R)
-        if not covered.all():  # nobody trained these indices this round: keep their value
-            new_a[~covered] = global_state[key_a][~covered].float()
-            new_b[:, ~covered] = global_state[key_b][:, ~covered].float()
-        out[key_a], out[key_b] = new_a, new_b
+        out[key_a], out[key_b] = divided_by_holders(
+            global_state[key_a], global_state[key_b], sums[key_a], sums[key_b], held
+        )
     return out
+
+
+def divided_by_holders(
+    global_a: torch.Tensor,
+    global_b: torch.Tensor,
+    sum_a: torch.Tensor,
+    sum_b: torch.Tensor,
+    held: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per rank index, the weighted sum over its holders divided by their weight; kept where none.
+
+    Args:
+        global_a, global_b: the module's global A (R, in) and B (out, R).
+        sum_a, sum_b: the holders' weighted sums, zero-padded to R (same shapes).
+        held: (R,) the total weight of the holders of each index.
+
+    Returns:
+        The new A and B (float32).
+    """
+    covered = held > 0  # (R,) indices some update holds
+    inverse = torch.where(covered, 1 / held.clamp_min(1e-300), 0.0)  # (R,)
+    new_a = (sum_a * inverse[:, None].to(sum_a.dtype)).float()  # (R, in)
+    new_b = (sum_b * inverse[None, :].to(sum_b.dtype)).float()  # (out, R)
+    if not covered.all():  # nobody trained these indices this round: keep their value
+        new_a[~covered] = global_a[~covered].float()
+        new_b[:, ~covered] = global_b[:, ~covered].float()
+    return new_a, new_b

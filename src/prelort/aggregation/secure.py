@@ -17,6 +17,7 @@ import torch
 
 from prelort.adapters.state import LORA_A, LORA_B, MERGED, AdapterState, is_head_key, lora_modules
 from prelort.aggregation.base import ClientUpdate
+from prelort.aggregation.prelort import divided_by_holders
 
 WEIGHT = "#weight"  # suffix of the weight that goes with a module's rank axis or with a head
 
@@ -73,13 +74,14 @@ def segmentwise_from_sums(
     """
     out: AdapterState = {}
     for module in lora_modules(global_state):
-        weight = total[module + WEIGHT]  # (R,)
-        held = weight > 0
-        new_a = global_state[module + LORA_A].detach().clone().float()  # (R, in)
-        new_b = global_state[module + LORA_B].detach().clone().float()  # (out, R)
-        new_a[held] = (total[module + LORA_A][held] / weight[held, None]).float()
-        new_b[:, held] = (total[module + LORA_B][:, held] / weight[held]).float()
-        out[module + LORA_A], out[module + LORA_B] = new_a, new_b
+        key_a, key_b = module + LORA_A, module + LORA_B
+        out[key_a], out[key_b] = divided_by_holders(
+            global_state[key_a],
+            global_state[key_b],
+            total[key_a],
+            total[key_b],
+            total[module + WEIGHT],
+        )
     for key, value in global_state.items():
         if key.endswith(MERGED):
             out[key] = value.detach().clone()
