@@ -153,13 +153,13 @@ def reply_problem(
 
 
 def clipped_updates(
-    server: ServerState, updates: Sequence[ClientUpdate], rules: ServerRules
+    sent: Mapping[int, AdapterState], updates: Sequence[ClientUpdate], rules: ServerRules
 ) -> tuple[list[ClientUpdate], PrivacyRecord]:
-    """Each update clipped to the run's norm around the prefix its client was sent."""
+    """Each update clipped to the run's norm around the prefix its client was sent (``sent``)."""
     assert rules.privacy is not None
     clip, out, norms = rules.privacy.clip, [], []
     for u in updates:
-        state, norm = clip_update(server.prefix(u.client_id), u.state, clip)
+        state, norm = clip_update(sent[u.client_id], u.state, clip)
         out.append(ClientUpdate(u.client_id, state, u.rank, u.num_examples))
         norms.append(norm)
     record: PrivacyRecord = {
@@ -209,9 +209,8 @@ def server_step(
         traffic record and the mean training loss of the accepted replies (NaN if none).
     """
     round_index = server.round + 1
-    down = sum(
-        rules.method.downlink_numel(server.prefix(c), server.previous_stack_numel) for c in sampled
-    )
+    sent = {c: server.prefix(c) for c in sampled}  # what each sampled client was sent
+    down = sum(rules.method.downlink_numel(p, server.previous_stack_numel) for p in sent.values())
     replied = {r.client_id for r in replies} | {f["client"] for f in failures}
     dropped = [c for c in sampled if c not in replied]
     updates: list[ClientUpdate] = []
@@ -241,7 +240,7 @@ def server_step(
     global_state = server.global_state
     privacy: PrivacyRecord | None = None
     if updates and rules.privacy is not None:
-        updates, privacy = clipped_updates(server, updates, rules)
+        updates, privacy = clipped_updates(sent, updates, rules)
     if updates:
         global_state = rules.aggregate(global_state, updates)
         if privacy is not None and privacy["noise_multiplier"] > 0:
