@@ -134,6 +134,8 @@ class SimulationConfig:
         client_failure_rate: probability that a sampled client drops out mid-round.
         dp_clip: client-level DP: the server clips each client's update (factors and head) to this L2 norm (default: no clipping, no DP).
         dp_noise: client-level DP: Gaussian noise multiplier sigma; the aggregate gets noise of std sigma x dp_clip x the rule's largest client weight (needs dp_clip).
+        secure_aggregation: the server learns only the sum of the clients' zero-padded updates (Flower's SecAgg+ in the Flower app; the same sums in the clear in-process); for prelort, zeropad and the other averaging methods.
+        secure_range: under secure aggregation, the largest magnitude a sent number may have; SecAgg+ quantises [-secure_range, secure_range] to 2^22 levels, and a client whose update exceeds it drops out of the round.
         dtype: base model dtype: auto, float32, bfloat16, float16.
         wire_dtype: number format of adapters sent between server and clients: float32, or bfloat16/float16 (half the bytes, every number rounded).
         seed: the one seed of partitions, rank assignment, sampling and initialisation.
@@ -177,6 +179,8 @@ class SimulationConfig:
     client_failure_rate: float = 0.0
     dp_clip: float | None = None
     dp_noise: float = 0.0
+    secure_aggregation: bool = False
+    secure_range: float = 4.0
     dtype: str = "auto"
     wire_dtype: str = "float32"
     seed: int = 0
@@ -240,6 +244,8 @@ class SimulationConfig:
                 "is not a weighted average of the updates, so one client's influence is unbounded "
                 "(use prelort, zeropad or another averaging method)"
             )
+        if self.secure_aggregation:
+            self._check_secure_aggregation()
         if self.generate_examples < 0:
             raise ConfigError(f"generate_examples: must be >= 0, got {self.generate_examples}")
         _choice(self, "nested", NESTED_CHOICES, optional=True)
@@ -250,6 +256,31 @@ class SimulationConfig:
         _choice(self, "partition", PARTITION_CHOICES)
         _choice(self, "dtype", DTYPE_CHOICES)
         _choice(self, "wire_dtype", WIRE_DTYPE_CHOICES)
+
+    def _check_secure_aggregation(self) -> None:
+        from prelort.aggregation import get_method
+
+        if not self.secure_range > 0:
+            raise ConfigError(f"secure_range: must be > 0, got {self.secure_range}")
+        if get_method(self.method).from_sums is None:
+            raise ConfigError(
+                f"secure_aggregation: method {self.method!r} needs each client's update, which "
+                "secure aggregation hides (use prelort, zeropad or another averaging method)"
+            )
+        if self.dp_clip is not None:
+            raise ConfigError(
+                "secure_aggregation: not with dp_clip; the server-side DP clips each client's "
+                "update, which secure aggregation hides from the server"
+            )
+        if self.wire_dtype != "float32":
+            raise ConfigError(
+                "secure_aggregation: needs wire_dtype float32 (SecAgg+ sends quantised integers)"
+            )
+        if (self.clients_per_round or self.clients) < 2:
+            raise ConfigError(
+                "secure_aggregation: needs at least 2 clients per round (a sum of one update "
+                "is the update)"
+            )
 
     @property
     def resolved_max_rank(self) -> int:

@@ -8,7 +8,7 @@ import torch
 from prelort.aggregation import AggregationContext, aggregate_segmentwise, get_method
 from prelort.aggregation.base import ClientUpdate
 from prelort.federation import ClientReply, ServerRules, ServerState, server_step
-from prelort.federation.server import initial_server_state
+from prelort.federation.server import initial_server_state, mean_of_shares, secure_server_step
 
 IN, OUT, R = 3, 2, 4
 LADDER = (1, 2, 4)
@@ -132,3 +132,51 @@ def test_method_hooks_default_to_the_plain_behaviour():
         4: 1.0,
     }
     assert not get_method("no-adapter").trains_adapter and get_method("prelort").trains_adapter
+
+
+def secure_round(server, rules, replies, sampled=(0, 1, 2)):
+    reports, mean, left = mean_of_shares(server, replies, bound=100.0)
+    return secure_server_step(server, list(sampled), reports, mean, rules, left)
+
+
+@pytest.mark.parametrize("method", ["prelort", "zeropad"])
+def test_the_secure_step_gives_the_plain_step_from_the_mean_of_shares(method):
+    server, rules = setup(method)
+    replies = [reply(0, 1, 1.0, 3), reply(1, 2, 2.0, 1), reply(2, 4, -1.0, 2)]
+    plain = server_step(server, [0, 1, 2], replies, rules)
+    secure = secure_round(server, rules, replies)
+    for key, value in plain.server.global_state.items():
+        torch.testing.assert_close(secure.server.global_state[key], value, rtol=0, atol=1e-6)
+    assert secure.traffic["ranks"] == [1, 2, 4] and secure.traffic["clients"] == 3
+    # every client sends its padded share and the indicators, as 64-bit masked integers
+    assert secure.traffic["bytes_up"] == 3 * 8 * (R * (IN + OUT) + R + 2 * 2 + 1)
+
+
+def test_a_report_that_lies_about_its_rank_refuses_the_whole_secure_round():
+    server, rules = setup()
+    replies = [reply(0, 1, 1.0), reply(1, 4, 2.0)]  # client 1 was sent the rank-2 prefix
+    outcome = secure_round(server, rules, replies)
+    assert outcome.server.global_state is server.global_state  # kept, untouched
+    assert outcome.traffic["clients"] == 0
+    reasons = [r["reason"] for r in outcome.traffic["rejected"]]
+    assert len(reasons) == 2 and all("claims rank 4" in r for r in reasons)
+
+
+def test_a_client_whose_share_is_not_finite_leaves_the_secure_sum():
+    server, rules = setup()
+    poisoned = ClientReply(
+        0, {**state(1, 1.0), "m.lora_a": torch.full((1, IN), math.nan)}, 1, 1, 0.1
+    )
+    outcome = secure_round(server, rules, [poisoned, reply(1, 2, 2.0)])
+    assert outcome.traffic["ranks"] == [2]
+    assert torch.isfinite(outcome.server.global_state["m.lora_a"]).all()
+    assert "left secure sum" in outcome.traffic["rejected"][0]["reason"]
+
+
+def test_a_malformed_secure_sum_keeps_the_global_adapter():
+    server, rules = setup()
+    reports, mean, _ = mean_of_shares(server, [reply(0, 1, 1.0)], bound=100.0)
+    mean["m.lora_b"] = mean["m.lora_b"][:, :2]
+    outcome = secure_server_step(server, [0], reports, mean, rules)
+    assert outcome.server.global_state is server.global_state
+    assert "shape" in outcome.traffic["rejected"][0]["reason"]

@@ -229,3 +229,29 @@ def test_the_flower_server_resumes_from_its_checkpoint(tiny_bert_dir, topic_json
         torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6)
     metrics = json.loads((two_rounds.out / "metrics.json").read_text())
     assert [t["round"] for t in metrics["traffic"]] == [1, 2]
+
+
+def test_secagg_plus_gives_the_plain_rule_within_its_quantisation(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    config = tiny(
+        tiny_bert_dir,
+        topic_jsonl,
+        tmp_path / "flower",
+        partition="dirichlet",
+        secure_aggregation=True,
+    )
+    flower_run(config, make_client_app(config))
+    plain = config.replace(out=str(tmp_path / "sim"), secure_aggregation=False)
+    reference = run_simulation(plain, progress=False)
+
+    state, _ = load_adapter(config.out / "adapter.safetensors")
+    assert state.keys() == reference.global_state.keys()
+    worst = max((state[k] - v).abs().max().item() for k, v in reference.global_state.items())
+    # SecAgg+ quantises each weighted number to 2 x 4.0 / 2^22 ~ 2e-6 (stochastic rounding)
+    assert 0 < worst < 1e-4
+    metrics = json.loads((config.out / "metrics.json").read_text())
+    traffic = metrics["traffic"]
+    assert [t["ranks"] for t in traffic] == [t["ranks"] for t in reference.traffic]
+    assert all(t["rejected"] == [] for t in traffic)
+    assert traffic[0]["bytes_up"] > reference.traffic[0]["bytes_up"]  # padded 64-bit integers

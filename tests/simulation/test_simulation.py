@@ -259,3 +259,19 @@ def test_calibration_setting_adds_the_calibrated_accuracy_of_every_tier(
         run_simulation(generation, progress=False)  # refused before 50 rounds of training
     with pytest.raises(ConfigError, match="calibration"):
         tiny(tiny_bert_dir, topic_jsonl, tmp_path / "x", calibration="ncm")
+
+
+@pytest.mark.parametrize(("method", "head"), [("prelort", "per-tier"), ("zeropad", "shared")])
+def test_secure_aggregation_in_process_equals_the_plain_run(
+    tiny_bert_dir, topic_jsonl, tmp_path, method, head
+):
+    config = tiny(
+        tiny_bert_dir, topic_jsonl, tmp_path / "plain", method=method, head=head, rounds=2
+    )
+    plain = run_simulation(config, progress=False)
+    secure = run_simulation(
+        config.replace(out=str(tmp_path / "secure"), secure_aggregation=True), progress=False
+    )
+    for key, value in plain.global_state.items():
+        torch.testing.assert_close(secure.global_state[key], value, rtol=0, atol=1e-5)
+    assert [t["ranks"] for t in secure.traffic] == [t["ranks"] for t in plain.traffic]

@@ -18,6 +18,9 @@ from prelort.adapters.state import LORA_A, LORA_B, MERGED, AdapterState, is_lora
 from prelort.aggregation.base import AggregateFn, ClientUpdate
 from prelort.aggregation.hetlora import HETLORA_GAMMA, HETLORA_THRESHOLD, tail_size
 from prelort.aggregation.privacy import average_sensitivity
+from prelort.aggregation.secure import zeropad_from_sums
+
+FromSums = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor], float], AdapterState]
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,9 @@ class Method:
         sensitivity: the largest weight one client has in the rule's averages, for client-level
             DP (``prelort.aggregation.privacy``); None: the rule is not a weighted average of
             the updates and refuses DP.
+        from_sums: the rule computed from the weighted sum of the clients' padded shares alone
+            (``prelort.aggregation.secure``), what secure aggregation reveals; None: the rule
+            needs each client's update and refuses secure aggregation.
     """
 
     name: str
@@ -61,6 +67,7 @@ class Method:
     client_ranks: Callable[[Sequence[int]], list[int]] = same_ranks
     head: str = "shared"
     sensitivity: Callable[[Sequence[ClientUpdate]], float] | None = average_sensitivity
+    from_sums: FromSums | None = zeropad_from_sums
 
     trains_adapter = True  # False for the no-adapter reference (only the head learns)
     tail_penalty = 0.0  # weight of a client's tail-norm regulariser (HetLoRA's gamma)

@@ -26,6 +26,7 @@ from prelort.aggregation.methods import (
 from prelort.aggregation.nested_svd import aggregate_nested_svd
 from prelort.aggregation.prelort import aggregate_segmentwise
 from prelort.aggregation.privacy import segment_sensitivity
+from prelort.aggregation.secure import segmentwise_from_sums
 from prelort.aggregation.zeropad import aggregate_zeropad
 from prelort.errors import ConfigError
 
@@ -73,6 +74,7 @@ METHODS: dict[str, Method] = {
             "segment-wise aggregation + prefix-nested training (PreLort)",
             _segmentwise,
             sensitivity=segment_sensitivity,
+            from_sums=segmentwise_from_sums,
         ),
         Method(
             "zeropad", "off", "zero-pad to R, example-weighted average over all clients", _zeropad
@@ -83,6 +85,7 @@ METHODS: dict[str, Method] = {
             "HetLoRA: zero-pad, norm-weighted average, tail self-pruning",
             _hetlora,
             sensitivity=None,
+            from_sums=None,
         ),
         Method(
             "flexlora",
@@ -90,6 +93,7 @@ METHODS: dict[str, Method] = {
             "FlexLoRA: average full updates, truncated SVD back to each rank",
             _flexlora,
             sensitivity=None,
+            from_sums=None,
         ),
         FLoRA(
             "flora",
@@ -97,6 +101,7 @@ METHODS: dict[str, Method] = {
             "FLoRA: stack adapters, merge into the base each round, fresh adapters",
             _flora,
             sensitivity=None,
+            from_sums=None,
         ),
         Method(
             "fedit-min",
@@ -118,6 +123,7 @@ METHODS: dict[str, Method] = {
             "ablation: segment-wise aggregation, plain LoRA training",
             _segmentwise,
             sensitivity=segment_sensitivity,
+            from_sums=segmentwise_from_sums,
         ),
         Method(
             "prelort-train",
@@ -132,6 +138,7 @@ METHODS: dict[str, Method] = {
             "of rank >= t)",
             _segmentwise,
             sensitivity=segment_sensitivity,
+            from_sums=segmentwise_from_sums,
         ),
         Method(
             "prelort-svd",
@@ -140,6 +147,7 @@ METHODS: dict[str, Method] = {
             "clients' rank-r products (segment-by-segment SVD of the residual)",
             _nested_svd,
             sensitivity=None,
+            from_sums=None,
         ),
         NoAdapter(
             "no-adapter",

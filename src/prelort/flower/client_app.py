@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 from prelort.config import SimulationConfig
 from prelort.errors import AdapterError
 from prelort.flower.codec import decode_prefix, encode_reply
+from prelort.flower.secure import secure_aggregation_mod, secure_reply
 from prelort.flower.settings import config_from_run_config
 from prelort.flower.strategy import PARTITION_QUERY
 from prelort.simulation.federation import Federation, prepare_federation
@@ -36,11 +37,14 @@ def partition_of(context: Context) -> int:
 
 def make_client_app(config: SimulationConfig | None = None) -> ClientApp:
     """A ClientApp for ``config``, or for each run's run config when None (``flwr run``)."""
-    app = ClientApp()
+    app = ClientApp(mods=[secure_aggregation_mod])
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
         fed = federation_for(config or config_from_run_config(context.run_config)[0])
+        if fed.config.secure_aggregation:
+            bound = fed.config.secure_range
+            return secure_reply(message, fed.train_client, fed.initial.global_state, bound)
         prefix, client, round_index = decode_prefix(message.content, fed.config.wire_dtype)
         partition = partition_of(context)
         if client != partition:

@@ -18,6 +18,7 @@ from prelort.config import SimulationConfig
 from prelort.errors import ConfigError
 from prelort.federation.server import RoundOutcome
 from prelort.flower.codec import to_arrays
+from prelort.flower.secure import SecurePrefixStrategy, run_secure_rounds
 from prelort.flower.settings import config_from_run_config
 from prelort.flower.strategy import PrefixNestedStrategy, query_partitions
 from prelort.simulation.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -33,7 +34,11 @@ NODE_TIMEOUT = 600.0  # seconds to wait for the nodes, and for one round's repli
 
 
 def run_server(
-    grid: Grid, config: SimulationConfig, resume: bool = False, timeout: float = NODE_TIMEOUT
+    grid: Grid,
+    config: SimulationConfig,
+    resume: bool = False,
+    timeout: float = NODE_TIMEOUT,
+    context: Context | None = None,
 ) -> SimulationResult:
     """Run a federation over ``grid`` and write its outputs to ``config.out``.
 
@@ -42,6 +47,7 @@ def run_server(
         config: the run's settings, validated.
         resume: continue from ``config.out``'s checkpoint instead of round 0.
         timeout: seconds to wait for the nodes to connect, and for each round's replies.
+        context: the run's Flower context (needed by secure aggregation's workflow).
     """
     if config.calibration != "none":
         raise ConfigError(
@@ -68,15 +74,25 @@ def run_server(
         write_progress(result, out)
         last_round_end = time.perf_counter()
 
-    strategy = PrefixNestedStrategy(fed.plan, fed.rules, server, partitions, on_round)
-    if server.round < config.rounds:
-        strategy.start(
-            grid,
-            to_arrays(server.global_state),
-            num_rounds=config.rounds - server.round,
-            timeout=timeout,
-        )
-    result.global_state = strategy.server.global_state
+    remaining = config.rounds - server.round
+    if config.secure_aggregation:
+        if context is None:
+            raise ConfigError("secure_aggregation: the Flower server needs the run's context")
+        secure = SecurePrefixStrategy(fed.plan, fed.rules, server, partitions, on_round)
+        if remaining > 0:
+            largest = max(len(rows) for rows in fed.plan.client_rows)
+            run_secure_rounds(
+                grid, context, secure, remaining, largest, config.secure_range, timeout
+            )
+        final = secure.server
+    else:
+        strategy = PrefixNestedStrategy(fed.plan, fed.rules, server, partitions, on_round)
+        if remaining > 0:
+            strategy.start(
+                grid, to_arrays(server.global_state), num_rounds=remaining, timeout=timeout
+            )
+        final = strategy.server
+    result.global_state = final.global_state
     result.wall_seconds = time.perf_counter() - start
     write_outputs(result, out)
     return result
@@ -89,9 +105,10 @@ def make_server_app(config: SimulationConfig | None = None, resume: bool = False
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         if config is not None:
-            run_server(grid, config, resume)
+            run_server(grid, config, resume, context=context)
         else:
-            run_server(grid, *config_from_run_config(context.run_config))
+            settings, resumed = config_from_run_config(context.run_config)
+            run_server(grid, settings, resumed, context=context)
 
     return app
 

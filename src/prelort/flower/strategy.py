@@ -28,8 +28,8 @@ log = logging.getLogger("flwr.prelort")  # a child of Flower's logger: shown by 
 PARTITION_QUERY = "partition"
 
 
-class PrefixNestedStrategy(Strategy):
-    """Heterogeneous-rank federated LoRA on Flower's Message API.
+class PlannedRounds:
+    """What both strategies keep: the plan, the rules, the server state and who holds what.
 
     Args:
         plan: partitions, ranks and per-round sampling (the simulation's own).
@@ -53,6 +53,10 @@ class PrefixNestedStrategy(Strategy):
         self.on_round = on_round
         self._sampled: list[int] = []
         self._sent: set[int] = set()
+
+
+class PrefixNestedStrategy(PlannedRounds, Strategy):
+    """Heterogeneous-rank federated LoRA on Flower's Message API (see ``PlannedRounds``)."""
 
     def summary(self) -> None:
         log.info(

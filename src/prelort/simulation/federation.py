@@ -7,7 +7,7 @@ The in-process simulation (``run.py``) and the Flower apps (``prelort.flower``) 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,9 @@ from prelort.federation.server import (
     ServerRules,
     ServerState,
     initial_server_state,
+    mean_of_shares,
+    secure_server_step,
+    server_step,
 )
 from prelort.federation.wire import through_wire
 from prelort.simulation.checkpoint import Checkpoint, save_checkpoint
@@ -79,6 +82,19 @@ class Federation:
             self.plan.client_seed(round_index, client),
         )
         return dataclasses.replace(reply, state=through_wire(reply.state, wire))
+
+    def server_step(
+        self, server: ServerState, sampled: Sequence[int], replies: Sequence[ClientReply]
+    ) -> RoundOutcome:
+        """The round's server step; under secure aggregation, from the mean of the shares only.
+
+        In-process the sum is computed in the clear (no quantisation, no masks): the server math
+        is the Flower app's, on what SecAgg+ would reveal.
+        """
+        if not self.config.secure_aggregation:
+            return server_step(server, sampled, replies, self.rules)
+        reports, mean, left = mean_of_shares(server, replies, self.config.secure_range)
+        return secure_server_step(server, sampled, reports, mean, self.rules, left)
 
     def evaluate(self, server: ServerState) -> TierMetrics | None:
         """Metrics per tier of the global adapter after ``server.round``, on evaluated rounds."""

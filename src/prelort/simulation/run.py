@@ -15,7 +15,6 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from prelort.config import SimulationConfig
-from prelort.federation.server import server_step
 from prelort.simulation.calibrate import calibrated_tiers, linear_head_names
 from prelort.simulation.checkpoint import Checkpoint
 from prelort.simulation.federation import prepare_federation, resumed_server
@@ -78,7 +77,7 @@ def run_simulation(
             replies.append(reply)
             bar.set_postfix(round=round_index, loss=f"{reply.loss:.3f}")
         trained = time.perf_counter()
-        outcome = server_step(server, sampled, replies, fed.rules)
+        outcome = fed.server_step(server, sampled, replies)
         server = outcome.server
         aggregated = time.perf_counter()
         tiers = fed.evaluate(server)
