@@ -276,6 +276,11 @@ class SimulationConfig:
             raise ConfigError(
                 "secure_aggregation: needs wire_dtype float32 (SecAgg+ sends quantised integers)"
             )
+        if self.calibration != "none":
+            raise ConfigError(
+                "secure_aggregation: not with calibration; the calibration round sends each "
+                "client's class statistics in the clear"
+            )
         if (self.clients_per_round or self.clients) < 2:
             raise ConfigError(
                 "secure_aggregation: needs at least 2 clients per round (a sum of one update "

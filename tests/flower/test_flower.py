@@ -33,10 +33,15 @@ def flower_run(server_config, client_app: ClientApp) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "wire"), [("prelort", "float32"), ("hetlora", "float32"), ("prelort", "bfloat16")]
+    ("method", "wire", "calibration"),
+    [
+        ("prelort", "float32", "lda"),
+        ("hetlora", "float32", "none"),
+        ("prelort", "bfloat16", "none"),
+    ],
 )
 def test_flower_simulation_equals_the_in_process_simulation(
-    method, wire, tiny_bert_dir, topic_jsonl, tmp_path
+    method, wire, calibration, tiny_bert_dir, topic_jsonl, tmp_path
 ):
     config = tiny(
         tiny_bert_dir,
@@ -45,6 +50,7 @@ def test_flower_simulation_equals_the_in_process_simulation(
         method=method,
         partition="dirichlet",
         wire_dtype=wire,
+        calibration=calibration,
     )
     flower_run(config, make_client_app(config))
     reference = run_simulation(config.replace(out=str(tmp_path / "sim")), progress=False)
@@ -54,7 +60,10 @@ def test_flower_simulation_equals_the_in_process_simulation(
     for key, value in reference.global_state.items():
         torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6)
     metrics = json.loads((config.out / "metrics.json").read_text())
-    assert metrics["final"]["tiers"] == reference.final
+    assert metrics["final"]["tiers"] == reference.final  # with the calibration round's accuracy
+    assert all("calibrated_accuracy" in m for m in reference.final.values()) == (
+        calibration == "lda"
+    )
     assert [t["ranks"] for t in metrics["traffic"]] == [t["ranks"] for t in reference.traffic]
     assert metrics["client_ranks"] == reference.client_ranks
     assert (config.out / "checkpoint.safetensors").is_file()
@@ -255,3 +264,22 @@ def test_secagg_plus_gives_the_plain_rule_within_its_quantisation(
     assert [t["ranks"] for t in traffic] == [t["ranks"] for t in reference.traffic]
     assert all(t["rejected"] == [] for t in traffic)
     assert traffic[0]["bytes_up"] > reference.traffic[0]["bytes_up"]  # padded 64-bit integers
+
+
+def test_calibration_statistics_round_trip_and_malformed_ones_are_refused():
+    from prelort.aggregation.lda import ClassStatistics
+    from prelort.errors import AdapterError
+    from prelort.flower.codec import decode_statistics, encode_statistics
+
+    stats = ClassStatistics.of(torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 1]), 3)
+    content = encode_statistics(5, {1: stats, 2: stats})
+    client, parts = decode_statistics(content, [1, 2], classes=3, width=4)
+    assert client == 5 and torch.equal(parts[2].scatter, stats.scatter)
+    with pytest.raises(AdapterError, match="without"):
+        decode_statistics(content, [1, 2, 4], classes=3, width=4)
+    with pytest.raises(AdapterError, match="shape"):
+        decode_statistics(content, [1], classes=3, width=5)
+    negative = ClassStatistics(torch.tensor([1.0, -1.0, 0.0]), stats.sums, stats.scatter)
+    content = encode_statistics(5, {1: negative})
+    with pytest.raises(AdapterError, match="negative"):
+        decode_statistics(content, [1], classes=3, width=4)

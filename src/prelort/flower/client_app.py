@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 
 from prelort.config import SimulationConfig
 from prelort.errors import AdapterError
+from prelort.flower.calibration import CALIBRATION_QUERY, statistics_reply
 from prelort.flower.codec import decode_prefix, encode_reply
 from prelort.flower.secure import secure_aggregation_mod, secure_reply
 from prelort.flower.settings import config_from_run_config
@@ -51,6 +52,11 @@ def make_client_app(config: SimulationConfig | None = None) -> ClientApp:
             raise AdapterError(f"a message for client {client} reached partition {partition}")
         reply = fed.train_client(prefix, client, round_index)
         return Message(encode_reply(reply, fed.config.wire_dtype), reply_to=message)
+
+    @app.query(CALIBRATION_QUERY)
+    def calibrate(message: Message, context: Context) -> Message:
+        fed = federation_for(config or config_from_run_config(context.run_config)[0])
+        return statistics_reply(fed, message, partition_of(context))
 
     @app.query(PARTITION_QUERY)
     def partition(message: Message, context: Context) -> Message:

@@ -8,12 +8,13 @@ Decoding a reply checks only its form; whether it may be aggregated is the serve
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from prelort.adapters.state import AdapterState
+from prelort.aggregation.lda import ClassStatistics
 from prelort.errors import AdapterError
 from prelort.federation.client import ClientReply
 from prelort.federation.wire import on_wire
@@ -95,3 +96,50 @@ def decode_reply(content: RecordDict, wire_dtype: str = "float32") -> ClientRepl
     return ClientReply(
         client, state, rank, examples, loss if math.isfinite(loss) else math.nan, tail
     )
+
+
+STATISTICS = "statistics"
+STATISTIC_FIELDS = ("counts", "sums", "scatter")
+
+
+def encode_statistics(client: int, per_tier: Mapping[int, ClassStatistics]) -> RecordDict:
+    """A node's calibration reply: per tier its class counts, per-class sums and scatter."""
+    arrays = {
+        f"{tier}.{name}": getattr(stats, name).contiguous()
+        for tier, stats in per_tier.items()
+        for name in STATISTIC_FIELDS
+    }
+    settings = ConfigRecord({"client": client})
+    return RecordDict({STATISTICS: ArrayRecord(arrays), SETTINGS: settings})
+
+
+def decode_statistics(
+    content: RecordDict, tiers: Sequence[int], classes: int, width: int
+) -> tuple[int, dict[int, ClassStatistics]]:
+    """(client, per-tier statistics) of a calibration reply, checked against the run's shapes.
+
+    Raises:
+        AdapterError: a missing tier or field, a wrong shape, NaN/Inf, or a negative count.
+    """
+    try:
+        client = int(content.config_records[SETTINGS]["client"])
+        arrays = content.array_records[STATISTICS].to_torch_state_dict()
+        parts = {
+            t: ClassStatistics(*(arrays[f"{t}.{n}"].double() for n in STATISTIC_FIELDS))
+            for t in tiers
+        }
+    except KeyError as missing:
+        raise AdapterError(f"a calibration reply without {missing}") from None
+    expected = {"counts": (classes,), "sums": (classes, width), "scatter": (width, width)}
+    for tier, stats in parts.items():
+        for name, shape in expected.items():
+            value = getattr(stats, name)
+            if tuple(value.shape) != shape:
+                raise AdapterError(
+                    f"tier {tier} {name} has shape {tuple(value.shape)}, not {shape}"
+                )
+            if not torch.isfinite(value).all():
+                raise AdapterError(f"tier {tier} {name} has NaN or Inf")
+        if (stats.counts < 0).any():
+            raise AdapterError(f"tier {tier} has a negative class count")
+    return client, parts

@@ -17,10 +17,12 @@ from flwr.serverapp import Grid, ServerApp
 from prelort.config import SimulationConfig
 from prelort.errors import ConfigError
 from prelort.federation.server import RoundOutcome
+from prelort.flower.calibration import calibration_round
 from prelort.flower.codec import to_arrays
 from prelort.flower.secure import SecurePrefixStrategy, run_secure_rounds
 from prelort.flower.settings import config_from_run_config
 from prelort.flower.strategy import PrefixNestedStrategy, query_partitions
+from prelort.simulation.calibrate import evaluate_calibration, linear_head_names, record_calibrated
 from prelort.simulation.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from prelort.simulation.federation import prepare_federation, resumed_server
 from prelort.simulation.outputs import write_outputs, write_progress
@@ -49,14 +51,11 @@ def run_server(
         timeout: seconds to wait for the nodes to connect, and for each round's replies.
         context: the run's Flower context (needed by secure aggregation's workflow).
     """
-    if config.calibration != "none":
-        raise ConfigError(
-            "calibration: not a round of the Flower app yet; run `prelort calibrate` on an "
-            "in-process run instead"
-        )
     out = Path(config.out)
     bench = build_workbench(config)
     fed = prepare_federation(config, bench)
+    if config.calibration == "lda":
+        linear_head_names(fed)  # refuse a head LDA cannot replace before any round
     result = fed.new_result()
     server = fed.initial
     if resume and (out / CHECKPOINT_NAME).is_file():
@@ -92,6 +91,10 @@ def run_server(
                 grid, to_arrays(server.global_state), num_rounds=remaining, timeout=timeout
             )
         final = strategy.server
+    if config.calibration == "lda" and result.final:
+        nodes = {p: n for n, p in partitions.items()}
+        calibration = calibration_round(grid, fed, final.global_state, nodes, timeout)
+        record_calibrated(result.final, evaluate_calibration(fed, calibration))
     result.global_state = final.global_state
     result.wall_seconds = time.perf_counter() - start
     write_outputs(result, out)

@@ -10,6 +10,7 @@ only the tiers up to its own rank (a rank-2 client never runs the rank-16 adapte
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,26 +77,23 @@ def client_statistics(
     return stats
 
 
-def calibrate(
-    fed: Federation, global_state: AdapterState, holders_only: bool = False
+def fit_calibration(
+    fed: Federation,
+    global_state: AdapterState,
+    per_tier: Mapping[int, Sequence[ClassStatistics]],
 ) -> Calibration:
-    """Every tier's head refitted by LDA on the statistics of every client (or of its holders).
+    """The server's half: every tier's LDA head from the statistics the clients sent for it.
 
     Raises:
-        ConfigError: no linear classifier head; or ``holders_only`` and a tier no client holds.
+        ConfigError: no linear classifier head, or a tier no client sent statistics for.
     """
     weight_name, bias_name = linear_head_names(fed)
-    ladder = list(fed.config.ranks.ladder)
-    per_tier: dict[int, list[ClassStatistics]] = {t: [] for t in ladder}
-    for client, rank in enumerate(fed.plan.client_ranks):
-        tiers = [t for t in ladder if t <= rank] if holders_only else ladder
-        for tier, stats in client_statistics(fed, global_state, client, tiers).items():
-            per_tier[tier].append(stats)
     state = {k: v for k, v in global_state.items() if not is_head_key(k)}
     examples, clients = {}, {}
-    for tier, parts in per_tier.items():
+    for tier in fed.config.ranks.ladder:
+        parts = per_tier.get(tier, ())
         if not parts:
-            raise ConfigError(f"calibration: no client holds tier {tier}")
+            raise ConfigError(f"calibration: no client sent statistics for tier {tier}")
         total = sum_statistics(parts)
         weight, bias = lda_head(total)
         state[head_key(weight_name, tier)] = weight
@@ -104,14 +102,42 @@ def calibrate(
     return Calibration(state, examples, clients)
 
 
+def calibrate(
+    fed: Federation, global_state: AdapterState, holders_only: bool = False
+) -> Calibration:
+    """Every tier's head refitted by LDA on the statistics of every client (or of its holders).
+
+    Raises:
+        ConfigError: no linear classifier head; or ``holders_only`` and a tier no client holds.
+    """
+    linear_head_names(fed)  # refuse before any forward pass
+    ladder = list(fed.config.ranks.ladder)
+    per_tier: dict[int, list[ClassStatistics]] = {t: [] for t in ladder}
+    for client, rank in enumerate(fed.plan.client_ranks):
+        tiers = [t for t in ladder if t <= rank] if holders_only else ladder
+        for tier, stats in client_statistics(fed, global_state, client, tiers).items():
+            per_tier[tier].append(stats)
+    return fit_calibration(fed, global_state, per_tier)
+
+
+def evaluate_calibration(fed: Federation, calibration: Calibration) -> TierMetrics:
+    """Every tier evaluated with its own LDA head (the model keeps per-tier heads afterwards)."""
+    bench, ladder = fed.bench, fed.config.ranks.ladder
+    bench.adapted.use_tier_heads(ladder)
+    return evaluate_tiers(
+        bench.adapted, calibration.state, ladder, bench.objective, bench.test, bench.tokenizer
+    )
+
+
 def calibrated_tiers(
     fed: Federation, global_state: AdapterState, holders_only: bool = False
 ) -> tuple[Calibration, TierMetrics]:
-    """Calibrate, then evaluate every tier with its own LDA head (the model keeps per-tier heads)."""
+    """Calibrate, then evaluate every tier with its own LDA head."""
     calibration = calibrate(fed, global_state, holders_only)
-    bench, ladder = fed.bench, fed.config.ranks.ladder
-    bench.adapted.use_tier_heads(ladder)
-    tiers = evaluate_tiers(
-        bench.adapted, calibration.state, ladder, bench.objective, bench.test, bench.tokenizer
-    )
-    return calibration, tiers
+    return calibration, evaluate_calibration(fed, calibration)
+
+
+def record_calibrated(final: TierMetrics, calibrated: TierMetrics) -> None:
+    """Put each tier's calibrated accuracy beside its other final metrics."""
+    for tier, metrics in calibrated.items():
+        final[tier]["calibrated_accuracy"] = metrics["accuracy"]

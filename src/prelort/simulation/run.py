@@ -15,7 +15,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from prelort.config import SimulationConfig
-from prelort.simulation.calibrate import calibrated_tiers, linear_head_names
+from prelort.simulation.calibrate import calibrated_tiers, linear_head_names, record_calibrated
 from prelort.simulation.checkpoint import Checkpoint
 from prelort.simulation.federation import prepare_federation, resumed_server
 from prelort.simulation.result import SimulationResult
@@ -94,9 +94,7 @@ def run_simulation(
             on_round(result)
     bar.close()
     if config.calibration == "lda" and result.final:
-        _, calibrated = calibrated_tiers(fed, server.global_state)
-        for tier, metrics in calibrated.items():
-            result.final[tier]["calibrated_accuracy"] = metrics["accuracy"]
+        record_calibrated(result.final, calibrated_tiers(fed, server.global_state)[1])
     result.global_state = server.global_state
     result.wall_seconds = time.perf_counter() - start
     return result
