@@ -1,5 +1,9 @@
 """Shared builders for tests (importable as ``tests_helpers`` because tests/ is on sys.path)."""
 
+import torch
+from torch import nn
+
+from prelort.adapters import inject_nested_lora
 from prelort.config import SimulationConfig, config_from_mapping
 
 
@@ -22,3 +26,20 @@ def tiny(model_dir, task, out, **kw) -> SimulationConfig:
     )
     base.update(kw)
     return config_from_mapping(base)
+
+
+def without_dropout(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0  # both ways then draw no random masks, so they can agree exactly
+    return model.train()
+
+
+def trained_adapter(model, rank=8, head=False):
+    adapted = inject_nested_lora(model, rank, 16.0, train_head=head)
+    adapted.reset_parameters(torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # B = 0 would hide any error in B's own gradient path
+        for p in adapted.adapter_parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return adapted

@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from torch import nn
 
-from prelort.adapters import get_state, inject_nested_lora, set_state
+from prelort.adapters import get_state, set_state
 from prelort.data.encoding import EncodedSplit, causal_batch, classification_batch
 from prelort.errors import ModelError
 from prelort.training.local import (
@@ -13,23 +12,7 @@ from prelort.training.local import (
     stacked_backward,
     train_local,
 )
-
-
-def without_dropout(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0  # both ways then draw no random masks, so they can agree exactly
-    return model.train()
-
-
-def trained_adapter(model, rank=8, head=False):
-    adapted = inject_nested_lora(model, rank, 16.0, train_head=head)
-    adapted.reset_parameters(torch.Generator().manual_seed(1))
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():  # B = 0 would hide any error in B's own gradient path
-        for p in adapted.adapter_parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return adapted
+from tests_helpers import trained_adapter, without_dropout
 
 
 def gradients(adapted, backward) -> list[torch.Tensor]:

@@ -71,6 +71,7 @@ class Method:
 
     trains_adapter = True  # False for the no-adapter reference (only the head learns)
     tail_penalty = 0.0  # weight of a client's tail-norm regulariser (HetLoRA's gamma)
+    prefix_steps = False  # scale each component's step by the share of truncations using it
 
     def aggregator(self, context: AggregationContext) -> AggregateFn:
         return self.build(context)
@@ -156,6 +157,18 @@ class TierBalanced(Method):
         self, client_ranks: Sequence[int], ladder: Sequence[int]
     ) -> dict[int, float] | None:
         return tier_balanced_weights(client_ranks, ladder)
+
+
+@dataclass(frozen=True)
+class PrefixSteps(Method):
+    """Nested training whose optimizer steps favour the prefix as gradient descent would.
+
+    AdamW gives every component about the same step, so PreLort's update spreads evenly over the
+    rank (docs/RESULTS.md: ~22 % of its energy in the rank-2 prefix) and its low tiers are weak
+    models; each component's step is scaled by the share of the step's truncations that use it.
+    """
+
+    prefix_steps = True
 
 
 def tier_balanced_weights(client_ranks: Sequence[int], ladder: Sequence[int]) -> dict[int, float]:

@@ -21,6 +21,7 @@ from prelort.aggregation.methods import (
     HetLoRA,
     Method,
     NoAdapter,
+    PrefixSteps,
     TierBalanced,
 )
 from prelort.aggregation.nested_svd import aggregate_nested_svd
@@ -136,6 +137,15 @@ METHODS: dict[str, Method] = {
             "all",
             "PreLort + tier-balanced nested training: truncation t's loss weighted by 1 / (clients "
             "of rank >= t)",
+            _segmentwise,
+            sensitivity=segment_sensitivity,
+            from_sums=segmentwise_from_sums,
+        ),
+        PrefixSteps(
+            "prelort-prefix",
+            "all",
+            "PreLort + prefix-scaled steps: each rank component's AdamW step scaled by the share of "
+            "the step's truncations that contain it",
             _segmentwise,
             sensitivity=segment_sensitivity,
             from_sums=segmentwise_from_sums,

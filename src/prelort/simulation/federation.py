@@ -193,6 +193,7 @@ def prepare_federation(config: SimulationConfig, bench: Workbench) -> Federation
         optimizer=config.optimizer,
         train_adapter=method.trains_adapter,
         truncation_weights=method.truncation_weights(plan.client_ranks, ladder),
+        prefix_steps=method.prefix_steps,
     )
     adapted = bench.adapted
     per_tier = config.resolved_head == "per-tier" and bench.objective == HEAD

@@ -8,6 +8,7 @@ read the adapter's features within a short federation.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,7 @@ from prelort.adapters.norms import product_gram
 from prelort.config import OPTIMIZER_CHOICES
 from prelort.data.encoding import EncodedSplit, make_batch
 from prelort.errors import ConfigError
-from prelort.training.nested import truncation_ranks
+from prelort.training.nested import prefix_step_scales, truncation_ranks
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class LocalTrainingConfig:
         train_adapter: False trains only the head (the no-adapter reference).
         truncation_weights: relative weight of each truncation rank's loss under nested
             training (renormalised over a step's truncations); None: equal weights.
+        prefix_steps: scale each rank component's optimizer step by the share of the step's
+            truncations that contain it (``prefix_step_scales``); False: the optimizer's step.
         stack_truncations: run a step's truncations as copies of the batch in one forward and
             backward (same loss and gradients, fewer and wider matmuls, T times the activation
             memory); False loops over them. Used only with equal weights and a shared head.
@@ -56,6 +59,7 @@ class LocalTrainingConfig:
     optimizer: str = "adamw"
     train_adapter: bool = True
     truncation_weights: Mapping[int, float] | None = None
+    prefix_steps: bool = False
     stack_truncations: bool = True
 
 
@@ -179,6 +183,18 @@ def stacked_backward(
     return float(loss.detach())
 
 
+@contextmanager
+def scaled_adapter_step(adapted: NestedLoRAModel, scales: torch.Tensor) -> Iterator[None]:
+    """Within the block the optimizer steps; afterwards component i has moved ``scales[i]`` of it."""
+    layers = list(adapted.layers.values())
+    before = [(layer.lora_a.detach().clone(), layer.lora_b.detach().clone()) for layer in layers]
+    yield
+    with torch.no_grad():
+        for layer, (a0, b0) in zip(layers, before, strict=True):
+            layer.lora_a.copy_(a0 + scales[:, None] * (layer.lora_a - a0))  # (r, in)
+            layer.lora_b.copy_(b0 + scales[None, :] * (layer.lora_b - b0))  # (out, r)
+
+
 def train_local(
     adapted: NestedLoRAModel,
     data: EncodedSplit,
@@ -226,7 +242,11 @@ def train_local(
         passes += len(ranks)
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
+        if config.prefix_steps and config.train_adapter and len(ranks) > 1:
+            with scaled_adapter_step(adapted, prefix_step_scales(ranks, rank)):
+                optimizer.step()
+        else:
+            optimizer.step()
         losses.append(step_loss)
     adapted.set_active_rank(rank)
     adapted.model.eval()

@@ -40,3 +40,15 @@ def truncation_ranks(
     if mode == "off":
         return [rank]
     raise ConfigError(f"nested: unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
+def prefix_step_scales(ranks: Sequence[int], rank: int) -> torch.Tensor:
+    """Per component of a rank-``rank`` adapter, the share of a step's truncations that use it.
+
+    Under the averaged nested loss, component i's gradient gathers a term from every truncation
+    that contains it, so plain gradient descent moves the prefix most. AdamW normalises each
+    parameter's step, which erases that precedence and spreads the update evenly over the
+    components; scaling each component's step by this share restores it. Shape (rank,).
+    """
+    index = torch.arange(rank)
+    return torch.stack([index < t for t in ranks]).float().mean(0)

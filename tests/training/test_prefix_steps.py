@@ -1,0 +1,54 @@
+"""Prefix-scaled steps: each rank component moves the share of the truncations that use it."""
+
+import torch
+
+from prelort.adapters import get_state, set_state
+from prelort.data.encoding import EncodedSplit
+from prelort.training.local import LocalTrainingConfig, train_local
+from prelort.training.nested import prefix_step_scales
+from tests_helpers import trained_adapter, without_dropout
+
+
+def test_scales_are_the_share_of_truncations_containing_each_component():
+    scales = prefix_step_scales([2, 4, 8], 8)
+    expected = torch.tensor([3, 3, 2, 2, 1, 1, 1, 1]) / 3
+    torch.testing.assert_close(scales, expected)
+    assert prefix_step_scales([4], 4).tolist() == [1, 1, 1, 1]
+
+
+def one_step(adapted, start, prefix_steps):
+    set_state(adapted, start)
+    g = torch.Generator().manual_seed(0)
+    data = EncodedSplit(
+        [torch.randint(3, 120, (8,), generator=g).tolist() for _ in range(8)], [0, 1] * 4
+    )
+    config = LocalTrainingConfig(steps=1, batch_size=8, lr=1e-2, prefix_steps=prefix_steps)
+    train_local(
+        adapted,
+        data,
+        list(range(8)),
+        "classification",
+        0,
+        8,
+        (2, 4, 8),
+        config,
+        torch.Generator().manual_seed(3),
+    )
+    return get_state(adapted)
+
+
+def test_a_step_moves_each_component_by_its_share_of_the_plain_step(tiny_bert):
+    adapted = trained_adapter(without_dropout(tiny_bert), head=True)
+    start = get_state(adapted)
+    plain, scaled = one_step(adapted, start, False), one_step(adapted, start, True)
+    share = prefix_step_scales([2, 4, 8], 8)
+    for key in start:
+        if key.endswith("lora_a"):
+            expected = start[key] + share[:, None] * (plain[key] - start[key])
+        elif key.endswith("lora_b"):
+            expected = start[key] + share[None, :] * (plain[key] - start[key])
+        else:  # the head steps as usual
+            expected = plain[key]
+        torch.testing.assert_close(scaled[key], expected, rtol=1e-5, atol=1e-7)
+    key = next(k for k in start if k.endswith("lora_a"))
+    assert not torch.equal(scaled[key], plain[key])
