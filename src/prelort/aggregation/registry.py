@@ -25,6 +25,7 @@ from prelort.aggregation.methods import (
     TierBalanced,
 )
 from prelort.aggregation.nested_svd import aggregate_nested_svd
+from prelort.aggregation.ordered import aggregate_segmentwise_ordered, svd_ordered
 from prelort.aggregation.prelort import aggregate_segmentwise
 from prelort.aggregation.privacy import segment_sensitivity
 from prelort.aggregation.secure import segmentwise_from_sums
@@ -42,6 +43,17 @@ def _all_max(ranks: Sequence[int]) -> list[int]:
 
 def _segmentwise(ctx: AggregationContext) -> AggregateFn:
     return partial(aggregate_segmentwise, ladder=ctx.ladder)
+
+
+def _segmentwise_ordered(ctx: AggregationContext) -> AggregateFn:
+    return partial(aggregate_segmentwise_ordered, ladder=ctx.ladder)
+
+
+def _ordered_from_sums(
+    global_state: Mapping[str, torch.Tensor], total: Mapping[str, torch.Tensor], resolution: float
+) -> AdapterState:
+    # a change of basis after the division: what secure aggregation reveals is unchanged
+    return svd_ordered(segmentwise_from_sums(global_state, total, resolution))
 
 
 def _nested_svd(ctx: AggregationContext) -> AggregateFn:
@@ -149,6 +161,15 @@ METHODS: dict[str, Method] = {
             _segmentwise,
             sensitivity=segment_sensitivity,
             from_sums=segmentwise_from_sums,
+        ),
+        Method(
+            "prelort-ordered",
+            "all",
+            "PreLort + SVD order: segment-wise average, then each module's product re-factorised "
+            "in singular-value order (same product; every prefix its best rank-r approximation)",
+            _segmentwise_ordered,
+            sensitivity=segment_sensitivity,
+            from_sums=_ordered_from_sums,
         ),
         Method(
             "prelort-svd",
