@@ -32,11 +32,16 @@ from prelort.aggregation.prelort import aggregate_segmentwise
 NULL_TOLERANCE = 1e-6
 
 
-def svd_ordered(state: Mapping[str, torch.Tensor]) -> AdapterState:
+def svd_ordered(state: Mapping[str, torch.Tensor], split: str = "balanced") -> AdapterState:
     """The same adapter with every module's components in decreasing singular-value order.
 
     Args:
         state: a rank-R adapter, A (R, in) and B (out, R) per module, plus dense tensors.
+        split: how the singular values go to the factors. ``balanced``: ``sqrt(S)`` to each
+            (FlexLoRA's choice). ``fixed-a``: A's rows orthogonal with the RMS row norm A had,
+            B carries ``S``; LoRA's own convention (A a fixed-scale projection, B the magnitude),
+            under which AdamW moves a weak component's product as fast as a strong one's, where
+            the balanced split gives it a small A row and so a small step.
 
     Returns:
         An adapter with the same keys, shapes and products ``B @ A`` (up to float rounding),
@@ -49,10 +54,17 @@ def svd_ordered(state: Mapping[str, torch.Tensor]) -> AdapterState:
         a, b = state[key_a].double(), state[key_b].double()  # (R, in), (out, R)
         u, s, vh = low_rank_svd(b, a, a.shape[0])  # (out, k), (k,), (k, in)
         k = int((s > NULL_TOLERANCE * s.max().clamp_min(1e-300)).sum()) if s.numel() else 0
-        root = s[:k].sqrt()
+        if split == "balanced":
+            left = right = s[:k].sqrt()
+        elif split == "fixed-a":
+            row_norm = a.norm() / a.shape[0] ** 0.5  # RMS row norm of A before the change of basis
+            right = torch.full_like(s[:k], float(row_norm))
+            left = s[:k] / right
+        else:
+            raise ValueError(f"split: unknown {split!r}; choose balanced or fixed-a")
         new_a, new_b = a.clone(), torch.zeros_like(b)
-        new_a[:k] = root[:, None] * vh[:k]  # (k, in)
-        new_b[:, :k] = u[:, :k] * root[None, :]  # (out, k)
+        new_a[:k] = right[:, None] * vh[:k]  # (k, in)
+        new_b[:, :k] = u[:, :k] * left[None, :]  # (out, k)
         out[key_a], out[key_b] = new_a.to(state[key_a].dtype), new_b.to(state[key_b].dtype)
     return out
 
@@ -61,10 +73,11 @@ def aggregate_segmentwise_ordered(
     global_state: Mapping[str, torch.Tensor],
     updates: Sequence[ClientUpdate],
     ladder: Sequence[int] = (),
+    split: str = "balanced",
 ) -> AdapterState:
     """PreLort's segment-wise average, re-factorised in singular-value order (``svd_ordered``).
 
     Raises:
         AdapterError: no updates, or an update that does not fit the global adapter.
     """
-    return svd_ordered(aggregate_segmentwise(global_state, updates, ladder))
+    return svd_ordered(aggregate_segmentwise(global_state, updates, ladder), split)

@@ -49,11 +49,21 @@ def _segmentwise_ordered(ctx: AggregationContext) -> AggregateFn:
     return partial(aggregate_segmentwise_ordered, ladder=ctx.ladder)
 
 
+def _segmentwise_ordered_fixed_a(ctx: AggregationContext) -> AggregateFn:
+    return partial(aggregate_segmentwise_ordered, ladder=ctx.ladder, split="fixed-a")
+
+
 def _ordered_from_sums(
     global_state: Mapping[str, torch.Tensor], total: Mapping[str, torch.Tensor], resolution: float
 ) -> AdapterState:
     # a change of basis after the division: what secure aggregation reveals is unchanged
     return svd_ordered(segmentwise_from_sums(global_state, total, resolution))
+
+
+def _ordered_fixed_a_from_sums(
+    global_state: Mapping[str, torch.Tensor], total: Mapping[str, torch.Tensor], resolution: float
+) -> AdapterState:
+    return svd_ordered(segmentwise_from_sums(global_state, total, resolution), "fixed-a")
 
 
 def _nested_svd(ctx: AggregationContext) -> AggregateFn:
@@ -170,6 +180,15 @@ METHODS: dict[str, Method] = {
             _segmentwise_ordered,
             sensitivity=segment_sensitivity,
             from_sums=_ordered_from_sums,
+        ),
+        Method(
+            "prelort-ordered-a",
+            "all",
+            "PreLort + SVD order, LoRA's factor convention: as prelort-ordered, but A's rows keep "
+            "their RMS norm and B carries the singular values",
+            _segmentwise_ordered_fixed_a,
+            sensitivity=segment_sensitivity,
+            from_sums=_ordered_fixed_a_from_sums,
         ),
         Method(
             "prelort-svd",
