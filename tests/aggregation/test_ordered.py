@@ -93,6 +93,8 @@ def test_the_fixed_a_split_keeps_the_product_and_gives_every_a_row_one_norm():
     out = svd_ordered(state, "fixed-a")
     torch.testing.assert_close(product(out), product(state), rtol=1e-5, atol=1e-5)
     rms = state["m.lora_a"].double().norm() / R**0.5
-    torch.testing.assert_close(out["m.lora_a"].double().norm(dim=1), rms.expand(R), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        out["m.lora_a"].double().norm(dim=1), rms.expand(R), rtol=1e-5, atol=0
+    )
     norm_b = out["m.lora_b"].norm(dim=0)
     assert (norm_b[:-1] >= norm_b[1:] - 1e-6).all()  # B carries the decreasing singular values

@@ -10,7 +10,9 @@ global product ``B @ A`` (rank <= R) is written as ``U diag(S) Vh`` and re-facto
 ``B = U sqrt(S)``, ``A = sqrt(S) Vh``. The full rank-R product is unchanged, so the top tier is
 PreLort's; every prefix r becomes the best rank-r approximation of that product (Eckart-Young),
 the low tiers inherit what the high-rank clients learnt, and the next round's nested training
-starts from that order. The re-factorisation does not depend on the LoRA scale.
+starts from that order. The re-factorisation does not depend on the LoRA scale. How the singular
+values are split between the factors changes no product, only the next round's optimizer steps
+(``split``; ``prelort-ordered-a`` is the variant with LoRA's convention).
 
 Components with a negligible singular value (e.g. a segment nobody has trained yet, B = 0) would
 come out as zero rows and columns, which no gradient can revive; they keep the previous A rows
@@ -40,8 +42,8 @@ def svd_ordered(state: Mapping[str, torch.Tensor], split: str = "balanced") -> A
         split: how the singular values go to the factors. ``balanced``: ``sqrt(S)`` to each
             (FlexLoRA's choice). ``fixed-a``: A's rows orthogonal with the RMS row norm A had,
             B carries ``S``; LoRA's own convention (A a fixed-scale projection, B the magnitude),
-            under which AdamW moves a weak component's product as fast as a strong one's, where
-            the balanced split gives it a small A row and so a small step.
+            under which an AdamW step on B moves a weak component's product as much as a strong
+            one's, where the balanced split gives it a small A row and so a small step.
 
     Returns:
         An adapter with the same keys, shapes and products ``B @ A`` (up to float rounding),
