@@ -26,7 +26,7 @@ import torch
 from prelort.adapters.state import LORA_A, LORA_B, MERGED, AdapterState
 from prelort.aggregation import AggregationContext, ClientUpdate, get_method
 
-METHODS = ("prelort", "zeropad", "hetlora", "flexlora", "flora")
+METHODS = ("prelort", "prelort-ordered-a", "zeropad", "hetlora", "flexlora", "flora")
 DENSE = ("flexlora", "flora")  # the methods timed on a subset of modules and scaled
 
 
