@@ -98,3 +98,15 @@ def test_the_fixed_a_split_keeps_the_product_and_gives_every_a_row_one_norm():
     )
     norm_b = out["m.lora_b"].norm(dim=0)
     assert (norm_b[:-1] >= norm_b[1:] - 1e-6).all()  # B carries the decreasing singular values
+
+
+def test_the_fixed_a_method_orders_its_secure_sums_with_the_fixed_a_split():
+    g = torch.Generator().manual_seed(6)
+    global_state = random_state(g)
+    updates = [ClientUpdate(0, random_state(g, 2), 2, 1), ClientUpdate(1, random_state(g), R, 1)]
+    shares = [secure_share(u, global_state) for u in updates]
+    total = {k: (shares[0][k] + shares[1][k]) / 2 for k in shares[0]}
+    from_sums = get_method("prelort-ordered-a").from_sums(global_state, total, 0.0)
+    direct = aggregate_segmentwise_ordered(global_state, updates, split="fixed-a")
+    torch.testing.assert_close(from_sums["m.lora_a"], direct["m.lora_a"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(from_sums["m.lora_b"], direct["m.lora_b"], rtol=1e-4, atol=1e-5)

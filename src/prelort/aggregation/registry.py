@@ -54,16 +54,13 @@ def _segmentwise_ordered_fixed_a(ctx: AggregationContext) -> AggregateFn:
 
 
 def _ordered_from_sums(
-    global_state: Mapping[str, torch.Tensor], total: Mapping[str, torch.Tensor], resolution: float
+    global_state: Mapping[str, torch.Tensor],
+    total: Mapping[str, torch.Tensor],
+    resolution: float,
+    split: str = "balanced",
 ) -> AdapterState:
     # a change of basis after the division: what secure aggregation reveals is unchanged
-    return svd_ordered(segmentwise_from_sums(global_state, total, resolution))
-
-
-def _ordered_fixed_a_from_sums(
-    global_state: Mapping[str, torch.Tensor], total: Mapping[str, torch.Tensor], resolution: float
-) -> AdapterState:
-    return svd_ordered(segmentwise_from_sums(global_state, total, resolution), "fixed-a")
+    return svd_ordered(segmentwise_from_sums(global_state, total, resolution), split)
 
 
 def _nested_svd(ctx: AggregationContext) -> AggregateFn:
@@ -188,7 +185,7 @@ METHODS: dict[str, Method] = {
             "their RMS norm and B carries the singular values",
             _segmentwise_ordered_fixed_a,
             sensitivity=segment_sensitivity,
-            from_sums=_ordered_fixed_a_from_sums,
+            from_sums=partial(_ordered_from_sums, split="fixed-a"),
         ),
         Method(
             "prelort-svd",
