@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from prelort.adapters import inject_nested_lora
+from prelort.aggregation.secure import secure_share, weighted_sum
 from prelort.config import SimulationConfig, config_from_mapping
 
 
@@ -43,3 +44,10 @@ def trained_adapter(model, rank=8, head=False):
         for p in adapted.adapter_parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g))
     return adapted
+
+
+def secure_mean(updates, global_state):
+    """The example-weighted mean of the updates' secure shares: what SecAgg+ reveals."""
+    total = sum(u.num_examples for u in updates)
+    shares = [secure_share(u, global_state) for u in updates]
+    return weighted_sum(shares, [u.num_examples / total for u in updates])

@@ -6,9 +6,8 @@ from prelort.aggregation.base import ClientUpdate
 from prelort.aggregation.ordered import aggregate_segmentwise_ordered, svd_ordered
 from prelort.aggregation.prelort import aggregate_segmentwise
 from prelort.aggregation.registry import get_method
-from prelort.aggregation.secure import secure_share
 from prelort.simulation import run_simulation
-from tests_helpers import tiny
+from tests_helpers import secure_mean, tiny
 
 IN, OUT, R = 9, 10, 8
 
@@ -74,9 +73,7 @@ def test_secure_sums_give_the_same_ordered_adapter():
     global_state = random_state(g)
     updates = [ClientUpdate(0, random_state(g, 2), 2, 1), ClientUpdate(1, random_state(g), R, 1)]
     method = get_method("prelort-ordered")
-    shares = [secure_share(u, global_state) for u in updates]
-    total = {k: (shares[0][k] + shares[1][k]) / 2 for k in shares[0]}  # equal example weights
-    from_sums = method.from_sums(global_state, total, 0.0)
+    from_sums = method.from_sums(global_state, secure_mean(updates, global_state), 0.0)
     direct = aggregate_segmentwise_ordered(global_state, updates)
     torch.testing.assert_close(product(from_sums), product(direct), rtol=1e-4, atol=1e-5)
 
@@ -104,9 +101,8 @@ def test_the_fixed_a_method_orders_its_secure_sums_with_the_fixed_a_split():
     g = torch.Generator().manual_seed(6)
     global_state = random_state(g)
     updates = [ClientUpdate(0, random_state(g, 2), 2, 1), ClientUpdate(1, random_state(g), R, 1)]
-    shares = [secure_share(u, global_state) for u in updates]
-    total = {k: (shares[0][k] + shares[1][k]) / 2 for k in shares[0]}
-    from_sums = get_method("prelort-ordered-a").from_sums(global_state, total, 0.0)
+    method = get_method("prelort-ordered-a")
+    from_sums = method.from_sums(global_state, secure_mean(updates, global_state), 0.0)
     direct = aggregate_segmentwise_ordered(global_state, updates, split="fixed-a")
     torch.testing.assert_close(from_sums["m.lora_a"], direct["m.lora_a"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(from_sums["m.lora_b"], direct["m.lora_b"], rtol=1e-4, atol=1e-5)

@@ -10,9 +10,9 @@ from prelort.aggregation.secure import (
     share_layout,
     share_problem,
     sums_problem,
-    weighted_sum,
     zeropad_from_sums,
 )
+from tests_helpers import secure_mean
 
 IN, OUT, R = 5, 3, 8
 
@@ -33,12 +33,6 @@ def global_adapter(seed: int, heads=("head.weight",)):
         "m.lora_b": torch.randn(OUT, R, generator=g),
         **{h: torch.randn(2, 2, generator=g) for h in heads},
     }, g
-
-
-def secure_mean(updates, global_state):
-    total = sum(u.num_examples for u in updates)
-    shares = [secure_share(u, global_state) for u in updates]
-    return weighted_sum(shares, [u.num_examples / total for u in updates])
 
 
 @pytest.mark.parametrize(

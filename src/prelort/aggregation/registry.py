@@ -45,12 +45,8 @@ def _segmentwise(ctx: AggregationContext) -> AggregateFn:
     return partial(aggregate_segmentwise, ladder=ctx.ladder)
 
 
-def _segmentwise_ordered(ctx: AggregationContext) -> AggregateFn:
-    return partial(aggregate_segmentwise_ordered, ladder=ctx.ladder)
-
-
-def _segmentwise_ordered_fixed_a(ctx: AggregationContext) -> AggregateFn:
-    return partial(aggregate_segmentwise_ordered, ladder=ctx.ladder, split="fixed-a")
+def _segmentwise_ordered(ctx: AggregationContext, split: str = "balanced") -> AggregateFn:
+    return partial(aggregate_segmentwise_ordered, ladder=ctx.ladder, split=split)
 
 
 def _ordered_from_sums(
@@ -183,7 +179,7 @@ METHODS: dict[str, Method] = {
             "all",
             "PreLort + SVD order, LoRA's factor convention: as prelort-ordered, but A's rows keep "
             "their RMS norm and B carries the singular values",
-            _segmentwise_ordered_fixed_a,
+            partial(_segmentwise_ordered, split="fixed-a"),
             sensitivity=segment_sensitivity,
             from_sums=partial(_ordered_from_sums, split="fixed-a"),
         ),
