@@ -25,6 +25,7 @@ from prelort.config import (
     read_toml,
 )
 from prelort.errors import ConfigError, PrelortError
+from prelort.logs import quiet_libraries
 
 if TYPE_CHECKING:
     from prelort.simulation.checkpoint import Checkpoint
@@ -215,6 +216,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         get_method(m)
     if args.seeds < 1:
         raise ConfigError(f"seeds: must be >= 1, got {args.seeds}")
+    if args.jobs < 1:
+        raise ConfigError(f"jobs: must be >= 1, got {args.jobs}")
     overrides = _overrides(args, skip=("method",))
     if "out" not in overrides and "out" not in (read_toml(args.config) if args.config else {}):
         overrides["out"] = "runs/compare"
@@ -244,6 +247,7 @@ def _compare(args: argparse.Namespace, base: SimulationConfig, methods: list[str
         progress=not args.quiet,
         heads=heads,
         reference=not args.no_reference,
+        jobs=args.jobs,
     )
     _report_comparison(comparison, base.out)
     print(f"wall time {time.perf_counter() - start:.1f} s")
@@ -373,6 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out the no-adapter reference row (frozen base + head, or zero-shot)",
     )
+    compare.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs side by side in worker processes, the cores shared out between them "
+        "[default: 1, one after another]",
+    )
     _add_overwrite(compare)
     _add_settings(compare, skip=("method",))
     compare.set_defaults(func=cmd_compare)
@@ -421,25 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    """Keep the terminal for our progress: transformers' load reports and bars are noise here."""
-    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs each scorer it builds
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return args.func(args)
     except PrelortError as e:

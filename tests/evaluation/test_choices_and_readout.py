@@ -5,7 +5,7 @@ import torch
 from prelort.adapters.inject import inject_nested_lora
 from prelort.data.encoding import EncodedSplit
 from prelort.evaluation.choices import choice_scores
-from prelort.evaluation.readout import fit_readout, head_features
+from prelort.evaluation.readout import fit_readout, head_features, head_outputs
 
 
 def brute_force(model, prompt: list[int], choice: list[int]) -> float:
@@ -53,3 +53,20 @@ def test_head_features_are_the_inputs_of_the_classifier(tiny_bert):
         mask = (ids != 0).long()
         direct = adapted.model(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(logits, direct)
+
+
+def test_head_outputs_give_the_logits_and_features_of_one_forward(tiny_bert):
+    adapted = inject_nested_lora(tiny_bert, max_rank=4, alpha=8.0, train_head=True)
+    g = torch.Generator().manual_seed(0)
+    adapted.reset_parameters(g)
+    for layer in adapted.layers.values():
+        torch.nn.init.normal_(layer.lora_b, std=0.5, generator=g)
+    adapted.set_active_rank(2)
+    adapted.model.eval()
+    enc = EncodedSplit([[2, 5, 6, 3], [2, 7, 3], [2, 8, 9, 10, 3]], [0, 1, 0])
+    outputs = head_outputs(adapted, enc, [0, 1, 2], pad_id=0, batch_size=2)  # ragged batches
+    with torch.no_grad():
+        torch.testing.assert_close(outputs.logits, adapted.model.classifier(outputs.features))
+        for row, ids in enumerate(enc.input_ids):
+            direct = adapted.model(input_ids=torch.tensor([ids])).logits[0]
+            torch.testing.assert_close(outputs.logits[row], direct, atol=1e-5, rtol=1e-5)

@@ -97,6 +97,7 @@ CASES = [
     ("out-unwritable", ["simulate", "--out", "/proc/prelort-run", *GOOD], "out"),
     ("resume-nothing", ["simulate", "--resume", "{dir}/no-run"], "resume"),
     ("compare-no-seeds", ["compare", "--seeds", "0"], "seeds"),
+    ("compare-no-jobs", ["compare", "--jobs", "0"], "jobs"),
     ("compare-no-methods", ["compare", "--methods", " , "], "methods"),
     ("compare-bad-heads", ["compare", "--heads", "bogus"], "heads"),
     ("compare-unknown-method", ["compare", "--methods", "prelort,nope"], "method"),

@@ -92,6 +92,23 @@ def test_comparison_shares_partitions_and_writes_tables(tiny_bert_dir, topic_jso
     assert strip(reloaded.summary_rows()) == strip(comparison.summary_rows())
 
 
+def test_comparison_in_worker_processes_equals_the_one_in_turn(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "turn", rounds=1)
+    in_turn = run_comparison(config, ["prelort", "zeropad"], [0], progress=False)
+    side_by_side = run_comparison(
+        config.replace(out=tmp_path / "jobs"), ["prelort", "zeropad"], [0], False, jobs=2
+    )
+    assert set(side_by_side.runs) == set(in_turn.runs)
+    for key, result in in_turn.runs.items():
+        other = side_by_side.runs[key]
+        for name, tensor in result.global_state.items():  # another thread count: rounding only
+            torch.testing.assert_close(other.global_state[name], tensor, atol=1e-5, rtol=1e-4)
+        assert other.client_ranks == result.client_ranks
+    assert (tmp_path / "jobs" / "zeropad-seed0" / "adapter.safetensors").is_file()
+
+
 def test_partial_participation_keeps_uncovered_segments(tiny_bert_dir, topic_jsonl, tmp_path):
     config = tiny(
         tiny_bert_dir,
@@ -180,6 +197,22 @@ def test_no_adapter_reference_trains_only_the_head(tiny_bert_dir, topic_jsonl, t
         if key.endswith(".lora_b"):
             assert torch.count_nonzero(value) == 0, key  # B stays zero: the adapter is a no-op
     assert len({m["accuracy"] for m in result.final.values()}) == 1
+
+
+def test_no_adapter_calibration_computes_one_set_of_statistics(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    from prelort.simulation.calibrate import client_statistics
+    from prelort.simulation.federation import prepare_federation
+
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "ref", method="no-adapter", rounds=1)
+    fed = prepare_federation(config, build_workbench(config))
+    stats = client_statistics(fed, fed.initial.global_state, 0, [1, 2, 4])
+    assert stats[1] is stats[2] is stats[4]  # the same features at every tier: computed once
+    trained = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "p", rounds=1)
+    fed = prepare_federation(trained, build_workbench(trained))
+    stats = client_statistics(fed, fed.initial.global_state, 0, [1, 2])
+    assert stats[1] is not stats[2]
 
 
 def test_sgd_optimizer_runs_and_differs_from_adamw(tiny_bert_dir, topic_jsonl, tmp_path):

@@ -8,6 +8,7 @@ on the test set. A federated head far below this readout is the bottleneck, not 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +31,24 @@ def head_module(adapted: NestedLoRAModel) -> torch.nn.Module:
     return adapted.model.get_submodule(".".join(common))
 
 
+@dataclass(frozen=True)
+class HeadOutputs:
+    """What one forward pass gives a classifier: the head's logits and the features it read.
+
+    Attributes:
+        logits: (n, classes).
+        features: (n, hidden), the head's input (one token per row for token-level heads).
+    """
+
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
 @torch.inference_mode()
-def head_features(
+def head_outputs(
     adapted: NestedLoRAModel, data: EncodedSplit, rows: Sequence[int], pad_id: int, batch_size: int
-) -> torch.Tensor:
-    """The inputs of the head for ``rows`` at the current active rank. Shape (n, hidden).
+) -> HeadOutputs:
+    """The logits of ``rows`` and the inputs of the head, from one forward, at the active rank.
 
     Token-level inputs (heads that pool themselves) are reduced to the token such heads read: the
     last real token for decoders, the first for encoders.
@@ -46,20 +60,30 @@ def head_features(
     decoder = bool(getattr(adapted.model.config, "is_decoder", False)) or "CausalLM" in str(
         getattr(adapted.model.config, "architectures", "")
     )
-    features = []
+    logits, features = [], []
     try:
         for start in range(0, len(rows), batch_size):
             batch = classification_batch(data, rows[start : start + batch_size], pad_id)
             captured.clear()
-            adapted.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            out = adapted.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            )
             x = captured[0]
             if x.ndim == 3:  # (B, T, H)
                 last = batch["attention_mask"].sum(-1) - 1
                 x = x[torch.arange(x.shape[0]), last] if decoder else x[:, 0]
+            logits.append(out.logits.float())
             features.append(x)
     finally:
         hook.remove()
-    return torch.cat(features)
+    return HeadOutputs(torch.cat(logits), torch.cat(features))
+
+
+def head_features(
+    adapted: NestedLoRAModel, data: EncodedSplit, rows: Sequence[int], pad_id: int, batch_size: int
+) -> torch.Tensor:
+    """The inputs of the head for ``rows`` at the current active rank. Shape (n, hidden)."""
+    return head_outputs(adapted, data, rows, pad_id, batch_size).features
 
 
 def fit_readout(
@@ -91,15 +115,21 @@ def readout_accuracy(
     adapted: NestedLoRAModel,
     train: EncodedSplit,
     train_rows: Sequence[int],
-    test: EncodedSplit,
-    pad_id: int,
+    test_features: torch.Tensor,
+    test_labels: Sequence[int],
     classes: int,
+    pad_id: int,
     batch_size: int = 32,
 ) -> float:
-    """Test accuracy of a readout refitted on the features of ``train_rows`` at the active rank."""
+    """Test accuracy of a readout refitted on the features of ``train_rows`` at the active rank.
+
+    Args:
+        test_features: (n_test, hidden), the test set's head inputs at the same rank (from the
+            evaluation's own forward pass, which ``head_outputs`` returns beside the logits).
+    """
     train_x = head_features(adapted, train, train_rows, pad_id, batch_size)
     train_y = torch.tensor([train.labels[i] for i in train_rows])
     mean, std, weight, bias = fit_readout(train_x, train_y, classes)
-    test_x = (head_features(adapted, test, range(len(test)), pad_id, batch_size) - mean) / std
+    test_x = (test_features - mean) / std
     predictions = (test_x.double() @ weight.T + bias).argmax(-1).tolist()
-    return accuracy(predictions, test.labels)
+    return accuracy(predictions, test_labels)

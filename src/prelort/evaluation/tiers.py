@@ -14,12 +14,11 @@ from prelort.data.encoding import (
     IGNORE,
     EncodedSplit,
     causal_batch,
-    classification_batch,
     prompt_batch,
 )
 from prelort.evaluation.choices import choice_accuracy
 from prelort.evaluation.metrics import accuracy, perplexity, rouge_l
-from prelort.evaluation.readout import readout_accuracy
+from prelort.evaluation.readout import head_outputs, readout_accuracy
 
 TierMetrics = dict[str, dict[str, float]]
 
@@ -30,20 +29,6 @@ HEAD, VERBALIZED = "head", "verbalized"
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
         yield list(range(start, min(n, start + size)))
-
-
-@torch.inference_mode()
-def classification_accuracy(
-    adapted: NestedLoRAModel, data: EncodedSplit, pad_id: int, batch_size: int
-) -> float:
-    predictions: list[int] = []
-    for idx in _chunks(len(data), batch_size):
-        batch = classification_batch(data, idx, pad_id)
-        logits = adapted.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits
-        predictions += logits.argmax(-1).tolist()
-    return accuracy(predictions, data.labels)
 
 
 @torch.inference_mode()
@@ -131,10 +116,19 @@ def evaluate_tiers(
             continue
         adapted.set_active_rank(tier)
         if objective == HEAD:
-            metrics = {"accuracy": classification_accuracy(adapted, data, pad_id, batch_size)}
+            # One forward gives the head's predictions and the features its readout is scored on.
+            outputs = head_outputs(adapted, data, range(len(data)), pad_id, batch_size)
+            metrics = {"accuracy": accuracy(outputs.logits.argmax(-1).tolist(), data.labels)}
             if readout is not None:
                 metrics["readout_accuracy"] = readout_accuracy(
-                    adapted, readout.train, readout.rows, data, pad_id, readout.classes, batch_size
+                    adapted,
+                    readout.train,
+                    readout.rows,
+                    outputs.features,
+                    data.labels,
+                    readout.classes,
+                    pad_id,
+                    batch_size,
                 )
         elif objective == VERBALIZED:
             metrics = {"accuracy": choice_accuracy(adapted, data, pad_id, batch_size)}

@@ -64,12 +64,18 @@ def linear_head_names(fed: Federation) -> tuple[str, str]:
 def client_statistics(
     fed: Federation, global_state: AdapterState, client: int, tiers: list[int]
 ) -> dict[int, ClassStatistics]:
-    """One client's class statistics at each of ``tiers`` (forward passes over its rows only)."""
+    """One client's class statistics at each of ``tiers`` (forward passes over its rows only).
+
+    A method that trains no adapter has the same features at every tier: they are computed once.
+    """
     adapted, data = fed.bench.adapted, fed.bench.train
     rows = list(fed.plan.client_rows[client])
     labels = torch.tensor([data.labels[i] for i in rows])
-    stats = {}
+    stats: dict[int, ClassStatistics] = {}
     for tier in tiers:
+        if stats and not fed.method.trains_adapter:
+            stats[tier] = next(iter(stats.values()))
+            continue
         set_state(adapted, slice_to_rank(global_state, tier))
         adapted.set_active_rank(tier)
         features = head_features(adapted, data, rows, fed.bench.tokenizer.pad_token_id, 64)
@@ -125,7 +131,14 @@ def evaluate_calibration(fed: Federation, calibration: Calibration) -> TierMetri
     bench, ladder = fed.bench, fed.config.ranks.ladder
     bench.adapted.use_tier_heads(ladder)
     return evaluate_tiers(
-        bench.adapted, calibration.state, ladder, bench.objective, bench.test, bench.tokenizer
+        bench.adapted,
+        calibration.state,
+        ladder,
+        bench.objective,
+        bench.test,
+        bench.tokenizer,
+        # no adapter: every tier's statistics, so its LDA head, are the same
+        same_at_every_tier=not fed.method.trains_adapter,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,6 +256,7 @@ def run_comparison(
     on_run: Callable[[str, int, SimulationResult], None] | None = None,
     heads: Sequence[str] | None = None,
     reference: bool = False,
+    jobs: int = 1,
 ) -> Comparison:
     """Run every method with every seed; one workbench (task + model) serves all runs.
 
@@ -265,32 +266,55 @@ def run_comparison(
     Args:
         heads: head modes to run every method with (None: each method's default).
         reference: add the no-adapter reference row (frozen base + head, or zero-shot).
+        jobs: runs side by side in worker processes (``prelort.simulation.parallel``), each
+            with its share of the cores; 1 runs them one after another in this process.
     """
     variants = run_variants(methods, heads, reference)
     comparison = Comparison(base, [label for label, *_ in variants], list(seeds))
-    bench: Workbench | None = None
-    for seed in seeds:
-        for label, method, head in variants:
-            config = base.replace(
+    runs = [
+        (
+            label,
+            seed,
+            base.replace(
                 method=method,
                 seed=seed,
                 head=head or base.head,
                 out=base.out / f"{label}-seed{seed}",
-            )
-            if bench is None or bench.key != workbench_key(config):
-                bench = build_workbench(config)
-            result = run_simulation(
-                config,
-                bench,
-                progress,
-                on_round=lambda r, out=config.out: write_progress(r, out),
-                checkpoint_dir=config.out,
-            )
-            write_outputs(result, config.out)
-            comparison.runs[(label, seed)] = result
-            if on_run is not None:
-                on_run(label, seed, result)
+            ),
+        )
+        for seed in seeds
+        for label, method, head in variants
+    ]
+    if jobs > 1 and len(runs) > 1:
+        from prelort.simulation.parallel import run_in_processes
+
+        finished = run_in_processes(runs, min(jobs, len(runs)), progress)
+    else:
+        finished = _run_in_turn(runs, progress)
+    for label, seed, result in finished:
+        comparison.runs[(label, seed)] = result
+        if on_run is not None:
+            on_run(label, seed, result)
     return comparison
+
+
+def _run_in_turn(
+    runs: Sequence[tuple[str, int, SimulationConfig]], progress: bool
+) -> Iterator[tuple[str, int, SimulationResult]]:
+    """The runs one after another in this process, reusing the workbench while its key holds."""
+    bench: Workbench | None = None
+    for label, seed, config in runs:
+        if bench is None or bench.key != workbench_key(config):
+            bench = build_workbench(config)
+        result = run_simulation(
+            config,
+            bench,
+            progress,
+            on_round=lambda r, out=config.out: write_progress(r, out),
+            checkpoint_dir=config.out,
+        )
+        write_outputs(result, config.out)
+        yield label, seed, result
 
 
 # Settings that may differ between the runs of one comparison: what it varies, and the evaluation

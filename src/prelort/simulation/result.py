@@ -24,7 +24,8 @@ class SimulationResult:
         traffic: per round: clients, bytes up and down (fp32), server aggregation seconds, ranks.
         wall_seconds: the run's wall time, workbench loading excluded.
         phase_seconds: how this process's wall time split: ``train`` (client steps),
-            ``aggregate`` (server steps), ``evaluate`` (tier metrics, records, checkpoints).
+            ``aggregate`` (server steps), ``evaluate`` (tier metrics, records, checkpoints) and,
+            with a calibration, ``calibrate`` (client statistics, LDA heads, their evaluation).
     """
 
     config: dict[str, Any]

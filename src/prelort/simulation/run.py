@@ -94,7 +94,9 @@ def run_simulation(
             on_round(result)
     bar.close()
     if config.calibration == "lda" and result.final:
+        calibration_start = time.perf_counter()
         record_calibrated(result.final, calibrated_tiers(fed, server.global_state)[1])
+        phases["calibrate"] = time.perf_counter() - calibration_start
     result.global_state = server.global_state
     result.wall_seconds = time.perf_counter() - start
     return result
