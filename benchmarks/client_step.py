@@ -2,8 +2,9 @@
 
 A rank-16 client on the ladder 2/4/8/16 trains with each mode on the packaged models: ``off``
 (plain LoRA, the reference), ``sample`` (one random truncation per step), ``all`` looped (one
-forward and backward per truncation) and ``all`` stacked (the truncations as masked copies of the
-batch in one forward and backward, the default). Modes are timed in turns, best of the repeats,
+forward and backward per truncation), ``all`` stacked (the truncations as masked copies of the
+batch in one forward and backward, the default) and ``split`` (every truncation on its own share
+of the batch's rows, one forward of the batch). Modes are timed in turns, best of the repeats,
 so that a busy machine slows them alike.
 
     python -m benchmarks.client_step [--quick]
@@ -29,6 +30,7 @@ MODES = {
     "sample": LocalTrainingConfig(nested="sample"),
     "all, looped": LocalTrainingConfig(nested="all", stack_truncations=False),
     "all, stacked": LocalTrainingConfig(nested="all"),
+    "split": LocalTrainingConfig(nested="split"),
 }
 
 

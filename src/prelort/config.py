@@ -28,7 +28,7 @@ HEAD_LR_FACTOR = 30.0
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 WIRE_DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 PARTITION_CHOICES = ("iid", "dirichlet", "pathological")
-NESTED_CHOICES = ("all", "sample", "off")
+NESTED_CHOICES = ("all", "sample", "split", "off")
 HEAD_CHOICES = ("per-tier", "shared")
 OPTIMIZER_CHOICES = ("adamw", "sgd")
 CALIBRATION_CHOICES = ("none", "lda")
@@ -119,7 +119,9 @@ class SimulationConfig:
         classifier: how a classification task is learnt: head (a trained classifier head), verbalized (a causal LM writes the label), auto (verbalized for causal LMs).
         readout_examples: training examples for the refitted-readout diagnostic at the end (0: off).
         calibration: lda also scores each tier, after the last round, with a head refitted from every client's class statistics (calibrated_accuracy; see prelort calibrate), or none.
-        nested: prefix-nested training mode; default: the method's own.
+        nested: prefix-nested training mode: "all" (every truncation up to the client's rank,
+            each step), "sample" (one drawn per step), "split" (each on its share of the batch,
+            the cost of a plain step) or "off"; default: the method's own.
         partition: "iid", "dirichlet" or "pathological".
         dirichlet_alpha: Dirichlet concentration of label proportions.
         classes_per_client: labels per client for "pathological".

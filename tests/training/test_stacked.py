@@ -1,4 +1,5 @@
-"""Stacked truncations (one forward over copies of the batch) against one forward per truncation."""
+"""Stacked truncations (one forward over copies of the batch) against one forward per truncation,
+and split truncations (each on its own rows of one batch)."""
 
 import pytest
 import torch
@@ -9,9 +10,11 @@ from prelort.errors import ModelError
 from prelort.training.local import (
     LocalTrainingConfig,
     looped_backward,
+    split_backward,
     stacked_backward,
     train_local,
 )
+from prelort.training.nested import split_rows
 from tests_helpers import trained_adapter, without_dropout
 
 
@@ -65,6 +68,21 @@ def test_causal_lm_gradients_match_the_loop(tiny_llama):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+def three_steps(adapted, data, config):
+    """A rank-8 client's local run over the 16 rows of ``data`` on the ladder 2/4/8."""
+    return train_local(
+        adapted,
+        data,
+        list(range(16)),
+        "classification",
+        0,
+        8,
+        (2, 4, 8),
+        config,
+        torch.Generator().manual_seed(3),
+    )
+
+
 def test_training_runs_stacked_or_looped_to_the_same_adapter(tiny_bert):
     """Whole local runs: a few AdamW steps end at the same adapter either way."""
     adapted = trained_adapter(without_dropout(tiny_bert), head=True)
@@ -75,17 +93,7 @@ def test_training_runs_stacked_or_looped_to_the_same_adapter(tiny_bert):
     for stack in (True, False):
         set_state(adapted, start)
         config = LocalTrainingConfig(steps=3, batch_size=8, lr=1e-2, stack_truncations=stack)
-        result = train_local(
-            adapted,
-            data,
-            list(range(16)),
-            "classification",
-            0,
-            8,
-            (2, 4, 8),
-            config,
-            torch.Generator().manual_seed(3),
-        )
+        result = three_steps(adapted, data, config)
         assert result.passes == 9  # 3 steps x 3 truncations, however they ran
         finals.append(get_state(adapted))
     for key in finals[0]:
@@ -97,3 +105,55 @@ def test_per_tier_heads_cannot_be_stacked(tiny_bert):
     adapted.use_tier_heads([2, 8])
     with pytest.raises(ModelError, match="shared head"), adapted.truncations([2, 8], 4):
         pass
+
+
+def test_split_rows_share_the_batch_between_truncations():
+    g = torch.Generator().manual_seed(0)
+    rows = split_rows(8, [2, 4, 8, 16], g)
+    assert sorted(rows.count(r) for r in (2, 4, 8, 16)) == [2, 2, 2, 2]
+    assert sorted(split_rows(7, [2, 4, 8], g).count(r) for r in (2, 4, 8)) == [2, 2, 3]
+    seen = {r for _ in range(20) for r in split_rows(2, [2, 4, 8, 16], g)}
+    assert seen == {2, 4, 8, 16}  # fewer rows than truncations: the rotation reaches every one
+
+
+def test_split_gradients_equal_each_truncation_on_its_own_rows(tiny_bert):
+    adapted = trained_adapter(without_dropout(tiny_bert), head=True)
+    g = torch.Generator().manual_seed(0)
+    data = EncodedSplit(ragged_ids(6, g), [0, 1, 2, 0, 1, 2])
+    batch = classification_batch(data, list(range(6)), 0)
+    row_ranks = [2, 2, 4, 4, 4, 8]
+    config = LocalTrainingConfig(nested="split")
+
+    def by_hand() -> float:
+        total = 0.0
+        for r in (2, 4, 8):
+            rows = torch.tensor([n for n, rr in enumerate(row_ranks) if rr == r])
+            adapted.set_active_rank(r)
+            loss = adapted.model(**{k: v[rows] for k, v in batch.items()}).loss * len(rows) / 6
+            loss.backward()
+            total += float(loss.detach())
+        return total
+
+    expected = gradients(adapted, by_hand)
+    split = gradients(adapted, lambda: split_backward(adapted, batch, row_ranks, 8, config, None))
+    assert expected[0] == pytest.approx(split[0], rel=1e-6)
+    for a, b in zip(expected[1:], split[1:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    adapted.use_tier_heads([2, 4, 8])  # per-tier heads: each truncation's rows as their own forward
+    looped = gradients(adapted, lambda: split_backward(adapted, batch, row_ranks, 8, config, None))
+    assert looped[0] == pytest.approx(split[0], rel=1e-6)
+
+
+def test_split_training_trains_every_truncation_at_one_pass_of_the_batch(tiny_bert):
+    adapted = trained_adapter(without_dropout(tiny_bert), head=True)
+    start = get_state(adapted)
+    g = torch.Generator().manual_seed(0)
+    data = EncodedSplit(ragged_ids(16, g), [i % 3 for i in range(16)])
+    finals = {}
+    for mode in ("split", "all"):
+        set_state(adapted, start)
+        config = LocalTrainingConfig(steps=3, batch_size=8, lr=1e-2, nested=mode)
+        result = three_steps(adapted, data, config)
+        assert result.trained_ranks == {2, 4, 8} and result.passes == 9
+        finals[mode] = get_state(adapted)
+    assert any(not torch.equal(finals["split"][k], finals["all"][k]) for k in finals["all"])

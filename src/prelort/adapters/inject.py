@@ -64,11 +64,22 @@ class NestedLoRAModel:
         forwards while the frozen base runs one wide matmul instead of one per truncation.
         A shared head only: per-tier heads differ between copies.
         """
+        with self.row_truncations([r for r in ranks for _ in range(copy_size)]):
+            yield
+
+    @contextmanager
+    def row_truncations(self, row_ranks: Sequence[int]) -> Iterator[None]:
+        """Within the block, row n of a batch sees the adapter truncated to ``row_ranks[n]``.
+
+        Raises:
+            ModelError: the model has per-tier heads (rows of different tiers need different
+                heads, which one forward cannot give).
+        """
         if self.tier_heads:
             raise ModelError("truncations in one batch need a shared head, not per-tier heads")
-        top = max(ranks)
+        top = max(row_ranks)
         device = next(iter(self.layers.values())).lora_a.device
-        ranks_per_row = torch.tensor(ranks, device=device).repeat_interleave(copy_size)  # (rows,)
+        ranks_per_row = torch.tensor(list(row_ranks), device=device)  # (rows,)
         keep = torch.arange(top, device=device)[None, :] < ranks_per_row[:, None]  # (rows, top)
         try:
             for layer in self.layers.values():

@@ -47,7 +47,7 @@ class Method:
 
     Attributes:
         name: the name used on the command line.
-        nested: the default prefix-nested training mode ("all", "sample" or "off").
+        nested: the default prefix-nested training mode ("all", "sample", "split" or "off").
         description: one line for ``prelort methods`` and the docs.
         build: makes the aggregation rule for a run.
         client_ranks: maps the assigned client ranks to the ranks the method trains at.

@@ -18,7 +18,7 @@ from prelort.adapters.norms import product_gram
 from prelort.config import OPTIMIZER_CHOICES
 from prelort.data.encoding import EncodedSplit, make_batch
 from prelort.errors import ConfigError
-from prelort.training.nested import prefix_step_scales, truncation_ranks
+from prelort.training.nested import prefix_step_scales, split_rows, truncation_ranks
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class LocalTrainingConfig:
         lr: learning rate of the adapter.
         weight_decay: weight decay (decoupled for AdamW, L2 for SGD).
         max_grad_norm: gradient clipping (0 disables it).
-        nested: "all", "sample" or "off" (see ``truncation_ranks``).
+        nested: "all", "sample", "split" or "off" (see ``truncation_ranks``).
         tail_penalty: weight of the norm of the last ``tail`` components' update in the loss
             (HetLoRA's gamma; 0 disables it).
         tail: how many trailing components the penalty and ``LocalResult.tail_ratio`` cover.
@@ -183,6 +183,37 @@ def stacked_backward(
     return float(loss.detach())
 
 
+def split_backward(
+    adapted: NestedLoRAModel,
+    batch: Mapping[str, torch.Tensor],
+    row_ranks: Sequence[int],
+    rank: int,
+    config: LocalTrainingConfig,
+    shares: Mapping[int, float] | None,
+) -> float:
+    """Every truncation on its own rows of the batch (``split_rows``): one forward of the batch.
+
+    The loss is the mean over the batch's rows, so each truncation weighs by its share of the
+    rows; with ``shares`` (tier-weighted losses) or per-tier heads each truncation's rows run as
+    their own forward, weighted by its share instead.
+    """
+    if shares is None and not adapted.tier_heads:
+        with adapted.row_truncations(row_ranks):
+            loss = adapted.model(**batch).loss
+        adapted.set_active_rank(rank)
+        (loss + tail_penalty(adapted, rank, config)).backward()
+        return float(loss.detach())
+    step_loss, groups = 0.0, sorted(set(row_ranks))
+    for r in groups:
+        rows = torch.tensor([n for n, rr in enumerate(row_ranks) if rr == r])
+        adapted.set_active_rank(r)
+        loss = adapted.model(**{k: v[rows] for k, v in batch.items()}).loss
+        loss = loss * (len(rows) / len(row_ranks) if shares is None else shares[r])
+        step_loss += float(loss.detach())
+        (loss + tail_penalty(adapted, rank, config) / len(groups)).backward()
+    return step_loss
+
+
 @contextmanager
 def scaled_adapter_step(adapted: NestedLoRAModel, scales: torch.Tensor) -> Iterator[None]:
     """Within the block the optimizer steps; afterwards component i has moved ``scales[i]`` of it."""
@@ -231,11 +262,17 @@ def train_local(
     for _ in range(config.steps):
         batch = make_batch(kind, data, next(batches), pad_id)
         ranks = truncation_ranks(config.nested, rank, ladder, generator)
+        row_ranks = None
+        if config.nested == "split" and len(ranks) > 1:
+            row_ranks = split_rows(batch["input_ids"].shape[0], ranks, generator)
+            ranks = sorted(set(row_ranks))  # a batch smaller than the ladder trains fewer
         trained.update(ranks)
         optimizer.zero_grad(set_to_none=True)
         shares = truncation_shares(ranks, config.truncation_weights)
         stack = config.stack_truncations and len(ranks) > 1 and shares is None
-        if stack and not adapted.tier_heads:
+        if row_ranks is not None:
+            step_loss = split_backward(adapted, batch, row_ranks, rank, config, shares)
+        elif stack and not adapted.tier_heads:
             step_loss = stacked_backward(adapted, batch, ranks, rank, config)
         else:
             step_loss = looped_backward(adapted, batch, ranks, rank, config, shares)

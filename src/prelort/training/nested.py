@@ -13,7 +13,7 @@ import torch
 
 from prelort.errors import ConfigError
 
-MODES = ("all", "sample", "off")
+MODES = ("all", "sample", "split", "off")
 
 
 def truncation_ranks(
@@ -23,7 +23,8 @@ def truncation_ranks(
 
     Args:
         mode: "all" (every ladder rank <= rank, losses averaged), "sample" (one of them, uniformly),
-            or "off" (plain LoRA at ``rank``).
+            "split" (every one of them, each on its share of the batch: ``split_rows``) or "off"
+            (plain LoRA at ``rank``).
         rank: the client's adapter rank.
         ladder: the ranks in use in the federation.
         generator: the client's random stream (used by "sample").
@@ -32,7 +33,7 @@ def truncation_ranks(
         ConfigError: an unknown mode.
     """
     allowed = sorted({r for r in ladder if r <= rank} | {rank})
-    if mode == "all":
+    if mode in ("all", "split"):
         return allowed
     if mode == "sample":
         pick = int(torch.randint(len(allowed), (1,), generator=generator))
@@ -52,3 +53,16 @@ def prefix_step_scales(ranks: Sequence[int], rank: int) -> torch.Tensor:
     """
     index = torch.arange(rank)
     return torch.stack([index < t for t in ranks]).float().mean(0)
+
+
+def split_rows(rows: int, ranks: Sequence[int], generator: torch.Generator) -> list[int]:
+    """The truncation rank of each row of a batch under ``split``: the rows cut into near-equal runs.
+
+    Each of the ``len(ranks)`` truncations trains on about ``rows / len(ranks)`` of the batch, so a
+    step costs what one plain step costs while every truncation gets a gradient (the loss is an
+    estimate of ``all``'s from fewer rows per truncation). The rows are in random order already; a
+    random rotation of the runs spreads the truncations that miss out when rows < truncations.
+    """
+    t = len(ranks)
+    shift = int(torch.randint(t, (1,), generator=generator))
+    return [ranks[(n * t // rows + shift) % t] for n in range(rows)]
