@@ -13,11 +13,12 @@ import time
 
 import torch
 
-from benchmarks import aggregation, client_step, memory, scale, throughput, wire
+from benchmarks import aggregation, client_step, evaluation, memory, scale, throughput, wire
 
 BENCHMARKS = {
     "aggregation": aggregation,
     "client_step": client_step,
+    "evaluation": evaluation,
     "wire": wire,
     "memory": memory,
     "scale": scale,
