@@ -5,7 +5,9 @@ A rank-16 client on the ladder 2/4/8/16 trains with each mode on the packaged mo
 forward and backward per truncation), ``all`` stacked (the truncations as masked copies of the
 batch in one forward and backward, the default) and ``split`` (every truncation on its own share
 of the batch's rows, one forward of the batch). Modes are timed in turns, best of the repeats,
-so that a busy machine slows them alike.
+so that a busy machine slows them alike. Each mode's floating-point operations per step are
+counted too (``torch.utils.flop_counter``: matmuls and attention, forward and backward), so the
+table shows how far a ratio of times follows the ratio of work.
 
     python -m benchmarks.client_step [--quick]
 """
@@ -18,6 +20,7 @@ import time
 from collections.abc import Sequence
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from prelort.adapters.state import get_state, set_state, slice_to_rank
 from prelort.config import config_from_mapping
@@ -34,34 +37,52 @@ MODES = {
 }
 
 
+def local_step(
+    bench: Workbench, rank: int, start, mode: LocalTrainingConfig, steps: int, seed: int
+) -> None:
+    """``steps`` optimizer steps of a rank-``rank`` client from the adapter ``start``."""
+    set_state(bench.adapted, start)
+    train_local(
+        bench.adapted,
+        bench.train,
+        list(range(min(len(bench.train), 256))),
+        bench.batch_kind,
+        bench.tokenizer.pad_token_id,
+        rank,
+        LADDER,
+        dataclasses.replace(mode, steps=steps, batch_size=batch_size(bench)),
+        torch.Generator().manual_seed(seed),
+    )
+
+
 def step_seconds(
     bench: Workbench, rank: int, modes: dict[str, LocalTrainingConfig], steps: int, repeats: int
 ) -> dict[str, float]:
     """Best seconds per optimizer step of each mode (one warm-up step each first)."""
-    adapted = bench.adapted
-    adapted.reset_parameters(torch.Generator().manual_seed(0))
-    start = slice_to_rank(get_state(adapted), rank)
-    rows = list(range(min(len(bench.train), 256)))
+    bench.adapted.reset_parameters(torch.Generator().manual_seed(0))
+    start = slice_to_rank(get_state(bench.adapted), rank)
     best = dict.fromkeys(modes, float("inf"))
     for attempt in range(repeats + 1):
         for name, mode in modes.items():
-            set_state(adapted, start)
-            config = dataclasses.replace(mode, steps=1 if attempt == 0 else steps)
             begin = time.perf_counter()
-            train_local(
-                adapted,
-                bench.train,
-                rows,
-                bench.batch_kind,
-                bench.tokenizer.pad_token_id,
-                rank,
-                LADDER,
-                dataclasses.replace(config, batch_size=batch_size(bench)),
-                torch.Generator().manual_seed(attempt),
-            )
+            local_step(bench, rank, start, mode, 1 if attempt == 0 else steps, attempt)
             if attempt > 0:  # the first pass warms caches and allocators
                 best[name] = min(best[name], (time.perf_counter() - begin) / steps)
     return best
+
+
+def step_flops(
+    bench: Workbench, rank: int, modes: dict[str, LocalTrainingConfig]
+) -> dict[str, int]:
+    """Floating-point operations of one optimizer step of each mode (forward and backward)."""
+    bench.adapted.reset_parameters(torch.Generator().manual_seed(0))
+    start = slice_to_rank(get_state(bench.adapted), rank)
+    flops = {}
+    for name, mode in modes.items():
+        with FlopCounterMode(display=False) as counter:
+            local_step(bench, rank, start, mode, 1, 1)
+        flops[name] = counter.get_total_flops()
+    return flops
 
 
 def batch_size(bench: Workbench) -> int:
@@ -77,10 +98,15 @@ def run_model(settings: dict, steps: int, repeats: int) -> dict[str, float]:
         f"{list(LADDER)}, batch {batch_size(bench)}, max_length {tokens}, {steps} steps x "
         f"best of {repeats}"
     )
-    print("| mode | s/step | / plain |")
-    print("|---|---|---|")
+    flops = step_flops(bench, max(LADDER), MODES)
+    print("| mode | s/step | / plain | GFLOP/step | / plain | GFLOP/s |")
+    print("|---|---|---|---|---|---|")
+    plain_s, plain_f = seconds["plain (off)"], flops["plain (off)"]
     for name, s in seconds.items():
-        print(f"| {name} | {s:.3f} | {s / seconds['plain (off)']:.2f} |")
+        print(
+            f"| {name} | {s:.3f} | {s / plain_s:.2f} | {flops[name] / 1e9:.1f} | "
+            f"{flops[name] / plain_f:.2f} | {flops[name] / 1e9 / s:.0f} |"
+        )
     looped, stacked = seconds["all, looped"], seconds["all, stacked"]
     print(f"stacked over looped: {stacked / looped:.2f} (4 truncations; naive = 4 x plain)")
     return seconds
