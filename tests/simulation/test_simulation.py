@@ -93,13 +93,17 @@ def test_comparison_shares_partitions_and_writes_tables(tiny_bert_dir, topic_jso
 
 
 def test_comparison_in_worker_processes_equals_the_one_in_turn(
-    tiny_bert_dir, topic_jsonl, tmp_path
+    tiny_bert_dir, topic_jsonl, tmp_path, capfd
 ):
-    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "turn", rounds=1)
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "turn", eval_every=2)
     in_turn = run_comparison(config, ["prelort", "zeropad"], [0], progress=False)
+    capfd.readouterr()
     side_by_side = run_comparison(
-        config.replace(out=tmp_path / "jobs"), ["prelort", "zeropad"], [0], False, jobs=2
+        config.replace(out=tmp_path / "jobs"), ["prelort", "zeropad"], [0], True, jobs=2
     )
+    lines = capfd.readouterr().out.splitlines()  # the workers' own stdout
+    assert sum(line.startswith("prelort seed 0 round 2:") for line in lines) == 1
+    assert not any("round 1:" in line for line in lines)  # round 1 was not evaluated
     assert set(side_by_side.runs) == set(in_turn.runs)
     for key, result in in_turn.runs.items():
         other = side_by_side.runs[key]

@@ -40,9 +40,12 @@ def _run_one(label: str, seed: int, config: SimulationConfig, progress: bool) ->
     from prelort.simulation.run import format_round, run_simulation
     from prelort.simulation.workbench import build_workbench
 
-    def on_round(result: SimulationResult) -> None:
+    printed: set[int] = set()
+
+    def on_round(result: SimulationResult) -> None:  # called after every round, evaluated or not
         write_progress(result, config.out)
-        if progress and result.rounds:
+        if progress and result.rounds and result.rounds[-1]["round"] not in printed:
+            printed.add(result.rounds[-1]["round"])
             print(format_round(f"{label} seed {seed}", result.rounds[-1]), flush=True)
 
     result = run_simulation(
