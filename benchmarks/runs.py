@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +14,18 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 
 from prelort.models import minilm_path
 
-PRELORT = [sys.executable, "-c", "import sys; from prelort.cli import main; sys.exit(main())"]
+# The child prints its own peak resident memory (VmHWM) last. os.wait4's ru_maxrss would be wrong:
+# Linux folds the parent's high-water mark into it at exec (a large benchmark parent read as 4 GB).
+CHILD = """
+import sys
+from prelort.cli import main
+code = main()
+with open("/proc/self/status") as status:
+    peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+print(f"VmHWM-kB {peak}")
+sys.exit(code)
+"""
+PRELORT = [sys.executable, "-c", CHILD]
 
 
 @dataclass(frozen=True)
@@ -30,7 +40,8 @@ class ChildRun:
 def simulate(flags: Sequence[str], out: Path) -> ChildRun:
     """Run ``prelort simulate FLAGS --out OUT`` in a fresh process and measure it.
 
-    ``os.wait4`` gives this child's own resource usage, so earlier runs do not count.
+    The child reports its own peak RSS (``VmHWM`` of ``/proc/self/status``, Linux), so neither
+    earlier runs nor this process count.
 
     Raises:
         RuntimeError: the run failed (its output is in the message).
@@ -39,12 +50,16 @@ def simulate(flags: Sequence[str], out: Path) -> ChildRun:
     start = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = child.stdout.read() if child.stdout else b""
-    _, status, usage = os.wait4(child.pid, 0)
+    code = child.wait()
     seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{output.decode()[-3000:]}")
+    text = output.decode(errors="replace")
+    if code != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{text[-3000:]}")
+    peak_kb = next(
+        int(line.split()[1]) for line in reversed(text.splitlines()) if line.startswith("VmHWM-kB")
+    )
     metrics = json.loads((out / "metrics.json").read_text())
-    return ChildRun(usage.ru_maxrss / 1024, seconds, metrics)  # ru_maxrss is in KiB on Linux
+    return ChildRun(peak_kb / 1024, seconds, metrics)
 
 
 def tiny_model(folder: Path, labels: int = 5) -> Path:
