@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,16 +14,13 @@ from prelort.aggregation import METHODS
 from prelort.config import SimulationConfig, config_from_mapping
 from prelort.errors import DataError
 from prelort.io import atomic_write_text, write_json
+from prelort.simulation.executors import run_in_processes, run_in_turn
 from prelort.simulation.outputs import (
     METRIC_LABELS,
     csv_text,
     save_figure,
-    write_outputs,
-    write_progress,
 )
 from prelort.simulation.result import SimulationResult
-from prelort.simulation.run import run_simulation
-from prelort.simulation.workbench import Workbench, build_workbench, workbench_key
 
 
 @dataclass
@@ -258,7 +255,7 @@ def run_comparison(
     reference: bool = False,
     jobs: int = 1,
 ) -> Comparison:
-    """Run every method with every seed; one workbench (task + model) serves all runs.
+    """Run every method with every seed (in turn, one workbench of task + model serves all).
 
     Each run of a seed uses the same partition, rank assignment and initial adapter whatever the
     method, because all of them derive from the seed alone.
@@ -266,7 +263,7 @@ def run_comparison(
     Args:
         heads: head modes to run every method with (None: each method's default).
         reference: add the no-adapter reference row (frozen base + head, or zero-shot).
-        jobs: runs side by side in worker processes (``prelort.simulation.parallel``), each
+        jobs: runs side by side in worker processes (``prelort.simulation.executors``), each
             with its share of the cores; 1 runs them one after another in this process.
     """
     variants = run_variants(methods, heads, reference)
@@ -286,35 +283,14 @@ def run_comparison(
         for label, method, head in variants
     ]
     if jobs > 1 and len(runs) > 1:
-        from prelort.simulation.parallel import run_in_processes
-
         finished = run_in_processes(runs, min(jobs, len(runs)), progress)
     else:
-        finished = _run_in_turn(runs, progress)
+        finished = run_in_turn(runs, progress)
     for label, seed, result in finished:
         comparison.runs[(label, seed)] = result
         if on_run is not None:
             on_run(label, seed, result)
     return comparison
-
-
-def _run_in_turn(
-    runs: Sequence[tuple[str, int, SimulationConfig]], progress: bool
-) -> Iterator[tuple[str, int, SimulationResult]]:
-    """The runs one after another in this process, reusing the workbench while its key holds."""
-    bench: Workbench | None = None
-    for label, seed, config in runs:
-        if bench is None or bench.key != workbench_key(config):
-            bench = build_workbench(config)
-        result = run_simulation(
-            config,
-            bench,
-            progress,
-            on_round=lambda r, out=config.out: write_progress(r, out),
-            checkpoint_dir=config.out,
-        )
-        write_outputs(result, config.out)
-        yield label, seed, result
 
 
 # Settings that may differ between the runs of one comparison: what it varies, and the evaluation
