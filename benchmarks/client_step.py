@@ -37,6 +37,12 @@ MODES = {
 }
 
 
+def fresh_prefix(bench: Workbench, rank: int):
+    """The rank-``rank`` prefix of a fresh adapter (seed 0), every mode's starting point."""
+    bench.adapted.reset_parameters(torch.Generator().manual_seed(0))
+    return slice_to_rank(get_state(bench.adapted), rank)
+
+
 def local_step(
     bench: Workbench, rank: int, start, mode: LocalTrainingConfig, steps: int, seed: int
 ) -> None:
@@ -59,8 +65,7 @@ def step_seconds(
     bench: Workbench, rank: int, modes: dict[str, LocalTrainingConfig], steps: int, repeats: int
 ) -> dict[str, float]:
     """Best seconds per optimizer step of each mode (one warm-up step each first)."""
-    bench.adapted.reset_parameters(torch.Generator().manual_seed(0))
-    start = slice_to_rank(get_state(bench.adapted), rank)
+    start = fresh_prefix(bench, rank)
     best = dict.fromkeys(modes, float("inf"))
     for attempt in range(repeats + 1):
         for name, mode in modes.items():
@@ -75,8 +80,7 @@ def step_flops(
     bench: Workbench, rank: int, modes: dict[str, LocalTrainingConfig]
 ) -> dict[str, int]:
     """Floating-point operations of one optimizer step of each mode (forward and backward)."""
-    bench.adapted.reset_parameters(torch.Generator().manual_seed(0))
-    start = slice_to_rank(get_state(bench.adapted), rank)
+    start = fresh_prefix(bench, rank)
     flops = {}
     for name, mode in modes.items():
         with FlopCounterMode(display=False) as counter:
