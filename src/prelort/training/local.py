@@ -162,6 +162,25 @@ def looped_backward(
     return step_loss
 
 
+def masked_backward(
+    adapted: NestedLoRAModel,
+    batch: Mapping[str, torch.Tensor],
+    row_ranks: Sequence[int],
+    rank: int,
+    config: LocalTrainingConfig,
+) -> float:
+    """One forward and backward in which row n of ``batch`` sees the adapter at ``row_ranks[n]``.
+
+    The model's loss is the mean over the batch's rows (or label tokens), so each truncation
+    weighs by its share of them. Both ``stacked_backward`` and ``split_backward`` are this.
+    """
+    with adapted.row_truncations(row_ranks):
+        loss = adapted.model(**batch).loss
+    adapted.set_active_rank(rank)
+    (loss + tail_penalty(adapted, rank, config)).backward()
+    return float(loss.detach())
+
+
 def stacked_backward(
     adapted: NestedLoRAModel,
     batch: Mapping[str, torch.Tensor],
@@ -176,11 +195,8 @@ def stacked_backward(
     """
     copies = {k: torch.cat([v] * len(ranks)) for k, v in batch.items()}
     copy_size = next(iter(batch.values())).shape[0]
-    with adapted.truncations(ranks, copy_size):
-        loss = adapted.model(**copies).loss
-    adapted.set_active_rank(rank)
-    (loss + tail_penalty(adapted, rank, config)).backward()
-    return float(loss.detach())
+    row_ranks = [r for r in ranks for _ in range(copy_size)]  # copy t at ranks[t]
+    return masked_backward(adapted, copies, row_ranks, rank, config)
 
 
 def split_backward(
@@ -198,11 +214,7 @@ def split_backward(
     their own forward, weighted by its share instead.
     """
     if shares is None and not adapted.tier_heads:
-        with adapted.row_truncations(row_ranks):
-            loss = adapted.model(**batch).loss
-        adapted.set_active_rank(rank)
-        (loss + tail_penalty(adapted, rank, config)).backward()
-        return float(loss.detach())
+        return masked_backward(adapted, batch, row_ranks, rank, config)
     step_loss, groups = 0.0, sorted(set(row_ranks))
     for r in groups:
         rows = torch.tensor([n for n, rr in enumerate(row_ranks) if rr == r])
