@@ -88,10 +88,22 @@ def _settings(args: argparse.Namespace) -> tuple[SimulationConfig, Checkpoint | 
     return config_from_mapping({**resume.config, "out": str(args.resume)}), resume
 
 
+def check_machine(config: SimulationConfig) -> None:
+    """Settings this machine or model cannot run, refused before anything loads or is written."""
+    from prelort.device import resolve_device
+    from prelort.models import check_model_settings
+
+    check_model_settings(
+        config.model, config.device, config.dtype, config.quantize, config.target_modules
+    )
+    resolve_device(config.server_device, "server_device")
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from prelort.simulation.rundir import claimed_run_dir
 
     config, resume = _settings(args)
+    check_machine(config)
     if resume is not None:
         print(f"prelort simulate: resuming {args.resume} after round {resume.round}")
     with claimed_run_dir(config.out, args.overwrite, resume=resume is not None):
@@ -140,6 +152,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
     from prelort.simulation.rundir import claimed_run_dir
 
     config, _ = _settings(args)
+    check_machine(config)
     nodes = config.clients if args.nodes is None else args.nodes
     print(
         f"prelort flower: {config.method} on {config.task} with {config.model}, ranks "
@@ -222,6 +235,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if "out" not in overrides and "out" not in (read_toml(args.config) if args.config else {}):
         overrides["out"] = "runs/compare"
     base = load_config(args.config, overrides)
+    check_machine(base)
     with claimed_run_dir(base.out, args.overwrite):
         return _compare(args, base, methods)
 
@@ -318,6 +332,33 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(
             f"with the classification head{tier} as modules_to_save: {', '.join(summary['head'])}"
         )
+    return 0
+
+
+def cmd_plan_ranks(args: argparse.Namespace) -> int:
+    from prelort.budgets import format_table, measure_rank_memory
+    from prelort.config import parse_memory
+    from prelort.models import cache_dir
+
+    config = load_config(args.config, _overrides(args))
+    budgets = [parse_memory(m, "memory") for m in args.memory.split(",")] if args.memory else []
+    check_machine(config)
+    ranks = config.ranks.ladder
+    print(
+        f"prelort plan-ranks: {config.model} on {config.task}, ranks {','.join(map(str, ranks))}, "
+        f"batch {config.batch_size}, device {config.device}, dtype {config.dtype}, "
+        f"quantize {config.quantize}, gradient checkpointing {config.gradient_checkpointing}"
+    )
+    cache = None if args.no_cache else cache_dir() / "rank-memory"
+    table = measure_rank_memory(config, cache=cache, progress=not args.quiet)
+    print()
+    print(format_table(table, budgets))
+    if args.json is not None:
+        from prelort.io import write_json
+
+        fits = {f"{b / 2**30:g}GB": table.largest_fitting(b) for b in budgets}
+        write_json(args.json, {**table.to_json(), "budgets": fits, "config": config.to_dict()})
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -426,6 +467,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="output PEFT folder")
     export.add_argument("adapter", type=Path, help="adapter.safetensors written by simulate")
     export.set_defaults(func=cmd_export)
+
+    plan = sub.add_parser(
+        "plan-ranks",
+        help="measure one client step's peak memory at each rank; the largest rank per budget",
+    )
+    plan.add_argument(
+        "--memory", help="comma list of client memory budgets, e.g. 4GB,8GB,16GB (GB = 2^30 bytes)"
+    )
+    plan.add_argument("--json", type=Path, help="also write the table to this JSON file")
+    plan.add_argument(
+        "--no-cache", action="store_true", help="measure again even if this machine measured it"
+    )
+    _add_settings(plan)
+    plan.set_defaults(func=cmd_plan_ranks)
 
     methods = sub.add_parser("methods", help="list the federated methods")
     methods.set_defaults(func=cmd_methods)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prelort.device import check_device_name
 from prelort.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -33,6 +35,7 @@ HEAD_CHOICES = ("per-tier", "shared")
 OPTIMIZER_CHOICES = ("adamw", "sgd")
 CALIBRATION_CHOICES = ("none", "lda")
 CLASSIFIER_CHOICES = ("auto", "head", "verbalized")
+QUANTIZE_CHOICES = ("none", "4bit", "8bit")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,54 @@ def parse_ranks(value: Any) -> RankSpec:
     if any(p is None or p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
         raise ConfigError(f"ranks: probabilities must all be given, >= 0 and sum to 1 in {value!r}")
     return RankSpec(tuple(ranks), tuple(probs))
+
+
+UNITS = {"": 2**30, "gb": 2**30, "g": 2**30, "gib": 2**30, "mb": 2**20, "m": 2**20, "mib": 2**20}
+
+
+def parse_memory(text: str, field_name: str = "client_memory") -> int:
+    """``"4GB"``, ``"512MB"`` or ``"4"`` (GB) as bytes (binary units: 1 GB = 2**30 bytes).
+
+    Raises:
+        ConfigError: not a positive size.
+    """
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in UNITS or float(match.group(1)) <= 0:
+        raise ConfigError(f"{field_name}: cannot read {text!r} as a memory size such as 4GB or 512MB")
+    return int(float(match.group(1)) * UNITS[unit])
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """Client memory budgets in bytes: a list cycled over clients, or a distribution sampled."""
+
+    budgets: tuple[int, ...]
+    probabilities: tuple[float, ...] | None = None
+
+
+def parse_budgets(value: Any) -> BudgetSpec:
+    """Parse ``"4GB,8GB"`` or ``"4GB:0.5,16GB:0.5"`` into a ``BudgetSpec``.
+
+    Raises:
+        ConfigError: an unreadable size, or probabilities that are missing or do not sum to 1.
+    """
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    budgets, probs = [], []
+    for item in items:
+        size_text, sep, prob_text = str(item).strip().partition(":")
+        budgets.append(parse_memory(size_text))
+        try:
+            probs.append(float(prob_text) if sep else None)
+        except ValueError:
+            raise ConfigError(f"client_memory: cannot read {item!r} as SIZE or SIZE:PROBABILITY") from None
+    if not budgets or not str(value).strip():
+        raise ConfigError("client_memory: give at least one budget")
+    if all(p is None for p in probs):
+        return BudgetSpec(tuple(budgets))
+    if any(p is None or p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+        raise ConfigError(f"client_memory: probabilities must all be given, >= 0 and sum to 1 in {value!r}")
+    return BudgetSpec(tuple(budgets), tuple(probs))
 
 
 def _names(value: Any) -> tuple[str, ...] | None:
@@ -138,7 +189,12 @@ class SimulationConfig:
         dp_noise: client-level DP: Gaussian noise multiplier sigma; the aggregate gets noise of std sigma x dp_clip x the rule's largest client weight (needs dp_clip).
         secure_aggregation: the server learns only the sum of the clients' zero-padded updates (Flower's SecAgg+ in the Flower app; the same sums in the clear in-process); for prelort, zeropad and the other averaging methods.
         secure_range: under secure aggregation, the largest magnitude a sent number may have; SecAgg+ quantises [-secure_range, secure_range] to 2^22 levels, and a client whose update exceeds it drops out of the round.
-        dtype: base model dtype: auto, float32, bfloat16, float16.
+        dtype: base model dtype: auto (bf16 on CUDA, fp32 on the CPU, the packaged model's own choice), float32, bfloat16, float16; adapters and their optimizer state are fp32 whatever this is.
+        device: where each client trains: auto (CUDA when available), cpu, cuda, cuda:N or mps.
+        server_device: where the server aggregates: cpu, cuda, cuda:N, mps or auto.
+        quantize: the frozen base in 4bit (NF4 with double quantisation, bf16 compute: QLoRA) or 8bit through bitsandbytes (pip install prelort[quant]), or none.
+        gradient_checkpointing: recompute the base's activations in the backward pass instead of keeping them (less memory, about a third more compute).
+        client_memory: memory budget of each client (4GB,8GB,16GB cycled over clients, or 4GB:0.5,16GB:0.5 sampled): each client gets the largest rank of --ranks whose measured peak training memory fits (see prelort plan-ranks); default: ranks as given.
         wire_dtype: number format of adapters sent between server and clients: float32, or bfloat16/float16 (half the bytes, every number rounded).
         seed: the one seed of partitions, rank assignment, sampling and initialisation.
         text_field, label_field, instruction_field, response_field: columns of a task file.
@@ -184,6 +240,11 @@ class SimulationConfig:
     secure_aggregation: bool = False
     secure_range: float = 4.0
     dtype: str = "auto"
+    device: str = "auto"
+    server_device: str = "cpu"
+    quantize: str = "none"
+    gradient_checkpointing: bool = False
+    client_memory: str | None = None
     wire_dtype: str = "float32"
     seed: int = 0
     text_field: str = "text"
@@ -258,6 +319,11 @@ class SimulationConfig:
         _choice(self, "partition", PARTITION_CHOICES)
         _choice(self, "dtype", DTYPE_CHOICES)
         _choice(self, "wire_dtype", WIRE_DTYPE_CHOICES)
+        _choice(self, "quantize", QUANTIZE_CHOICES)
+        check_device_name("device", self.device)
+        check_device_name("server_device", self.server_device)
+        if self.client_memory is not None:
+            parse_budgets(self.client_memory)
 
     def _check_secure_aggregation(self) -> None:
         from prelort.aggregation import get_method
@@ -375,6 +441,10 @@ def _coerce(name: str, value: Any) -> Any:
         return _names(value)
     if name == "out":
         return Path(value)
+    if name == "client_memory":
+        if value is None or value == "":
+            return None
+        return ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
     annotation = str(_FIELDS[name].type)
     if value is None:
         if "None" in annotation:

@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prelort.device import base_dtype, resolve_device, uses_autocast
 from prelort.errors import ModelError
 from prelort.io import make_staging_dir
 
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class LoadedModel:
     name: str
     model: nn.Module
     tokenizer: object
+    placement: Placement | None = None
 
 
 def cache_dir() -> Path:
@@ -121,17 +122,99 @@ def is_causal_lm(name: str) -> bool:
     return any(a.endswith("ForCausalLM") for a in architectures)
 
 
-def load_model(name: str, task_kind: str, num_labels: int = 0, dtype: str = "auto") -> LoadedModel:
-    """Load a base model and its tokenizer for a task.
+QUANT_INSTALL = "pip install 'prelort[quant]'  (or: pip install bitsandbytes)"
+# Modules kept in full precision under 4/8-bit: the output and task heads (a head is trained, and
+# the quantizer would otherwise take Llama's ``score`` layer for a frozen projection).
+UNQUANTIZED_MODULES = ["lm_head", "score", "classifier", "pooler"]
+
+
+def quantization_config(quantize: str):
+    """The bitsandbytes settings of a quantized base: QLoRA's NF4, double quantisation, bf16
+    compute; or LLM.int8(). None for ``none``.
+
+    Raises:
+        ModelError: bitsandbytes is not installed.
+    """
+    if quantize == "none":
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"quantize: {quantize} needs bitsandbytes; run `{QUANT_INSTALL}`")
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=UNQUANTIZED_MODULES,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=UNQUANTIZED_MODULES)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and in what precision a base model runs.
+
+    Attributes:
+        device: the device of the model, its adapter, head, batches and optimizer state.
+        dtype: the dtype of the frozen base's (unquantized) weights.
+        quantize: "none", "4bit" or "8bit".
+        gradient_checkpointing: recompute activations in the backward pass.
+    """
+
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    quantize: str = "none"
+    gradient_checkpointing: bool = False
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The dtype forwards autocast to (None: no autocast): see ``prelort.device``."""
+        compute = torch.bfloat16 if self.quantize != "none" else self.dtype
+        return compute if uses_autocast(self.device, compute) else None
+
+
+def placement_for(
+    name: str, device: str = "cpu", dtype: str = "auto", quantize: str = "none", checkpointing=False
+) -> Placement:
+    """The placement of model ``name`` from the run's settings (devices resolved on this machine).
+
+    Raises:
+        ConfigError: a device this machine lacks.
+        ModelError: a quantization the device cannot run.
+    """
+    where = resolve_device(device)
+    if quantize != "none" and where.type not in ("cuda", "cpu"):
+        raise ModelError(
+            f"quantize: bitsandbytes runs {quantize} layers on CUDA and on the CPU, not on "
+            f"{where.type}; use --device cuda or cpu, or --quantize none"
+        )
+    torch_dtype = base_dtype(dtype, where, AUTO_DTYPE.get(name))
+    if quantize != "none" and dtype == "auto":
+        torch_dtype = torch.bfloat16  # QLoRA: the unquantized rest of the base in bf16 as well
+    return Placement(where, torch_dtype, quantize, bool(checkpointing))
+
+
+def load_model(
+    name: str,
+    task_kind: str,
+    num_labels: int = 0,
+    dtype: str = "auto",
+    placement: Placement | None = None,
+) -> LoadedModel:
+    """Load a base model and its tokenizer for a task, on its device and in its precision.
 
     Args:
         name: ``smollm2-135m``, ``minilm-l6``, a local folder or a hub id.
         task_kind: "classification" loads a sequence classifier with a fresh head of
             ``num_labels``; "generation" a causal LM.
-        dtype: "auto", "float32", "bfloat16" or "float16" for the base weights.
+        dtype: "auto", "float32", "bfloat16" or "float16" for the base weights (used when no
+            ``placement`` is given: the CPU).
+        placement: device, dtype, quantization and checkpointing (default: the CPU, ``dtype``).
 
     Raises:
-        ModelError: the model cannot be found or loaded.
+        ModelError: the model cannot be found or loaded, or bitsandbytes is missing.
     """
     from transformers import (
         AutoModelForCausalLM,
@@ -139,20 +222,68 @@ def load_model(name: str, task_kind: str, num_labels: int = 0, dtype: str = "aut
         AutoTokenizer,
     )
 
+    placement = placement or placement_for(name, "cpu", dtype)
     path = resolve_model_path(name)
-    torch_dtype = AUTO_DTYPE.get(name, torch.float32) if dtype == "auto" else DTYPES[dtype]
+    quant = quantization_config(placement.quantize)
+    options: dict = {"dtype": placement.dtype}
+    if quant is not None:
+        # bitsandbytes quantizes while loading, onto the device it is told
+        options.update(quantization_config=quant, device_map={"": str(placement.device)})
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if task_kind == "classification":
             model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=num_labels, dtype=torch_dtype
+                path, num_labels=num_labels, **options
             )
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_pretrained(path, **options)
     except (OSError, ValueError) as e:
         raise ModelError(f"model: cannot load {name!r} ({path}): {e}") from None
+    if quant is None:
+        model.to(placement.device)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(name, model, tokenizer)
+    if placement.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ModelError(f"gradient_checkpointing: {name!r} does not support it")
+        # non-reentrant: the frozen base's inputs need no grad for the adapters' to flow
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return LoadedModel(name, model, tokenizer, placement)
+
+
+def check_model_settings(
+    name: str, device: str, dtype: str, quantize: str, target_modules: tuple[str, ...] | None
+) -> None:
+    """Refuse, before anything loads or is written, settings this machine or model cannot run.
+
+    Checks the device exists, bitsandbytes is there for a quantized base and runs on the device,
+    and that the model's family has default target modules when none are named (the model's
+    modules are built on the meta device from its config: no weights are read).
+
+    Raises:
+        ConfigError, ModelError: naming the setting.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    from prelort.adapters.inject import ALL_LINEAR, default_target_modules
+
+    placement_for(name, device, dtype, quantize)
+    quantization_config(quantize)
+    if target_modules and tuple(target_modules) != (ALL_LINEAR,):
+        return
+    if target_modules or name in PACKAGED_MODELS:
+        return
+    path = resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(path)
+        with torch.device("meta"):
+            skeleton = AutoModel.from_config(config)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model: cannot load {name!r} ({path}): {e}") from None
+    default_target_modules(skeleton)

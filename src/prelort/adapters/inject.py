@@ -6,6 +6,7 @@ targeted ``nn.Linear`` for a ``NestedLoRALinear`` and freezes everything else bu
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,13 +16,29 @@ from torch import nn
 
 from prelort.adapters.heads import tier_of
 from prelort.adapters.layer import NestedLoRALinear
+from prelort.device import autocast
 from prelort.errors import ModelError
 
-# Default targets by the attention projection names a model family uses.
+# Default targets per model family (``config.model_type``): the attention query and value
+# projections, as in the LoRA paper and PEFT's defaults; Phi-3 fuses q, k and v into one layer.
+FAMILY_TARGETS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
+         "gemma2", "gemma3_text", "phi", "olmo", "olmo2", "granite", "smollm3", "cohere"),
+        ("q_proj", "v_proj"),
+    ),
+    **dict.fromkeys(("phi3", "phimoe"), ("qkv_proj",)),
+    **dict.fromkeys(
+        ("bert", "roberta", "xlm-roberta", "electra"), ("query", "value")
+    ),
+}
+# Otherwise: targets by the attention projection names a model uses.
 DEFAULT_TARGETS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("q_proj", ("q_proj", "v_proj")),  # Llama, Mistral, Qwen, SmolLM
-    ("query", ("query", "value")),  # BERT, MiniLM, RoBERTa
+    ("q_proj", ("q_proj", "v_proj")),  # Llama-like
+    ("query", ("query", "value")),  # BERT-like
+    ("qkv_proj", ("qkv_proj",)),  # Phi-3-like
 )
+ALL_LINEAR = "all-linear"  # PEFT's spelling: every linear layer but the output and task heads
 
 
 @dataclass
@@ -37,6 +54,8 @@ class NestedLoRAModel:
         tier_heads: with per-tier heads, one copy of ``head`` per tier (see ``use_tier_heads``);
             empty when one head is shared by every tier.
         active_tier: the tier whose head the model uses now (None with a shared head).
+        autocast_dtype: forwards run under autocast to this dtype (a 16-bit base on a GPU), or
+            None (``prelort.models.Placement``).
     """
 
     model: nn.Module
@@ -46,6 +65,16 @@ class NestedLoRAModel:
     scale: float = 1.0
     tier_heads: dict[int, dict[str, nn.Parameter]] = field(default_factory=dict)
     active_tier: int | None = None
+    autocast_dtype: torch.dtype | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the adapter (and of the model it is injected in)."""
+        return next(iter(self.layers.values())).lora_a.device
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision context of a forward: autocast over a 16-bit GPU base, else nothing."""
+        return autocast(self.device, self.autocast_dtype)
 
     def set_active_rank(self, rank: int) -> None:
         """Truncate every nested layer to its first ``rank`` components (and use that tier's head)."""
@@ -78,7 +107,7 @@ class NestedLoRAModel:
         if self.tier_heads:
             raise ModelError("truncations in one batch need a shared head, not per-tier heads")
         top = max(row_ranks)
-        device = next(iter(self.layers.values())).lora_a.device
+        device = self.device
         ranks_per_row = torch.tensor(list(row_ranks), device=device)  # (rows,)
         keep = torch.arange(top, device=device)[None, :] < ranks_per_row[:, None]  # (rows, top)
         try:
@@ -151,19 +180,67 @@ class NestedLoRAModel:
 
 
 def default_target_modules(model: nn.Module) -> tuple[str, ...]:
-    """The attention query/value projections of a Llama-like or BERT-like model.
+    """The attention query/value projections of the model's family (or of its naming scheme).
 
     Raises:
-        ModelError: the model has neither naming scheme, so targets must be given.
+        ModelError: an unknown family whose modules follow no known naming scheme.
     """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
     leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if model_type in FAMILY_TARGETS and set(FAMILY_TARGETS[model_type]) <= leaf_names:
+        return FAMILY_TARGETS[model_type]
     for marker, targets in DEFAULT_TARGETS:
         if marker in leaf_names:
             return targets
     raise ModelError(
-        "cannot guess the LoRA target modules of this model; pass target_modules "
-        "(e.g. --target-modules q_proj,v_proj)"
+        f"target_modules: no default for model family {model_type!r}; name its modules "
+        "(e.g. --target-modules q_proj,v_proj) or use --target-modules all-linear"
     )
+
+
+def _is_linear(module: nn.Module) -> bool:
+    """An ``nn.Linear`` or a bitsandbytes 4/8-bit linear layer (those subclass it)."""
+    return isinstance(module, nn.Linear)
+
+
+def target_names(model: nn.Module, targets: Sequence[str]) -> list[str]:
+    """The full names of the modules to adapt: leaf names in ``targets``, or ``all-linear``.
+
+    ``all-linear`` takes every linear layer except the output embedding (``lm_head``) and the
+    task head, as PEFT does.
+
+    Raises:
+        ModelError: a target name no module has, or a match that is not a linear layer.
+    """
+    modules = dict(model.named_modules())
+    if tuple(targets) == (ALL_LINEAR,):
+        heads = {name.rpartition(".")[0] for name in find_head_parameters(model)}
+        output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        return [
+            name
+            for name, module in modules.items()
+            if _is_linear(module)
+            and module is not output
+            and name not in heads
+            and not name.startswith("lm_head")
+            and ".lora_" not in name
+        ]
+    leaves = {name.rsplit(".", 1)[-1] for name in modules}
+    unknown = [t for t in targets if t not in leaves]
+    if unknown:
+        raise ModelError(
+            f"target_modules: the model has no module named {', '.join(map(repr, unknown))}"
+        )
+    names = []
+    for name, module in modules.items():
+        if name.rsplit(".", 1)[-1] not in targets or isinstance(module, NestedLoRALinear):
+            continue
+        if not _is_linear(module):
+            raise ModelError(
+                f"target module {name!r} is a {type(module).__name__}, not an nn.Linear"
+            )
+        names.append(name)
+    return names
 
 
 def find_head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -191,6 +268,7 @@ def inject_nested_lora(
     dropout: float = 0.0,
     train_head: bool = False,
     adapter_dtype: torch.dtype = torch.float32,
+    head_dtype: torch.dtype | None = None,
 ) -> NestedLoRAModel:
     """Swap every targeted ``nn.Linear`` for a ``NestedLoRALinear`` of rank ``max_rank``.
 
@@ -198,10 +276,12 @@ def inject_nested_lora(
         model: a ``transformers`` model; modified in place.
         max_rank: R, the rank of the global nested adapter.
         alpha: LoRA alpha; the scale is ``alpha / max_rank`` at every active rank.
-        target_modules: leaf module names to adapt (None: guessed from the architecture).
+        target_modules: leaf module names to adapt, or ``("all-linear",)`` (None: the family's
+            default, ``default_target_modules``).
         dropout: dropout on the adapter input.
         train_head: keep the task head trainable (sequence classification).
         adapter_dtype: dtype of the adapter factors.
+        head_dtype: dtype of a trained head (None: the model's own).
 
     Returns:
         The injected model with handles on its layers and head.
@@ -214,14 +294,8 @@ def inject_nested_lora(
         p.requires_grad_(False)
     scale = alpha / max_rank
     layers: dict[str, NestedLoRALinear] = {}
-    for name, module in list(model.named_modules()):
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf not in targets or isinstance(module, NestedLoRALinear):
-            continue
-        if not isinstance(module, nn.Linear):
-            raise ModelError(
-                f"target module {name!r} is a {type(module).__name__}, not an nn.Linear"
-            )
+    for name in target_names(model, targets):
+        module = model.get_submodule(name)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         layer = NestedLoRALinear(module, max_rank, scale, dropout, adapter_dtype)
@@ -231,5 +305,7 @@ def inject_nested_lora(
         raise ModelError(f"no module of the model is named any of {list(targets)}")
     head = find_head_parameters(model) if train_head else {}
     for p in head.values():
+        if head_dtype is not None:
+            p.data = p.data.to(head_dtype)  # a trained head keeps fp32 master weights too
         p.requires_grad_(True)
     return NestedLoRAModel(model, layers, head, max_rank, scale)

@@ -88,14 +88,14 @@ def prefix_sums(
         (sums, held): ``<module>.lora_a`` (R, in) and ``<module>.lora_b`` (out, R) sums, and
         ``held`` (R,) float64, the total weight of the updates whose rank covers each index.
     """
-    held = torch.zeros(state_rank(global_state), dtype=torch.float64)
+    held = torch.zeros(state_rank(global_state), dtype=torch.float64)  # weights: on the CPU
     for u, w in zip(updates, weights.tolist(), strict=True):
         held[: u.rank] += w
     sums: AdapterState = {}
     for module in lora_modules(global_state):
         key_a, key_b = module + LORA_A, module + LORA_B
-        sum_a = torch.zeros(global_state[key_a].shape, dtype=torch.float32)  # (R, in)
-        sum_b = torch.zeros(global_state[key_b].shape, dtype=torch.float32)  # (out, R)
+        sum_a = torch.zeros_like(global_state[key_a], dtype=torch.float32)  # (R, in)
+        sum_b = torch.zeros_like(global_state[key_b], dtype=torch.float32)  # (out, R)
         for u, w in zip(updates, weights.tolist(), strict=True):
             sum_a[: u.rank].add_(u.state[key_a], alpha=w)  # (r, in)
             sum_b[:, : u.rank].add_(u.state[key_b], alpha=w)  # (out, r)

@@ -77,6 +77,7 @@ def divided_by_holders(
     Returns:
         The new A and B (float32).
     """
+    held = held.to(sum_a.device)  # the weights come from the CPU; the sums may be on a GPU
     covered = held > 0  # (R,) indices some update holds
     inverse = torch.where(covered, 1 / held.clamp_min(1e-300), 0.0)  # (R,)
     new_a = (sum_a * inverse[:, None].to(sum_a.dtype)).float()  # (R, in)

@@ -98,6 +98,7 @@ def add_noise(
         else:
             out[key] = noisy
             continue
-        view.add_(torch.randn(view.shape, generator=generator, dtype=torch.float64).float() * std)
+        noise = torch.randn(view.shape, generator=generator, dtype=torch.float64)  # CPU stream
+        view.add_(noise.float().to(view.device) * std)
         out[key] = noisy
     return out

@@ -1,18 +1,18 @@
-"""Non-IID client partitions with ``flwr-datasets`` partitioners over in-memory labels."""
+"""Non-IID client partitions with ``flwr-datasets`` partitioners over in-memory labels.
+
+``flwr-datasets`` and ``datasets`` are imported when a partition is made, so that the rest of the
+package (adapters, aggregation, training, evaluation) imports on a machine that has neither.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from datasets import Dataset
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    Partitioner,
-    PathologicalPartitioner,
-)
+from typing import TYPE_CHECKING
 
 from prelort.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
 
 PARTITIONS = ("iid", "dirichlet", "pathological")
 
@@ -21,6 +21,12 @@ def make_partitioner(
     scheme: str, num_clients: int, seed: int, alpha: float, classes_per_client: int
 ) -> Partitioner:
     """A new partitioner: a partitioner takes one dataset, so each run needs its own."""
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+    )
+
     if scheme == "iid":
         return IidPartitioner(num_partitions=num_clients)
     if scheme == "dirichlet":
@@ -76,6 +82,8 @@ def partition_indices(
             f"{len(labels)} training examples are too few for {num_clients} clients "
             f"with at least {min_examples} each"
         )
+    from datasets import Dataset
+
     partitioner = make_partitioner(scheme, num_clients, seed, alpha, classes_per_client)
     partitioner.dataset = Dataset.from_dict(
         {"label": list(labels), "index": list(range(len(labels)))}

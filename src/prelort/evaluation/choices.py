@@ -15,18 +15,19 @@ import torch
 
 from prelort.adapters.inject import NestedLoRAModel
 from prelort.data.encoding import EncodedSplit, prompt_batch
+from prelort.device import to_device
 from prelort.evaluation.metrics import accuracy
 
 
 def _padded(
-    rows: Sequence[Sequence[int]], width: int, fill: int
+    rows: Sequence[Sequence[int]], width: int, fill: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.full((len(rows), width), fill, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for j, r in enumerate(rows):
         ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[j, : len(r)] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 def _cache_keyword(model: torch.nn.Module) -> str:
@@ -46,7 +47,8 @@ def choice_scores(
     if not enc.choices:
         raise ValueError("choice scores need an encoded split with choices")
     choices, k = enc.choices, len(enc.choices)
-    batch = prompt_batch(enc, idx, pad_id)  # left-padded prompts
+    device = next(model.parameters()).device
+    batch = to_device(prompt_batch(enc, idx, pad_id), device)  # left-padded prompts
     mask = batch["attention_mask"]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
@@ -60,19 +62,19 @@ def choice_scores(
     b = mask.shape[0]
     cache = out.cache if _cache_keyword(model) == "cache" else out.past_key_values
     cache.batch_repeat_interleave(k)  # row b * K + k continues prompt b with choice k
-    inputs, input_mask = _padded([c[:-1] for c in choices], width, pad_id)  # (K, w)
-    targets, target_mask = _padded([c[1:] for c in choices], width, 0)  # (K, w)
+    inputs, input_mask = _padded([c[:-1] for c in choices], width, pad_id, device)  # (K, w)
+    targets, target_mask = _padded([c[1:] for c in choices], width, 0, device)  # (K, w)
     lengths = mask.sum(-1).repeat_interleave(k)  # (B * K,)
     cont = model(
         input_ids=inputs.repeat(b, 1),
         attention_mask=torch.cat([mask.repeat_interleave(k, 0), input_mask.repeat(b, 1)], 1),
-        position_ids=lengths[:, None] + torch.arange(width)[None, :],
+        position_ids=lengths[:, None] + torch.arange(width, device=device)[None, :],
         **{_cache_keyword(model): cache},
     )
     logp = cont.logits.float().log_softmax(-1)  # (B * K, w, V)
     token_logp = logp.gather(-1, targets.repeat(b, 1)[..., None]).squeeze(-1)  # (B * K, w)
     rest = (token_logp * target_mask.repeat(b, 1)).sum(-1).view(b, k)
-    return scores + rest
+    return (scores + rest).cpu()
 
 
 def choice_accuracy(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from rouge_score import rouge_scorer
 
 
 def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
@@ -19,6 +18,8 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Mean ROUGE-L F1 (with stemming) of predictions against references."""
     if len(predictions) != len(references) or not references:
         raise ValueError("rouge_l needs as many predictions as references, and at least one")
+    from rouge_score import rouge_scorer  # only generation tasks need it
+
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     scores = [
         scorer.score(ref, pred)["rougeL"].fmeasure

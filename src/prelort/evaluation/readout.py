@@ -55,7 +55,7 @@ def head_outputs(
     """
     captured: list[torch.Tensor] = []
     hook = head_module(adapted).register_forward_pre_hook(
-        lambda _module, args: captured.append(args[0].detach().float())
+        lambda _module, args: captured.append(args[0].detach().float().cpu())
     )
     decoder = bool(getattr(adapted.model.config, "is_decoder", False)) or "CausalLM" in str(
         getattr(adapted.model.config, "architectures", "")
@@ -65,14 +65,16 @@ def head_outputs(
         for start in range(0, len(rows), batch_size):
             batch = classification_batch(data, rows[start : start + batch_size], pad_id)
             captured.clear()
-            out = adapted.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            )
+            with adapted.autocast():
+                out = adapted.model(
+                    input_ids=batch["input_ids"].to(adapted.device),
+                    attention_mask=batch["attention_mask"].to(adapted.device),
+                )
             x = captured[0]
             if x.ndim == 3:  # (B, T, H)
                 last = batch["attention_mask"].sum(-1) - 1
                 x = x[torch.arange(x.shape[0]), last] if decoder else x[:, 0]
-            logits.append(out.logits.float())
+            logits.append(out.logits.float().cpu())
             features.append(x)
     finally:
         hook.remove()

@@ -16,6 +16,7 @@ from prelort.data.encoding import (
     causal_batch,
     prompt_batch,
 )
+from prelort.device import to_device
 from prelort.evaluation.choices import choice_accuracy
 from prelort.evaluation.metrics import accuracy, perplexity, rouge_l
 from prelort.evaluation.readout import head_outputs, readout_accuracy
@@ -38,10 +39,11 @@ def causal_perplexity(
     """Perplexity of the reference targets given their prompts."""
     total, count = 0.0, 0
     for idx in _chunks(len(data), batch_size):
-        batch = causal_batch(data, idx, pad_id)
-        logits = adapted.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits
+        batch = to_device(causal_batch(data, idx, pad_id), adapted.device)
+        with adapted.autocast():
+            logits = adapted.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
         labels = batch["labels"][:, 1:]  # token t is predicted at position t - 1
         nll = F.cross_entropy(
             logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="sum"
@@ -58,14 +60,15 @@ def generate(
     """Greedy completions of the prompts."""
     outputs: list[str] = []
     for idx in _chunks(len(data), batch_size):
-        batch = prompt_batch(data, idx, tokenizer.pad_token_id)
-        tokens = adapted.model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
+        batch = to_device(prompt_batch(data, idx, tokenizer.pad_token_id), adapted.device)
+        with adapted.autocast():
+            tokens = adapted.model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
         new = tokens[:, batch["input_ids"].shape[1] :]
         outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return outputs
@@ -131,7 +134,8 @@ def evaluate_tiers(
                     batch_size,
                 )
         elif objective == VERBALIZED:
-            metrics = {"accuracy": choice_accuracy(adapted, data, pad_id, batch_size)}
+            with adapted.autocast():
+                metrics = {"accuracy": choice_accuracy(adapted, data, pad_id, batch_size)}
         else:
             metrics = {"perplexity": causal_perplexity(adapted, data, pad_id, batch_size)}
             if generation_data is not None and len(generation_data):

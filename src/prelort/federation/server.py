@@ -7,6 +7,8 @@ hostile reply is logged and left out, and never aborts the round or touches the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import math
 import statistics
@@ -15,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from prelort.device import state_to
 
 from prelort.adapters.norms import segment_norms
 from prelort.adapters.state import AdapterState, slice_to_rank, state_rank
@@ -85,6 +89,7 @@ class ServerRules:
         max_update_norm: bound on a reply's ``||s B A||_F`` (None: no bound).
         wire_dtype: the number format of adapters on the wire (counts the traffic's bytes).
         privacy: client-level DP (clip, noise), or None.
+        device: where the rule runs; the state it returns is brought back to the CPU.
     """
 
     method: Method
@@ -95,6 +100,7 @@ class ServerRules:
     max_update_norm: float | None = None
     wire_dtype: str = "float32"
     privacy: PrivacySettings | None = None
+    device: torch.device = torch.device("cpu")
 
     @classmethod
     def for_run(
@@ -105,6 +111,7 @@ class ServerRules:
         max_update_norm: float | None = None,
         wire_dtype: str = "float32",
         privacy: PrivacySettings | None = None,
+        device: torch.device = torch.device("cpu"),
     ) -> ServerRules:
         allowed = method.allowed_ranks(context.ladder, client_ranks)
         return cls(
@@ -116,6 +123,7 @@ class ServerRules:
             max_update_norm,
             wire_dtype,
             privacy,
+            device,
         )
 
 
@@ -198,6 +206,17 @@ def noisy(
     return noised, {**privacy, "noise_std": std}
 
 
+def aggregate_on(
+    rules: ServerRules, global_state: AdapterState, updates: Sequence[ClientUpdate]
+) -> AdapterState:
+    """The rule run on the server's device; the new state comes back as CPU tensors."""
+    if rules.device.type == "cpu":
+        return rules.aggregate(global_state, updates)
+    on = rules.device
+    moved = [dataclasses.replace(u, state=state_to(u.state, on)) for u in updates]
+    return state_to(rules.aggregate(state_to(global_state, on), moved), torch.device("cpu"))
+
+
 def server_step(
     server: ServerState,
     sampled: Sequence[int],
@@ -254,7 +273,7 @@ def server_step(
     if updates and rules.privacy is not None:
         updates, privacy = clipped_updates(sent, updates, rules)
     if updates:
-        global_state = rules.aggregate(global_state, updates)
+        global_state = aggregate_on(rules, global_state, updates)
         if privacy is not None and privacy["noise_multiplier"] > 0:
             global_state, privacy = noisy(global_state, updates, rules, privacy, round_index)
     else:

@@ -15,7 +15,9 @@ import torch
 
 from prelort.adapters.state import get_state, state_rank
 from prelort.aggregation import AggregationContext, Method, get_method
+from prelort.budgets import budget_plan
 from prelort.config import SimulationConfig
+from prelort.device import resolve_device
 from prelort.evaluation.tiers import HEAD, ReadoutData, TierMetrics, evaluate_tiers
 from prelort.federation.client import ClientReply, client_step
 from prelort.federation.plan import FederationPlan, assign_ranks, build_plan
@@ -33,6 +35,7 @@ from prelort.federation.server import (
 from prelort.federation.wire import through_wire
 from prelort.simulation.checkpoint import Checkpoint, save_checkpoint
 from prelort.simulation.result import SimulationResult
+from prelort.models import cache_dir
 from prelort.simulation.workbench import Workbench
 from prelort.training.local import LocalTrainingConfig
 
@@ -49,6 +52,8 @@ class Federation:
         train_config: local training settings before the per-client hooks.
         rules: how the server checks and aggregates replies.
         initial: the server state before round 1.
+        rank_plan: with ``client_memory``, each client's budget, the measured peak per rank and
+            the ranks they gave (``prelort.budgets.budget_plan``); None otherwise.
     """
 
     config: SimulationConfig
@@ -58,6 +63,7 @@ class Federation:
     train_config: LocalTrainingConfig
     rules: ServerRules
     initial: ServerState
+    rank_plan: dict | None = None
 
     def train_client(
         self, received: Mapping[str, torch.Tensor], client: int, round_index: int
@@ -165,6 +171,7 @@ class Federation:
             self.config.to_dict(),
             list(self.plan.client_ranks),
             [len(rows) for rows in self.plan.client_rows],
+            rank_plan=self.rank_plan,
         )
 
 
@@ -176,11 +183,13 @@ def prepare_federation(config: SimulationConfig, bench: Workbench) -> Federation
     """
     method = get_method(config.method)
     ladder = config.ranks.ladder
-    plan = build_plan(
-        config,
-        bench.train.labels,
-        method.client_ranks(assign_ranks(config.ranks, config.clients, config.seed)),
-    )
+    rank_plan = None
+    if config.client_memory is not None:
+        rank_plan = budget_plan(config, cache_dir() / "rank-memory")
+        ranks = rank_plan["client_ranks"]
+    else:
+        ranks = assign_ranks(config.ranks, config.clients, config.seed)
+    plan = build_plan(config, bench.train.labels, method.client_ranks(ranks))
     train_config = LocalTrainingConfig(
         config.local_steps,
         config.batch_size,
@@ -205,10 +214,16 @@ def prepare_federation(config: SimulationConfig, bench: Workbench) -> Federation
     if config.dp_clip is not None:
         privacy = PrivacySettings(config.dp_clip, config.dp_noise, config.seed)
     rules = ServerRules.for_run(
-        method, context, plan.client_ranks, config.max_update_norm, config.wire_dtype, privacy
+        method,
+        context,
+        plan.client_ranks,
+        config.max_update_norm,
+        config.wire_dtype,
+        privacy,
+        resolve_device(config.server_device, "server_device"),
     )
     initial = initial_server_state(method, fresh_state, plan.client_ranks)
-    return Federation(config, bench, method, plan, train_config, rules, initial)
+    return Federation(config, bench, method, plan, train_config, rules, initial, rank_plan)
 
 
 def resumed_server(checkpoint: Checkpoint, result: SimulationResult, rounds: int) -> ServerState:

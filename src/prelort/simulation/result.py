@@ -26,6 +26,7 @@ class SimulationResult:
         phase_seconds: how this process's wall time split: ``train`` (client steps),
             ``aggregate`` (server steps), ``evaluate`` (tier metrics, records, checkpoints) and,
             with a calibration, ``calibrate`` (client statistics, LDA heads, their evaluation).
+        rank_plan: ranks from memory budgets (``prelort.budgets.budget_plan``), or None.
     """
 
     config: dict[str, Any]
@@ -37,6 +38,7 @@ class SimulationResult:
     traffic: list[TrafficRecord] = field(default_factory=list)
     wall_seconds: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    rank_plan: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,4 +50,5 @@ class SimulationResult:
             "traffic": self.traffic,
             "wall_seconds": round(self.wall_seconds, 2),
             "phase_seconds": {k: round(v, 2) for k, v in self.phase_seconds.items()},
+            **({"rank_plan": self.rank_plan} if self.rank_plan is not None else {}),
         }

@@ -11,13 +11,15 @@ import logging
 import random
 from dataclasses import dataclass
 
+import torch
+
 from prelort.adapters.inject import NestedLoRAModel, inject_nested_lora
 from prelort.config import SimulationConfig
 from prelort.data.encoding import EncodedSplit, encode_split, verbalized_task
 from prelort.data.tasks import CLASSIFICATION, GENERATION, FileFields, TaskData, load_task
 from prelort.errors import ConfigError
 from prelort.evaluation.tiers import HEAD, VERBALIZED
-from prelort.models import is_causal_lm, load_model
+from prelort.models import is_causal_lm, load_model, placement_for
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,9 @@ def workbench_key(config: SimulationConfig) -> tuple:
         config.task,
         config.model,
         config.dtype,
+        config.device,
+        config.quantize,
+        config.gradient_checkpointing,
         config.max_length,
         config.resolved_max_rank,
         config.resolved_alpha,
@@ -98,11 +103,14 @@ def build_workbench(config: SimulationConfig) -> Workbench:
     objective = resolve_objective(config, task)
     if objective == VERBALIZED:
         task = verbalized_task(task)
+    placement = placement_for(
+        config.model, config.device, config.dtype, config.quantize, config.gradient_checkpointing
+    )
     loaded = load_model(
         config.model,
         CLASSIFICATION if objective == HEAD else GENERATION,
         task.num_labels,
-        config.dtype,
+        placement=placement,
     )
     max_length = config.max_length or DEFAULT_MAX_LENGTH[objective]
     tokenizer = loaded.tokenizer
@@ -126,14 +134,19 @@ def build_workbench(config: SimulationConfig) -> Workbench:
         target_modules=config.target_modules,
         dropout=config.lora_dropout,
         train_head=objective == HEAD,
+        head_dtype=torch.float32 if placement.autocast_dtype is not None else None,
     )
+    adapted.autocast_dtype = placement.autocast_dtype
     readout_rows = _subset(len(train), config.readout_examples) if objective == HEAD else []
     log.info(
-        "workbench: task %s (%d train, %d test), model %s, %d nested layers of rank %d",
+        "workbench: task %s (%d train, %d test), model %s on %s (%s%s), %d nested layers of rank %d",
         task.name,
         len(train),
         len(test),
         config.model,
+        placement.device,
+        str(placement.dtype).removeprefix("torch."),
+        "" if placement.quantize == "none" else f", {placement.quantize}",
         len(adapted.layers),
         adapted.max_rank,
     )

@@ -17,6 +17,7 @@ from prelort.adapters.inject import NestedLoRAModel
 from prelort.adapters.norms import product_gram
 from prelort.config import OPTIMIZER_CHOICES
 from prelort.data.encoding import EncodedSplit, make_batch
+from prelort.device import to_device
 from prelort.errors import ConfigError
 from prelort.training.nested import prefix_step_scales, split_rows, truncation_ranks
 
@@ -115,7 +116,7 @@ def make_optimizer(adapted: NestedLoRAModel, config: LocalTrainingConfig) -> tor
 
 def tail_norms(adapted: NestedLoRAModel, rank: int, tail: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(norm of the last ``tail`` components' update, norm of the whole update), differentiable."""
-    tail_sq = whole_sq = torch.zeros((), dtype=torch.float32)
+    tail_sq = whole_sq = torch.zeros((), dtype=torch.float32, device=adapted.device)
     for layer in adapted.layers.values():
         a, b = layer.lora_a[:rank], layer.lora_b[:, :rank]
         gram = product_gram(a, b)  # (r, r)
@@ -140,7 +141,7 @@ def tail_penalty(adapted: NestedLoRAModel, rank: int, config: LocalTrainingConfi
     """HetLoRA's ``gamma * ||s B_tail A_tail||`` of the client's rank (0 when disabled)."""
     if config.tail_penalty > 0 and config.tail > 0:
         return config.tail_penalty * tail_norms(adapted, rank, config.tail)[0]
-    return torch.zeros(())
+    return torch.zeros((), device=adapted.device)
 
 
 def looped_backward(
@@ -155,7 +156,8 @@ def looped_backward(
     step_loss = 0.0
     for r in ranks:
         adapted.set_active_rank(r)
-        loss = adapted.model(**batch).loss
+        with adapted.autocast():
+            loss = adapted.model(**batch).loss
         loss = loss / len(ranks) if shares is None else loss * shares[r]
         step_loss += float(loss.detach())
         (loss + tail_penalty(adapted, rank, config) / len(ranks)).backward()
@@ -175,9 +177,11 @@ def masked_backward(
     weighs by its share of them. Both ``stacked_backward`` and ``split_backward`` are this.
     """
     with adapted.row_truncations(row_ranks):
-        loss = adapted.model(**batch).loss
+        with adapted.autocast():
+            loss = adapted.model(**batch).loss
+        # inside the masks: gradient checkpointing recomputes the forward during the backward
+        (loss + tail_penalty(adapted, rank, config)).backward()
     adapted.set_active_rank(rank)
-    (loss + tail_penalty(adapted, rank, config)).backward()
     return float(loss.detach())
 
 
@@ -217,9 +221,10 @@ def split_backward(
         return masked_backward(adapted, batch, row_ranks, rank, config)
     step_loss, groups = 0.0, sorted(set(row_ranks))
     for r in groups:
-        rows = torch.tensor([n for n, rr in enumerate(row_ranks) if rr == r])
+        rows = torch.tensor([n for n, rr in enumerate(row_ranks) if rr == r], device=adapted.device)
         adapted.set_active_rank(r)
-        loss = adapted.model(**{k: v[rows] for k, v in batch.items()}).loss
+        with adapted.autocast():
+            loss = adapted.model(**{k: v[rows] for k, v in batch.items()}).loss
         loss = loss * (len(rows) / len(row_ranks) if shares is None else shares[r])
         step_loss += float(loss.detach())
         (loss + tail_penalty(adapted, rank, config) / len(groups)).backward()
@@ -230,6 +235,7 @@ def split_backward(
 def scaled_adapter_step(adapted: NestedLoRAModel, scales: torch.Tensor) -> Iterator[None]:
     """Within the block the optimizer steps; afterwards component i has moved ``scales[i]`` of it."""
     layers = list(adapted.layers.values())
+    scales = scales.to(adapted.device)
     before = [(layer.lora_a.detach().clone(), layer.lora_b.detach().clone()) for layer in layers]
     yield
     with torch.no_grad():
@@ -272,7 +278,7 @@ def train_local(
     batches = batch_indices(indices, config.batch_size, generator)
     losses, passes, trained = [], 0, set()
     for _ in range(config.steps):
-        batch = make_batch(kind, data, next(batches), pad_id)
+        batch = to_device(make_batch(kind, data, next(batches), pad_id), adapted.device)
         ranks = truncation_ranks(config.nested, rank, ladder, generator)
         row_ranks = None
         if config.nested == "split" and len(ranks) > 1:

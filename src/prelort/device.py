@@ -1,0 +1,118 @@
+"""Where tensors live and in what precision: device names, the base model's dtype, autocast.
+
+The rule everywhere: a tensor that meets model tensors is made on their device; what crosses the
+wire or goes to a file is a CPU tensor (``adapters.state.get_state``). A client's device holds the
+model, its adapter, head, batches and optimizer state; the server's aggregation runs on its own
+device (``server_device``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from prelort.errors import ConfigError
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def check_device_name(field: str, name: str) -> None:
+    """Refuse a device name that is not ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        ConfigError: naming ``field``.
+    """
+    if not DEVICE_PATTERN.match(name):
+        raise ConfigError(f"{field}: {name!r} is not one of auto, cpu, cuda, cuda:N, mps")
+
+
+def resolve_device(name: str, field: str = "device") -> torch.device:
+    """The ``torch.device`` a device setting means on this machine (``auto``: CUDA if present).
+
+    Raises:
+        ConfigError: a bad name, or a device this machine does not have.
+    """
+    check_device_name(field, name)
+    if name == "auto":
+        return torch.device("cuda" if cuda_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not cuda_available():
+            raise ConfigError(
+                f"{field}: {name!r} asked for, but torch {torch.__version__} sees no CUDA GPU "
+                "(install a CUDA build of torch, or use --device cpu)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{field}: {name!r} asked for, but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    if device.type == "mps" and not mps_available():
+        raise ConfigError(f"{field}: 'mps' asked for, but this machine has no MPS device")
+    return device
+
+
+def base_dtype(setting: str, device: torch.device, packaged_default: torch.dtype | None = None):
+    """The dtype of the frozen base weights.
+
+    ``auto``: bf16 on CUDA (the QLoRA / FlowerTune convention), otherwise the packaged model's own
+    measured choice (``packaged_default``) or fp32. Adapters stay fp32 whatever this is.
+    """
+    if setting != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            setting
+        ]
+    if device.type == "cuda":
+        return torch.bfloat16
+    return packaged_default or torch.float32
+
+
+def uses_autocast(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether forwards run under autocast: a 16-bit base on a GPU.
+
+    On a GPU the adapter's fp32 master weights then meet the base in 16-bit matmuls (the QLoRA
+    recipe). On the CPU the layer casts between the two itself, as it always has: CPU autocast
+    would change the numbers of every existing CPU run for no speed gain.
+    """
+    return device.type in ("cuda", "mps") and dtype in HALF_DTYPES
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """``torch.autocast`` to ``dtype`` on ``device``; nothing when ``dtype`` is None."""
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch of CPU tensors on ``device`` (pinned, non-blocking copies on CUDA)."""
+    if device.type == "cpu":
+        return dict(batch)
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def state_to(state: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor of an adapter state on ``device`` (the same objects where already there)."""
+    return {k: v.to(device) for k, v in state.items()}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so that a wall-clock time covers the work (CUDA only)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
