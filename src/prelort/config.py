@@ -101,7 +101,9 @@ def parse_memory(text: str, field_name: str = "client_memory") -> int:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     unit = match.group(2).lower() if match else ""
     if not match or unit not in UNITS or float(match.group(1)) <= 0:
-        raise ConfigError(f"{field_name}: cannot read {text!r} as a memory size such as 4GB or 512MB")
+        raise ConfigError(
+            f"{field_name}: cannot read {text!r} as a memory size such as 4GB or 512MB"
+        )
     return int(float(match.group(1)) * UNITS[unit])
 
 
@@ -127,13 +129,17 @@ def parse_budgets(value: Any) -> BudgetSpec:
         try:
             probs.append(float(prob_text) if sep else None)
         except ValueError:
-            raise ConfigError(f"client_memory: cannot read {item!r} as SIZE or SIZE:PROBABILITY") from None
+            raise ConfigError(
+                f"client_memory: cannot read {item!r} as SIZE or SIZE:PROBABILITY"
+            ) from None
     if not budgets or not str(value).strip():
         raise ConfigError("client_memory: give at least one budget")
     if all(p is None for p in probs):
         return BudgetSpec(tuple(budgets))
     if any(p is None or p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
-        raise ConfigError(f"client_memory: probabilities must all be given, >= 0 and sum to 1 in {value!r}")
+        raise ConfigError(
+            f"client_memory: probabilities must all be given, >= 0 and sum to 1 in {value!r}"
+        )
     return BudgetSpec(tuple(budgets), tuple(probs))
 
 

@@ -18,6 +18,7 @@ from prelort.errors import ConfigError
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 HALF_DTYPES = (torch.bfloat16, torch.float16)
+CPU = torch.device("cpu")
 
 
 def cuda_available() -> bool:

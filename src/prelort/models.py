@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prelort.device import base_dtype, resolve_device, uses_autocast
+from prelort.device import CPU, base_dtype, resolve_device, uses_autocast
 from prelort.errors import ModelError
 from prelort.io import make_staging_dir
 
@@ -163,7 +163,7 @@ class Placement:
         gradient_checkpointing: recompute activations in the backward pass.
     """
 
-    device: torch.device = torch.device("cpu")
+    device: torch.device = CPU
     dtype: torch.dtype = torch.float32
     quantize: str = "none"
     gradient_checkpointing: bool = False

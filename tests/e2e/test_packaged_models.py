@@ -206,3 +206,40 @@ def test_defaults_learn_a_user_file_with_a_dominant_class(tmp_path):
     result = run_simulation(config, progress=False)
     majority = 0.7
     assert min(m["accuracy"] for m in result.final.values()) > majority + 0.1, result.final
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("bitsandbytes") is None,
+    reason="bitsandbytes is not installed",
+)
+def test_smollm2_in_4bit_with_checkpointing_learns_headlines(tmp_path):
+    """QLoRA on the CPU: SmolLM2's linear layers in NF4, fp32 nested adapters, checkpointing."""
+    from bitsandbytes.nn import Linear4bit
+
+    from prelort.simulation import build_workbench
+
+    config = config_from_mapping(
+        dict(
+            model="smollm2-135m",
+            task="bbc-headlines",
+            ranks="2,4",
+            clients=2,
+            rounds=2,
+            local_steps=3,
+            batch_size=4,
+            lr=2e-3,
+            eval_examples=16,
+            generate_examples=0,
+            max_length=96,
+            quantize="4bit",
+            gradient_checkpointing=True,
+            out=str(tmp_path),
+        )
+    )
+    bench = build_workbench(config)
+    assert all(isinstance(layer.base, Linear4bit) for layer in bench.adapted.layers.values())
+    result = run_simulation(config, bench, progress=False)
+    first, last = result.rounds[0]["tiers"], result.final
+    for tier in ("2", "4"):
+        assert 1.0 < last[tier]["perplexity"] < 500.0
+    assert last["4"]["perplexity"] < first["4"]["perplexity"] * 1.05  # training did not break it

@@ -75,6 +75,14 @@ CASES = [
     ("unknown-optimizer", ["simulate", "--optimizer", "adam"], "optimizer"),
     ("unknown-classifier", ["simulate", "--classifier", "bogus"], "classifier"),
     ("readout-negative", ["simulate", "--readout-examples", "-1"], "readout_examples"),
+    ("device-unknown", ["simulate", "--device", "gpu0"], "device"),
+    ("server-device-unknown", ["simulate", "--server-device", "tpu"], "server_device"),
+    ("quantize-unknown", ["simulate", "--quantize", "3bit"], "quantize"),
+    ("client-memory-text", ["simulate", "--client-memory", "lots"], "client_memory"),
+    ("client-memory-zero", ["simulate", "--client-memory", "0GB,4GB"], "client_memory"),
+    ("client-memory-probs", ["simulate", "--client-memory", "4GB:0.5,8GB:0.7"], "client_memory"),
+    ("plan-ranks-memory", ["plan-ranks", "--memory", "4XB"], "memory"),
+    ("target-unknown", ["simulate", "--target-modules", "query,foo", *GOOD], "foo"),
     ("unknown-task", ["simulate", "--task", "nosuch", *GOOD], "task"),
     ("missing-task-file", ["simulate", "--task", "{dir}/missing.jsonl", *GOOD], "missing.jsonl"),
     ("task-wrong-suffix", ["simulate", "--task", "{dir}/notes.txt", *GOOD], "task"),
@@ -113,6 +121,16 @@ CASES = [
         "weights",
     ),
     ("summarize-empty", ["summarize", "{dir}"], "no finished run"),
+    *(
+        []
+        if torch.cuda.is_available()
+        else [
+            ("device-cuda-absent", ["simulate", "--device", "cuda", *GOOD], "device"),
+            ("server-device-cuda-absent", ["simulate", "--server-device", "cuda"], "server"),
+            ("plan-ranks-cuda-absent", ["plan-ranks", "--device", "cuda:0"], "device"),
+            ("compare-cuda-absent", ["compare", "--device", "cuda", *GOOD], "device"),
+        ]
+    ),
     (
         "export-unwritable",
         ["export", "--rank", "1", "--out", "/proc/prelort-x", "{adapter}"],

@@ -23,14 +23,28 @@ from prelort.errors import ModelError
 # projections, as in the LoRA paper and PEFT's defaults; Phi-3 fuses q, k and v into one layer.
 FAMILY_TARGETS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(
-        ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
-         "gemma2", "gemma3_text", "phi", "olmo", "olmo2", "granite", "smollm3", "cohere"),
+        (
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen2_moe",
+            "qwen3",
+            "qwen3_moe",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "phi",
+            "olmo",
+            "olmo2",
+            "granite",
+            "smollm3",
+            "cohere",
+        ),
         ("q_proj", "v_proj"),
     ),
     **dict.fromkeys(("phi3", "phimoe"), ("qkv_proj",)),
-    **dict.fromkeys(
-        ("bert", "roberta", "xlm-roberta", "electra"), ("query", "value")
-    ),
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "electra"), ("query", "value")),
 }
 # Otherwise: targets by the attention projection names a model uses.
 DEFAULT_TARGETS: tuple[tuple[str, tuple[str, ...]], ...] = (

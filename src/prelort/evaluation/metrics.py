@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 
 
-
 def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
     """The fraction of predictions equal to their labels."""
     if len(predictions) != len(labels) or not labels:

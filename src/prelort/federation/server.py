@@ -8,7 +8,6 @@ hostile reply is logged and left out, and never aborts the round or touches the 
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import math
 import statistics
@@ -17,8 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-
-from prelort.device import state_to
 
 from prelort.adapters.norms import segment_norms
 from prelort.adapters.state import AdapterState, slice_to_rank, state_rank
@@ -35,6 +32,7 @@ from prelort.aggregation.secure import (
 )
 from prelort.aggregation.segments import segment_bounds
 from prelort.aggregation.validation import update_problem
+from prelort.device import CPU, state_to
 from prelort.federation.client import ClientReply
 from prelort.federation.records import PrivacyRecord, Rejection, SegmentRecord, TrafficRecord
 from prelort.federation.wire import wire_bytes
@@ -100,7 +98,7 @@ class ServerRules:
     max_update_norm: float | None = None
     wire_dtype: str = "float32"
     privacy: PrivacySettings | None = None
-    device: torch.device = torch.device("cpu")
+    device: torch.device = CPU
 
     @classmethod
     def for_run(
@@ -111,7 +109,7 @@ class ServerRules:
         max_update_norm: float | None = None,
         wire_dtype: str = "float32",
         privacy: PrivacySettings | None = None,
-        device: torch.device = torch.device("cpu"),
+        device: torch.device = CPU,
     ) -> ServerRules:
         allowed = method.allowed_ranks(context.ladder, client_ranks)
         return cls(
@@ -214,7 +212,7 @@ def aggregate_on(
         return rules.aggregate(global_state, updates)
     on = rules.device
     moved = [dataclasses.replace(u, state=state_to(u.state, on)) for u in updates]
-    return state_to(rules.aggregate(state_to(global_state, on), moved), torch.device("cpu"))
+    return state_to(rules.aggregate(state_to(global_state, on), moved), CPU)
 
 
 def server_step(

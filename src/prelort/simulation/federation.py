@@ -33,9 +33,9 @@ from prelort.federation.server import (
     server_step,
 )
 from prelort.federation.wire import through_wire
+from prelort.models import cache_dir
 from prelort.simulation.checkpoint import Checkpoint, save_checkpoint
 from prelort.simulation.result import SimulationResult
-from prelort.models import cache_dir
 from prelort.simulation.workbench import Workbench
 from prelort.training.local import LocalTrainingConfig
 
