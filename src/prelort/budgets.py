@@ -214,15 +214,22 @@ def draw_budgets(spec: BudgetSpec, clients: int, seed: int) -> list[int]:
     return [spec.budgets[i] for i in picks.tolist()]
 
 
-def ranks_for_budgets(budgets: Sequence[int], table: RankMemory) -> list[int]:
+def ranks_for_budgets(
+    budgets: Sequence[int], table: RankMemory, clients: Sequence[int] | None = None
+) -> list[int]:
     """The largest rank that fits each budget.
+
+    Args:
+        budgets: bytes per client.
+        table: the measured peak per rank.
+        clients: the client ids of the budgets, for messages (default: 0, 1, ...).
 
     Raises:
         ConfigError: a budget no rank fits; names the client, its budget and the smallest need.
     """
     smallest = min(table.peak_bytes, key=table.peak_bytes.__getitem__)
     ranks = []
-    for client, budget in enumerate(budgets):
+    for client, budget in zip(clients or range(len(budgets)), budgets, strict=True):
         rank = table.largest_fitting(budget)
         if rank is None:
             raise ConfigError(

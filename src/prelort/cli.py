@@ -154,6 +154,9 @@ def cmd_flower(args: argparse.Namespace) -> int:
     config, _ = _settings(args)
     check_machine(config)
     nodes = config.clients if args.nodes is None else args.nodes
+    from prelort.flower.deploy import node_hardware
+
+    node_hardware(config, nodes, args.gpus_per_node)  # refuse GPUs this machine lacks up front
     print(
         f"prelort flower: {config.method} on {config.task} with {config.model}, ranks "
         f"{config.ranks}, {config.clients} clients on {nodes} Flower nodes, {config.rounds} rounds "
@@ -161,7 +164,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     with claimed_run_dir(config.out, args.overwrite, resume=args.resume is not None):
-        out = deploy(config, nodes, resume=args.resume is not None)
+        out = deploy(config, nodes, args.resume is not None, args.gpus_per_node)
     metrics = json.loads((out / "metrics.json").read_text())
     result = SimulationResult(config.to_dict(), [], [], final=metrics["final"]["tiers"])
     print(f"\nfinal metrics of the global adapter per rank tier ({config.method}):")
@@ -394,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     flower.add_argument(
         "--nodes", type=int, help="SuperNodes to start, one partition each [default: --clients]"
+    )
+    flower.add_argument(
+        "--gpus-per-node",
+        type=float,
+        default=0.0,
+        help="each SuperNode's share of a GPU: 1 = a GPU each, 0.5 = two nodes per GPU; nodes "
+        "are spread over the GPUs torch sees [default: 0, every node on --device]",
     )
     flower.add_argument(
         "--resume",

@@ -12,6 +12,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation as run_flower_simulation
 
+from prelort.errors import ConfigError
 from prelort.flower.client_app import federation_for, make_client_app, partition_of
 from prelort.flower.codec import decode_reply, encode_reply
 from prelort.flower.server_app import make_server_app
@@ -283,3 +284,43 @@ def test_calibration_statistics_round_trip_and_malformed_ones_are_refused():
     content = encode_statistics(5, {1: negative})
     with pytest.raises(AdapterError, match="negative"):
         decode_statistics(content, [1], classes=3, width=4)
+
+
+def test_nodes_choose_their_ranks_from_their_memory_budgets(
+    tiny_bert_dir, topic_jsonl, tmp_path, monkeypatch
+):
+    """`prelort flower --client-memory`: each SuperNode gets `memory-gb`, measures, tells the server."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("PRELORT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "budgets"
+    flags = _tiny_flags(tiny_bert_dir, topic_jsonl, out, rounds=1)
+    command = [sys.executable, "-m", "prelort.cli", "flower", "--client-memory", "100GB"]
+    done = subprocess.run(command + flags, capture_output=True, text=True, timeout=540)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["client_ranks"] == [4, 4, 4]  # planned 1, 2, 4: the nodes' own choice won
+    plan = metrics["rank_plan"]
+    assert plan["source"].startswith("node memory budgets")
+    assert plan["client_budget_bytes"] == [100 * 2**30] * 3
+    assert list(metrics["final"]["tiers"]) == ["1", "2", "4"]
+
+
+def test_node_hardware_spreads_gpus_and_budgets():
+    from prelort.flower.deploy import node_hardware
+    from prelort.flower.strategy import Roster
+
+    config = tiny("m", "t.jsonl", "o", client_memory="1GB,2GB")
+    nodes = node_hardware(config, 4, 0.0)
+    assert [n["node_config"] for n in nodes] == [
+        {"memory-gb": 1.0}, {"memory-gb": 2.0}, {"memory-gb": 1.0}, {"memory-gb": 1.0}
+    ]  # fmt: skip
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="gpus_per_node"):
+            node_hardware(config, 2, 0.5)
+    with pytest.raises(ConfigError, match="gpus_per_node"):
+        node_hardware(config, 2, 1.5)
+    roster = Roster({7: 0, 8: 1, 9: 2}, ranks={1: 8}, budgets={1: 2**33})
+    assert roster.client_ranks([2, 4, 16]) == [2, 8, 16]
+    assert roster.rank_plan([2, 4, 16])["client_budget_bytes"] == [None, 2**33, None]

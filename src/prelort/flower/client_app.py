@@ -1,9 +1,15 @@
-"""The Flower ClientApp: a node's partition and rank come from the plan; it runs the client step.
+"""The Flower ClientApp: a node's partition comes from its node config; it runs the client step.
 
 The node reads its partition from ``node_config["partition-id"]`` (set by Flower's simulation
 engine, or by ``flower-supernode --node-config 'partition-id=K num-partitions=N'``), loads the
 task and model once per process, and answers each train message with the client step that the
-in-process simulation runs.
+in-process simulation runs. Two more node-config keys describe the node's hardware:
+
+- ``device``: where it trains (``cuda``, ``cuda:1``, ``cpu``; default: the run's ``device``,
+  ``auto`` unless set);
+- ``memory-gb``: its memory budget. The node measures one step's peak at each ladder rank on its
+  own device (``prelort.budgets``, cached) and tells the server the largest rank that fits, with
+  the partition; the server then sends it prefixes of that rank.
 """
 
 from __future__ import annotations
@@ -13,13 +19,15 @@ from functools import lru_cache
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from prelort.config import SimulationConfig
+from prelort.budgets import measure_rank_memory, ranks_for_budgets
+from prelort.config import SimulationConfig, parse_memory
 from prelort.errors import AdapterError
 from prelort.flower.calibration import CALIBRATION_QUERY, statistics_reply
 from prelort.flower.codec import decode_prefix, encode_reply
 from prelort.flower.secure import secure_aggregation_mod, secure_reply
 from prelort.flower.settings import config_from_run_config
 from prelort.flower.strategy import PARTITION_QUERY
+from prelort.models import cache_dir
 from prelort.simulation.federation import Federation, prepare_federation
 from prelort.simulation.workbench import build_workbench
 
@@ -28,6 +36,28 @@ from prelort.simulation.workbench import build_workbench
 def federation_for(config: SimulationConfig) -> Federation:
     """The task, model and plan of a run, built once per process and run config."""
     return prepare_federation(config, build_workbench(config))
+
+
+def node_settings(context: Context, config: SimulationConfig | None = None) -> SimulationConfig:
+    """The run's settings as this node runs them: on the node's own ``device`` if it names one."""
+    settings = config or config_from_run_config(context.run_config)[0]
+    device = context.node_config.get("device")
+    return settings if device in (None, "") else settings.replace(device=str(device))
+
+
+def node_rank(context: Context, config: SimulationConfig, partition: int) -> dict[str, int]:
+    """``{"rank", "memory-bytes"}`` from the node's ``memory-gb`` budget, or {} without one.
+
+    Raises:
+        ConfigError: a budget that is no size, or that no rank of the ladder fits.
+    """
+    memory = context.node_config.get("memory-gb")
+    if memory in (None, ""):
+        return {}
+    budget = parse_memory(str(memory), "memory-gb")
+    table = measure_rank_memory(config, cache=cache_dir() / "rank-memory")
+    rank = ranks_for_budgets([budget], table, clients=[partition])[0]
+    return {"rank": rank, "memory-bytes": budget}
 
 
 def partition_of(context: Context) -> int:
@@ -42,7 +72,7 @@ def make_client_app(config: SimulationConfig | None = None) -> ClientApp:
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        fed = federation_for(config or config_from_run_config(context.run_config)[0])
+        fed = federation_for(node_settings(context, config))
         if fed.config.secure_aggregation:
             bound = fed.config.secure_range
             return secure_reply(message, fed.train_client, fed.initial.global_state, bound)
@@ -55,12 +85,14 @@ def make_client_app(config: SimulationConfig | None = None) -> ClientApp:
 
     @app.query(CALIBRATION_QUERY)
     def calibrate(message: Message, context: Context) -> Message:
-        fed = federation_for(config or config_from_run_config(context.run_config)[0])
+        fed = federation_for(node_settings(context, config))
         return statistics_reply(fed, message, partition_of(context))
 
     @app.query(PARTITION_QUERY)
     def partition(message: Message, context: Context) -> Message:
-        record = ConfigRecord({"partition-id": partition_of(context)})
+        partition = partition_of(context)
+        ranked = node_rank(context, node_settings(context, config), partition)
+        record = ConfigRecord({"partition-id": partition, **ranked})
         return Message(RecordDict({PARTITION_QUERY: record}), reply_to=message)
 
     return app

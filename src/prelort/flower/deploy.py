@@ -104,13 +104,15 @@ class Processes:
         self.env, self.logs = dict(env), logs
         self.started: list[subprocess.Popen] = []
 
-    def start(self, name: str, command: Sequence[str]) -> subprocess.Popen:
+    def start(
+        self, name: str, command: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen:
         log_file = (self.logs / f"{name}.log").open("w", encoding="utf-8")
         process = subprocess.Popen(
             list(command),
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             start_new_session=True,  # its own process group: the apps it forks stop with it
         )
         log_file.close()
@@ -198,11 +200,57 @@ def wait_healthy(port: int, process: subprocess.Popen, log_path: Path) -> None:
     )
 
 
-def deploy(config: SimulationConfig, nodes: int, resume: bool = False) -> Path:
-    """Run ``config`` on a local SuperLink with ``nodes`` SuperNodes; return the output folder.
+def node_hardware(config: SimulationConfig, nodes: int, gpus_per_node: float) -> list[dict]:
+    """Per SuperNode: its node-config entries (``device``, ``memory-gb``) and environment.
+
+    With ``gpus_per_node`` F > 0, node k runs on GPU ``floor(k * F)`` modulo the GPUs there are
+    (F = 0.5: two nodes share each GPU), seen by it as its only device (``CUDA_VISIBLE_DEVICES``).
+    With ``client_memory``, node k holds client k's budget as ``memory-gb`` and picks its own rank
+    from it, as a node on its own hardware would.
 
     Raises:
-        ConfigError: fewer nodes than clients, or a calibration (not built for Flower yet).
+        ConfigError: a GPU share outside (0, 1] or GPUs asked of a machine without CUDA.
+    """
+    import torch
+
+    from prelort.budgets import draw_budgets
+    from prelort.config import parse_budgets
+
+    budgets = []
+    if config.client_memory is not None:
+        drawn = draw_budgets(parse_budgets(config.client_memory), config.clients, config.seed)
+        budgets = drawn + drawn[-1:] * (nodes - len(drawn))  # idle extra nodes: the last budget
+    if gpus_per_node < 0 or gpus_per_node > 1:
+        raise ConfigError(f"gpus_per_node: must be in (0, 1] or 0 (no GPU), got {gpus_per_node}")
+    gpus = torch.cuda.device_count() if gpus_per_node > 0 else 0
+    if gpus_per_node > 0 and gpus == 0:
+        raise ConfigError("gpus_per_node: this machine has no CUDA GPU that torch can see")
+    hardware = []
+    for k in range(nodes):
+        entries, env = {}, {}
+        if gpus:
+            entries["device"] = "cuda"
+            env["CUDA_VISIBLE_DEVICES"] = str(int(k * gpus_per_node) % gpus)
+        if budgets:
+            entries["memory-gb"] = round(budgets[k] / 2**30, 4)
+        hardware.append({"node_config": entries, "env": env})
+    return hardware
+
+
+def deploy(
+    config: SimulationConfig, nodes: int, resume: bool = False, gpus_per_node: float = 0.0
+) -> Path:
+    """Run ``config`` on a local SuperLink with ``nodes`` SuperNodes; return the output folder.
+
+    Args:
+        config: the run's settings.
+        nodes: SuperNodes to start, one partition each.
+        resume: continue from the checkpoint in ``config.out``.
+        gpus_per_node: each node's share of a GPU (0: the run's ``device`` for every node).
+
+    Raises:
+        ConfigError: fewer nodes than clients, a calibration (not built for Flower yet), or GPUs
+            this machine lacks.
         DeploymentError: a Flower process failed, or the run wrote no final metrics.
     """
     if config.calibration != "none":
@@ -214,6 +262,9 @@ def deploy(config: SimulationConfig, nodes: int, resume: bool = False) -> Path:
         raise ConfigError(
             f"nodes: {nodes} nodes cannot hold {config.clients} clients (one partition each)"
         )
+    hardware = node_hardware(config, nodes, gpus_per_node)
+    if config.client_memory is not None:  # the nodes choose their ranks from their budgets
+        config = config.replace(client_memory=None)
     out = Path(config.out).resolve()
     logs = out / "flower-logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -251,6 +302,9 @@ def deploy(config: SimulationConfig, nodes: int, resume: bool = False) -> Path:
             )
             wait_healthy(link_port, link, logs / "superlink.log")
             for k in range(nodes):
+                extra = "".join(
+                    f" {key}={toml_value(v)}" for key, v in hardware[k]["node_config"].items()
+                )
                 processes.start(
                     f"supernode-{k}",
                     [
@@ -259,10 +313,11 @@ def deploy(config: SimulationConfig, nodes: int, resume: bool = False) -> Path:
                         "--superlink",
                         f"127.0.0.1:{link_port}",
                         "--node-config",
-                        f"partition-id={k} num-partitions={nodes}",
+                        f"partition-id={k} num-partitions={nodes}{extra}",
                         "--port",
                         str(free_port()),
                     ],
+                    hardware[k]["env"],
                 )
             finished = subprocess.run(
                 ["flwr", "run", str(app), CONNECTION, "--stream"], env=env, check=False

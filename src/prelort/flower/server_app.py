@@ -53,14 +53,20 @@ def run_server(
     """
     out = Path(config.out)
     bench = build_workbench(config)
+    roster = query_partitions(grid, config.clients, timeout)
+    partitions = roster.partitions
     fed = prepare_federation(config, bench)
+    if roster.ranks:  # nodes chose their ranks from their memory budgets
+        planned = list(fed.plan.client_ranks)
+        fed = prepare_federation(
+            config, bench, roster.client_ranks(planned), roster.rank_plan(planned)
+        )
     if config.calibration == "lda":
         linear_head_names(fed)  # refuse a head LDA cannot replace before any round
     result = fed.new_result()
     server = fed.initial
     if resume and (out / CHECKPOINT_NAME).is_file():
         server = resumed_server(load_checkpoint(out), result, config.rounds)
-    partitions = query_partitions(grid, config.clients, timeout)
     start = last_round_end = time.perf_counter()
 
     def on_round(outcome: RoundOutcome) -> None:

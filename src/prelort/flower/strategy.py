@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -145,8 +146,39 @@ class PrefixNestedStrategy(PlannedRounds, Strategy):
         return None
 
 
-def query_partitions(grid: Grid, clients: int, timeout: float) -> dict[int, int]:
-    """Ask every connected node for its ``partition-id``; wait until ``clients`` have answered.
+@dataclass(frozen=True)
+class Roster:
+    """What the nodes said of themselves before round 1.
+
+    Attributes:
+        partitions: node id -> the partition (client) it holds.
+        ranks: partition -> the rank its node chose from its memory budget (``memory-gb`` in its
+            node config); partitions whose node gave no budget are absent.
+        budgets: partition -> that node's budget in bytes.
+    """
+
+    partitions: dict[int, int]
+    ranks: dict[int, int] = field(default_factory=dict)
+    budgets: dict[int, int] = field(default_factory=dict)
+
+    def client_ranks(self, planned: Sequence[int]) -> list[int]:
+        """The planned rank of every client, replaced by its node's own where it chose one."""
+        return [self.ranks.get(client, rank) for client, rank in enumerate(planned)]
+
+    def rank_plan(self, planned: Sequence[int]) -> dict | None:
+        """metrics.json's ``rank_plan`` when some node chose its rank (None otherwise)."""
+        if not self.ranks:
+            return None
+        return {
+            "source": "node memory budgets (node_config memory-gb)",
+            "client_ranks": self.client_ranks(planned),
+            "client_budget_bytes": [self.budgets.get(c) for c in range(len(planned))],
+        }
+
+
+def query_partitions(grid: Grid, clients: int, timeout: float) -> Roster:
+    """Ask every connected node for its ``partition-id`` (and the rank its memory budget fits);
+    wait until ``clients`` have answered.
 
     Raises:
         RuntimeError: a node that cannot say its partition, two nodes with one partition, or
@@ -158,24 +190,32 @@ def query_partitions(grid: Grid, clients: int, timeout: float) -> dict[int, int]
         time.sleep(1)
     nodes = list(grid.get_node_ids())
     asks = [Message(RecordDict(), n, f"{MessageType.QUERY}.{PARTITION_QUERY}") for n in nodes]
-    partitions: dict[int, int] = {}
+    roster = Roster({})
     for reply in grid.send_and_receive(asks, timeout=timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
             raise RuntimeError(f"node {node} could not say its partition: {reply.error.reason}")
-        partition = int(reply.content.config_records[PARTITION_QUERY]["partition-id"])
+        record = reply.content.config_records[PARTITION_QUERY]
+        partition = int(record["partition-id"])
         if not 0 <= partition < clients:
             log.warning(
                 "node %d holds partition %d of no client (%d clients); idle",
                 *(node, partition, clients),
             )
             continue
-        if partition in partitions.values():
+        if partition in roster.partitions.values():
             raise RuntimeError(f"two nodes hold partition {partition}")
-        partitions[node] = partition
-    if len(partitions) < clients:
+        roster.partitions[node] = partition
+        if "rank" in record:
+            roster.ranks[partition] = int(record["rank"])
+            roster.budgets[partition] = int(record["memory-bytes"])
+            log.info(
+                "node %d (partition %d): %.2f GB of memory fits rank %d",
+                *(node, partition, roster.budgets[partition] / 2**30, roster.ranks[partition]),
+            )
+    if len(roster.partitions) < clients:
         raise RuntimeError(
-            f"{len(partitions)} of {clients} partitions answered; start a node for each "
+            f"{len(roster.partitions)} of {clients} partitions answered; start a node for each "
             "partition (--node-config 'partition-id=K num-partitions=N')"
         )
-    return partitions
+    return roster

@@ -18,6 +18,7 @@ from prelort.aggregation import AggregationContext, Method, get_method
 from prelort.budgets import budget_plan
 from prelort.config import SimulationConfig
 from prelort.device import resolve_device
+from prelort.errors import ConfigError
 from prelort.evaluation.tiers import HEAD, ReadoutData, TierMetrics, evaluate_tiers
 from prelort.federation.client import ClientReply, client_step
 from prelort.federation.plan import FederationPlan, assign_ranks, build_plan
@@ -175,16 +176,35 @@ class Federation:
         )
 
 
-def prepare_federation(config: SimulationConfig, bench: Workbench) -> Federation:
+def prepare_federation(
+    config: SimulationConfig,
+    bench: Workbench,
+    client_ranks: Sequence[int] | None = None,
+    rank_plan: dict | None = None,
+) -> Federation:
     """Derive a run's parts and give the workbench's model a fresh rank-R adapter.
 
+    Args:
+        config: the run's settings.
+        bench: its task and model.
+        client_ranks: every client's rank, where the clients chose them (Flower nodes from their
+            memory budgets; ``rank_plan`` says how); default: from ``ranks`` or ``client_memory``.
+        rank_plan: the record of how ``client_ranks`` were chosen (metrics.json).
+
     Raises:
-        ConfigError, DataError: an unknown method, or too few examples for the clients.
+        ConfigError, DataError: an unknown method, a rank off the ladder, or too few examples.
     """
     method = get_method(config.method)
     ladder = config.ranks.ladder
-    rank_plan = None
-    if config.client_memory is not None:
+    if client_ranks is not None:
+        off = sorted(set(client_ranks) - set(ladder))
+        if off or len(client_ranks) != config.clients:
+            raise ConfigError(
+                f"ranks: {config.clients} client ranks from the ladder {list(ladder)} expected, "
+                f"got {list(client_ranks)}"
+            )
+        ranks = list(client_ranks)
+    elif config.client_memory is not None:
         rank_plan = budget_plan(config, cache_dir() / "rank-memory")
         ranks = rank_plan["client_ranks"]
     else:
