@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from benchmarks import aggregation, client_step, evaluation, memory, scale, throughput, wire
+from benchmarks import aggregation, client_step, evaluation, gpu, memory, scale, throughput, wire
 
 BENCHMARKS = {
     "aggregation": aggregation,
@@ -23,6 +23,7 @@ BENCHMARKS = {
     "memory": memory,
     "scale": scale,
     "throughput": throughput,
+    "gpu": gpu,  # one line and nothing else where torch sees no CUDA device
 }
 HEADLINES = (
     "agg_prelort_vs_memcpy",
@@ -31,6 +32,10 @@ HEADLINES = (
     "nested_all_step_vs_plain",
     "memory_100_vs_1_clients",
     "clients_1000_minutes",
+    "gpu_parity_max_abs_diff",
+    "gpu_plain_vs_peft",
+    "gpu_all_stacked_vs_T_plain",
+    "gpu_agg_vs_memcpy",
 )
 
 
