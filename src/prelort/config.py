@@ -197,7 +197,7 @@ class SimulationConfig:
         secure_range: under secure aggregation, the largest magnitude a sent number may have; SecAgg+ quantises [-secure_range, secure_range] to 2^22 levels, and a client whose update exceeds it drops out of the round.
         dtype: base model dtype: auto (bf16 on CUDA, fp32 on the CPU, the packaged model's own choice), float32, bfloat16, float16; adapters and their optimizer state are fp32 whatever this is.
         device: where each client trains: auto (CUDA when available), cpu, cuda, cuda:N or mps.
-        server_device: where the server aggregates: cpu, cuda, cuda:N, mps or auto.
+        server_device: where the server aggregates: cpu, cuda, cuda:N or auto (CUDA when available).
         quantize: the frozen base in 4bit (NF4 with double quantisation, bf16 compute: QLoRA) or 8bit through bitsandbytes (pip install prelort[quant]), or none.
         gradient_checkpointing: recompute the base's activations in the backward pass instead of keeping them (less memory, about a third more compute).
         client_memory: memory budget of each client (4GB,8GB,16GB cycled over clients, or 4GB:0.5,16GB:0.5 sampled): each client gets the largest rank of --ranks whose measured peak training memory fits (see prelort plan-ranks); default: ranks as given.
@@ -328,6 +328,11 @@ class SimulationConfig:
         _choice(self, "quantize", QUANTIZE_CHOICES)
         check_device_name("device", self.device)
         check_device_name("server_device", self.server_device)
+        if self.server_device == "mps":
+            raise ConfigError(
+                "server_device: mps cannot run the aggregation rules, which keep float64 weights "
+                "(use cpu or cuda)"
+            )
         if self.client_memory is not None:
             parse_budgets(self.client_memory)
 

@@ -77,6 +77,7 @@ CASES = [
     ("readout-negative", ["simulate", "--readout-examples", "-1"], "readout_examples"),
     ("device-unknown", ["simulate", "--device", "gpu0"], "device"),
     ("server-device-unknown", ["simulate", "--server-device", "tpu"], "server_device"),
+    ("server-device-mps", ["simulate", "--server-device", "mps"], "server_device"),
     ("quantize-unknown", ["simulate", "--quantize", "3bit"], "quantize"),
     ("client-memory-text", ["simulate", "--client-memory", "lots"], "client_memory"),
     ("client-memory-zero", ["simulate", "--client-memory", "0GB,4GB"], "client_memory"),
