@@ -50,3 +50,16 @@ def test_toml_and_overrides(tmp_path):
 def test_rank_distribution():
     spec = parse_ranks("2:0.25,16:0.75")
     assert spec.ladder == (2, 16) and spec.probabilities == (0.25, 0.75)
+
+
+def test_local_task_and_model_paths_are_stored_absolute(tmp_path, monkeypatch):
+    """A relative --task (or model folder) must still be found by --resume from elsewhere."""
+    from prelort.config import config_from_mapping
+
+    (tmp_path / "model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    config = config_from_mapping({"task": "data/mine.jsonl", "model": "model"})
+    assert config.task == str(tmp_path / "data" / "mine.jsonl")
+    assert config.model == str(tmp_path / "model")
+    named = config_from_mapping({"task": "bbc-news", "model": "org/some-model"})
+    assert (named.task, named.model) == ("bbc-news", "org/some-model")  # names stay names

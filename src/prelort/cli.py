@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prelort import __version__
 from prelort.config import (
     HEAD_CHOICES,
     SimulationConfig,
@@ -82,8 +83,14 @@ def _settings(args: argparse.Namespace) -> tuple[SimulationConfig, Checkpoint | 
 
     if args.resume is None:
         return load_config(args.config, _overrides(args)), None
+    overrides = _overrides(args)
+    if "out" in overrides and Path(overrides["out"]).resolve() != Path(args.resume).resolve():
+        raise ConfigError(
+            f"out: a resumed run continues in its own folder ({args.resume}); drop --out "
+            f"{overrides['out']}"
+        )
     resume = load_checkpoint(args.resume)
-    if set(_overrides(args)) - {"out"} or args.config is not None:
+    if set(overrides) - {"out"} or args.config is not None:
         raise ConfigError("resume: the settings come from the checkpoint; give no other setting")
     return config_from_mapping({**resume.config, "out": str(args.resume)}), resume
 
@@ -228,6 +235,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise ConfigError("methods: give at least one method")
+    twice = sorted({m for m in methods if methods.count(m) > 1})
+    if twice:
+        raise ConfigError(f"methods: {', '.join(twice)} listed more than once")
     for m in methods:
         get_method(m)
     if args.seeds < 1:
@@ -379,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Federated LoRA fine-tuning under rank heterogeneity (PreLort and baselines).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"prelort {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     simulate = sub.add_parser("simulate", help="run one federated simulation")

@@ -283,6 +283,8 @@ class SimulationConfig:
             raise ConfigError(
                 f"clients_per_round: {self.clients_per_round} is more than clients={self.clients}"
             )
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed: must be in [0, 2^32), got {self.seed}")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
         if self.head_lr is not None and self.head_lr <= 0:
@@ -444,6 +446,17 @@ def _choice(
 _FIELDS = {f.name: f for f in dataclasses.fields(SimulationConfig)}
 
 
+def _absolute_if_local(value: str, name: str) -> str:
+    """A task file or model folder as an absolute path, so that a resumed run or another command
+    started elsewhere finds it; names (packaged or hub ids) unchanged."""
+    path = Path(value).expanduser()
+    is_file_task = name == "task" and value.endswith((".jsonl", ".csv"))
+    looks_local = value.startswith((".", "/", "~")) or is_file_task
+    if looks_local or (name == "model" and path.is_dir()):
+        return str(path.resolve())
+    return value
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Turn a TOML or command-line value into the field's type."""
     if name == "ranks":
@@ -452,6 +465,8 @@ def _coerce(name: str, value: Any) -> Any:
         return _names(value)
     if name == "out":
         return Path(value)
+    if name in ("task", "model") and isinstance(value, str):
+        return _absolute_if_local(value, name)
     if name == "client_memory":
         if value is None or value == "":
             return None

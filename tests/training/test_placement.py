@@ -60,6 +60,9 @@ def test_an_explicit_cpu_device_is_recorded_and_changes_nothing(
     for key in default:
         torch.testing.assert_close(explicit[key], default[key], atol=0, rtol=0)
     assert config.replace(device="cpu").to_dict()["device"] == "cpu"
+    result = run_simulation(config.replace(device="cpu"), progress=False)
+    environment = result.to_json()["environment"]
+    assert environment["device"] == "cpu" and environment["torch"] == torch.__version__
 
 
 @needs_bnb

@@ -7,6 +7,7 @@ The in-process simulation (``run.py``) and the Flower apps (``prelort.flower``) 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from prelort.aggregation import AggregationContext, Method, get_method
 from prelort.budgets import budget_plan
 from prelort.config import SimulationConfig
 from prelort.device import resolve_device
+from prelort.environment import environment
 from prelort.errors import ConfigError
 from prelort.evaluation.tiers import HEAD, ReadoutData, TierMetrics, evaluate_tiers
 from prelort.federation.client import ClientReply, client_step
@@ -39,6 +41,8 @@ from prelort.simulation.checkpoint import Checkpoint, save_checkpoint
 from prelort.simulation.result import SimulationResult
 from prelort.simulation.workbench import Workbench
 from prelort.training.local import LocalTrainingConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ class Federation:
             list(self.plan.client_ranks),
             [len(rows) for rows in self.plan.client_rows],
             rank_plan=self.rank_plan,
+            environment=environment(self.config.device),
         )
 
 
@@ -209,6 +214,14 @@ def prepare_federation(
         ranks = rank_plan["client_ranks"]
     else:
         ranks = assign_ranks(config.ranks, config.clients, config.seed)
+    unused = sorted(set(ladder) - set(ranks))
+    if unused:
+        log.warning(
+            "ranks %s: no client has %s; their tiers are still evaluated, from components that "
+            "only higher-rank clients (if any) train",
+            ",".join(map(str, ladder)),
+            ", ".join(map(str, unused)),
+        )
     plan = build_plan(config, bench.train.labels, method.client_ranks(ranks))
     train_config = LocalTrainingConfig(
         config.local_steps,

@@ -27,6 +27,7 @@ class SimulationResult:
             ``aggregate`` (server steps), ``evaluate`` (tier metrics, records, checkpoints) and,
             with a calibration, ``calibrate`` (client statistics, LDA heads, their evaluation).
         rank_plan: ranks from memory budgets (``prelort.budgets.budget_plan``), or None.
+        environment: package versions and device (``prelort.environment``).
     """
 
     config: dict[str, Any]
@@ -39,6 +40,7 @@ class SimulationResult:
     wall_seconds: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=dict)
     rank_plan: dict[str, Any] | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,4 +53,5 @@ class SimulationResult:
             "wall_seconds": round(self.wall_seconds, 2),
             "phase_seconds": {k: round(v, 2) for k, v in self.phase_seconds.items()},
             **({"rank_plan": self.rank_plan} if self.rank_plan is not None else {}),
+            **({"environment": self.environment} if self.environment else {}),
         }

@@ -170,13 +170,20 @@ def resolve_objective(config: SimulationConfig, task: TaskData) -> str:
     a head.
 
     Raises:
-        ConfigError: a verbalised classifier asked of a model that is not a causal LM.
+        ConfigError: a generation task or a verbalised classifier asked of a model that is not a
+            causal LM.
     """
+    causal = is_causal_lm(config.model)
     if task.kind == GENERATION:
+        if not causal:
+            raise ConfigError(
+                f"model: task {task.name!r} writes text, which needs a causal language model; "
+                f"{config.model!r} is an encoder (use --model smollm2-135m, or a Llama, Qwen, "
+                "Mistral, Gemma or Phi folder or hub id)"
+            )
         return GENERATION
     if config.classifier == HEAD:
         return HEAD
-    causal = is_causal_lm(config.model)
     if config.classifier == VERBALIZED and not causal:
         raise ConfigError(
             f"classifier: verbalized needs a causal LM; {config.model!r} is not one (use head)"
