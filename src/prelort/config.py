@@ -449,6 +449,10 @@ _FIELDS = {f.name: f for f in dataclasses.fields(SimulationConfig)}
 def _absolute_if_local(value: str, name: str) -> str:
     """A task file or model folder as an absolute path, so that a resumed run or another command
     started elsewhere finds it; names (packaged or hub ids) unchanged."""
+    from prelort.models import PACKAGED_MODELS
+
+    if name == "model" and value in PACKAGED_MODELS:
+        return value
     path = Path(value).expanduser()
     is_file_task = name == "task" and value.endswith((".jsonl", ".csv"))
     looks_local = value.startswith((".", "/", "~")) or is_file_task
