@@ -63,3 +63,38 @@ def test_local_task_and_model_paths_are_stored_absolute(tmp_path, monkeypatch):
     assert config.model == str(tmp_path / "model")
     named = config_from_mapping({"task": "bbc-news", "model": "org/some-model"})
     assert (named.task, named.model) == ("bbc-news", "org/some-model")  # names stay names
+
+
+def test_every_setting_carries_its_whole_help():
+    import dataclasses
+
+    from prelort.cli import build_parser
+    from prelort.config import SimulationConfig
+
+    for f in dataclasses.fields(SimulationConfig):
+        assert len(f.metadata.get("help", "")) > 10, f.name
+    text = build_parser()._subparsers._group_actions[0].choices["simulate"].format_help()
+    assert "batch, the cost of a plain step) or" in " ".join(text.split())  # a help's 3rd line
+
+
+def test_the_workbench_key_follows_every_field_marked_workbench():
+    """A field that changes the loaded model or data can never reuse a stale workbench."""
+    import dataclasses
+
+    from prelort.config import SimulationConfig
+    from prelort.simulation.workbench import workbench_key
+
+    base = SimulationConfig()
+    changed = {
+        "task": "rotten-tomatoes", "model": "smollm2-135m", "dtype": "float32",
+        "device": "cpu", "quantize": "4bit", "gradient_checkpointing": True, "max_length": 99,
+        "max_rank": 32, "alpha": 3.0, "target_modules": ("query",), "lora_dropout": 0.1,
+        "eval_examples": 7, "generate_examples": 3, "classifier": "head", "readout_examples": 5,
+        "text_field": "t", "label_field": "l", "instruction_field": "i", "response_field": "r",
+    }  # fmt: skip
+    marked = {f.name for f in dataclasses.fields(SimulationConfig) if f.metadata["workbench"]}
+    assert marked == set(changed)
+    for name, value in changed.items():
+        assert workbench_key(base.replace(**{name: value})) != workbench_key(base), name
+    for name, value in {"rounds": 3, "lr": 0.5, "seed": 4, "method": "zeropad"}.items():
+        assert workbench_key(base.replace(**{name: value})) == workbench_key(base), name

@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -35,13 +34,8 @@ log = logging.getLogger("prelort")
 
 
 def _field_help() -> dict[str, str]:
-    """One line of help per setting, read from ``SimulationConfig``'s Attributes section."""
-    doc = SimulationConfig.__doc__ or ""
-    help_text: dict[str, str] = {}
-    for match in re.finditer(r"^ {8}([a-z_, ]+): (.+)$", doc, flags=re.MULTILINE):
-        for name in match.group(1).split(","):
-            help_text[name.strip()] = match.group(2)
-    return help_text
+    """The help of every setting, from its field's metadata (``prelort.config.setting``)."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(SimulationConfig)}
 
 
 def _add_settings(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:

@@ -150,114 +150,244 @@ def _names(value: Any) -> tuple[str, ...] | None:
     return tuple(s.strip() for s in items if s.strip())
 
 
+def setting(*, help: str, workbench: bool = False, **default: Any) -> Any:
+    """A ``SimulationConfig`` field: its default (``default=`` or ``default_factory=``), its help,
+    and whether it changes the loaded task or model (the workbench's cache key)."""
+    return field(**default, metadata={"help": " ".join(help.split()), "workbench": workbench})
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     """One federated simulation. The defaults are the default job (``configs/default.toml``).
 
-    Attributes:
-        method: federated method (``prelort methods`` lists them).
-        task: packaged task name or a ``.jsonl`` / ``.csv`` path.
-        model: ``minilm-l6``, ``smollm2-135m``, a local folder or a hub id.
-        ranks: client ranks, cycled over clients or sampled from a distribution.
-        max_rank: R, the global nested rank (default: the largest client rank).
-        alpha: LoRA alpha; the scale is alpha / R at every rank (default 2 * R, a scale of 2).
-        target_modules: modules to adapt (default: q_proj,v_proj or query,value).
-        lora_dropout: dropout on the adapter input.
-        clients: number of clients.
-        clients_per_round: clients sampled each round (default: all).
-        rounds: federated rounds.
-        local_steps: optimizer steps per client per round.
-        batch_size: examples per step.
-        lr: learning rate of the adapter.
-        weight_decay: weight decay.
-        optimizer: adamw or sgd (momentum 0.9).
-        head: classifier heads: per-tier (one per ladder rank) or shared; default: the method's own.
-        head_lr: learning rate of the classifier head (default: 30 x lr for AdamW, lr for SGD).
-        classifier: how a classification task is learnt: head (a trained classifier head), verbalized (a causal LM writes the label), auto (verbalized for causal LMs).
-        readout_examples: training examples for the refitted-readout diagnostic at the end (0: off).
-        calibration: lda also scores each tier, after the last round, with a head refitted from every client's class statistics (calibrated_accuracy; see prelort calibrate), or none.
-        nested: prefix-nested training mode: "all" (every truncation up to the client's rank,
-            each step), "sample" (one drawn per step), "split" (each on its share of the batch,
-            the cost of a plain step) or "off"; default: the method's own.
-        partition: "iid", "dirichlet" or "pathological".
-        dirichlet_alpha: Dirichlet concentration of label proportions.
-        classes_per_client: labels per client for "pathological".
-        max_length: tokens per example (default 64 for classification, 160 for generation).
-        train_examples: cap on the training pool, sampled with the seed (default: all).
-        eval_examples: test examples for accuracy / perplexity.
-        generate_examples: test examples for ROUGE-L (generation; 0 disables it).
-        max_new_tokens: generation length for ROUGE-L.
-        eval_every: evaluate every k rounds (the last round always).
-        rouge_every_round: also generate for ROUGE-L each evaluated round (else only at the end).
-        max_update_norm: reject client updates whose ||s B A||_F is above this (default: no bound).
-        client_failure_rate: probability that a sampled client drops out mid-round.
-        dp_clip: client-level DP: the server clips each client's update (factors and head) to this L2 norm (default: no clipping, no DP).
-        dp_noise: client-level DP: Gaussian noise multiplier sigma; the aggregate gets noise of std sigma x dp_clip x the rule's largest client weight (needs dp_clip).
-        secure_aggregation: the server learns only the sum of the clients' zero-padded updates (Flower's SecAgg+ in the Flower app; the same sums in the clear in-process); for prelort, zeropad and the other averaging methods.
-        secure_range: under secure aggregation, the largest magnitude a sent number may have; SecAgg+ quantises [-secure_range, secure_range] to 2^22 levels, and a client whose update exceeds it drops out of the round.
-        dtype: base model dtype: auto (bf16 on CUDA, fp32 on the CPU, the packaged model's own choice), float32, bfloat16, float16; adapters and their optimizer state are fp32 whatever this is.
-        device: where each client trains: auto (CUDA when available), cpu, cuda, cuda:N or mps.
-        server_device: where the server aggregates: cpu, cuda, cuda:N or auto (CUDA when available).
-        quantize: the frozen base in 4bit (NF4 with double quantisation, bf16 compute: QLoRA) or 8bit through bitsandbytes (pip install prelort[quant]), or none.
-        gradient_checkpointing: recompute the base's activations in the backward pass instead of keeping them (less memory, about a third more compute).
-        client_memory: memory budget of each client (4GB,8GB,16GB cycled over clients, or 4GB:0.5,16GB:0.5 sampled): each client gets the largest rank of --ranks whose measured peak training memory fits (see prelort plan-ranks); default: ranks as given.
-        wire_dtype: number format of adapters sent between server and clients: float32, or bfloat16/float16 (half the bytes, every number rounded).
-        seed: the one seed of partitions, rank assignment, sampling and initialisation.
-        text_field, label_field, instruction_field, response_field: columns of a task file.
-        out: output folder.
+    Each field's help (the CLI's, the README's table) and scope live in its metadata (``setting``):
+    ``workbench=True`` marks the fields that change the loaded task or model, which
+    ``simulation.workbench.workbench_key`` derives the cache key of a loaded workbench from.
     """
 
-    method: str = "prelort"
-    task: str = "bbc-news"
-    model: str = "minilm-l6"
-    ranks: RankSpec = field(default_factory=lambda: RankSpec((2, 4, 8, 16)))
-    max_rank: int | None = None
-    alpha: float | None = None
-    target_modules: tuple[str, ...] | None = None
-    lora_dropout: float = 0.0
-    clients: int = 8
-    clients_per_round: int | None = None
-    rounds: int = 8
-    local_steps: int = 5
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: str = "adamw"
-    head: str | None = None
-    head_lr: float | None = None
-    classifier: str = "auto"
-    readout_examples: int = 600
-    calibration: str = "none"
-    nested: str | None = None
-    partition: str = "dirichlet"
-    dirichlet_alpha: float = 0.5
-    classes_per_client: int = 2
-    max_length: int | None = None
-    train_examples: int | None = None
-    eval_examples: int = 300
-    generate_examples: int = 100
-    max_new_tokens: int = 24
-    eval_every: int = 1
-    rouge_every_round: bool = False
-    max_update_norm: float | None = None
-    client_failure_rate: float = 0.0
-    dp_clip: float | None = None
-    dp_noise: float = 0.0
-    secure_aggregation: bool = False
-    secure_range: float = 4.0
-    dtype: str = "auto"
-    device: str = "auto"
-    server_device: str = "cpu"
-    quantize: str = "none"
-    gradient_checkpointing: bool = False
-    client_memory: str | None = None
-    wire_dtype: str = "float32"
-    seed: int = 0
-    text_field: str = "text"
-    label_field: str = "label"
-    instruction_field: str = "instruction"
-    response_field: str = "response"
-    out: Path = Path("runs/simulate")
+    method: str = setting(
+        default="prelort",
+        help="federated method (prelort methods lists them).",
+    )
+    task: str = setting(
+        default="bbc-news",
+        help="packaged task name or a .jsonl / .csv path.",
+        workbench=True,
+    )
+    model: str = setting(
+        default="minilm-l6",
+        help="minilm-l6, smollm2-135m, a local folder or a hub id.",
+        workbench=True,
+    )
+    ranks: RankSpec = setting(
+        default_factory=lambda: RankSpec((2, 4, 8, 16)),
+        help="client ranks, cycled over clients or sampled from a distribution.",
+    )
+    max_rank: int | None = setting(
+        default=None,
+        help="R, the global nested rank (default: the largest client rank).",
+        workbench=True,
+    )
+    alpha: float | None = setting(
+        default=None,
+        help="LoRA alpha; the scale is alpha / R at every rank (default 2 * R, a scale of 2).",
+        workbench=True,
+    )
+    target_modules: tuple[str, ...] | None = setting(
+        default=None,
+        help="modules to adapt (default: q_proj,v_proj or query,value).",
+        workbench=True,
+    )
+    lora_dropout: float = setting(
+        default=0.0,
+        help="dropout on the adapter input.",
+        workbench=True,
+    )
+    clients: int = setting(
+        default=8,
+        help="number of clients.",
+    )
+    clients_per_round: int | None = setting(
+        default=None,
+        help="clients sampled each round (default: all).",
+    )
+    rounds: int = setting(
+        default=8,
+        help="federated rounds.",
+    )
+    local_steps: int = setting(
+        default=5,
+        help="optimizer steps per client per round.",
+    )
+    batch_size: int = setting(
+        default=8,
+        help="examples per step.",
+    )
+    lr: float = setting(
+        default=1e-3,
+        help="learning rate of the adapter.",
+    )
+    weight_decay: float = setting(
+        default=0.0,
+        help="weight decay.",
+    )
+    optimizer: str = setting(
+        default="adamw",
+        help="adamw or sgd (momentum 0.9).",
+    )
+    head: str | None = setting(
+        default=None,
+        help="classifier heads: per-tier (one per ladder rank) or shared; default: the method's own.",
+    )
+    head_lr: float | None = setting(
+        default=None,
+        help="learning rate of the classifier head (default: 30 x lr for AdamW, lr for SGD).",
+    )
+    classifier: str = setting(
+        default="auto",
+        help="how a classification task is learnt: head (a trained classifier head), verbalized (a causal LM writes the label), auto (verbalized for causal LMs).",
+        workbench=True,
+    )
+    readout_examples: int = setting(
+        default=600,
+        help="training examples for the refitted-readout diagnostic at the end (0: off).",
+        workbench=True,
+    )
+    calibration: str = setting(
+        default="none",
+        help="lda also scores each tier, after the last round, with a head refitted from every client's class statistics (calibrated_accuracy; see prelort calibrate), or none.",
+    )
+    nested: str | None = setting(
+        default=None,
+        help='prefix-nested training mode: "all" (every truncation up to the client\'s rank, each step), "sample" (one drawn per step), "split" (each on its share of the batch, the cost of a plain step) or "off"; default: the method\'s own.',
+    )
+    partition: str = setting(
+        default="dirichlet",
+        help='"iid", "dirichlet" or "pathological".',
+    )
+    dirichlet_alpha: float = setting(
+        default=0.5,
+        help="Dirichlet concentration of label proportions.",
+    )
+    classes_per_client: int = setting(
+        default=2,
+        help='labels per client for "pathological".',
+    )
+    max_length: int | None = setting(
+        default=None,
+        help="tokens per example (default 64 for classification, 160 for generation).",
+        workbench=True,
+    )
+    train_examples: int | None = setting(
+        default=None,
+        help="cap on the training pool, sampled with the seed (default: all).",
+    )
+    eval_examples: int = setting(
+        default=300,
+        help="test examples for accuracy / perplexity.",
+        workbench=True,
+    )
+    generate_examples: int = setting(
+        default=100,
+        help="test examples for ROUGE-L (generation; 0 disables it).",
+        workbench=True,
+    )
+    max_new_tokens: int = setting(
+        default=24,
+        help="generation length for ROUGE-L.",
+    )
+    eval_every: int = setting(
+        default=1,
+        help="evaluate every k rounds (the last round always).",
+    )
+    rouge_every_round: bool = setting(
+        default=False,
+        help="also generate for ROUGE-L each evaluated round (else only at the end).",
+    )
+    max_update_norm: float | None = setting(
+        default=None,
+        help="reject client updates whose ||s B A||_F is above this (default: no bound).",
+    )
+    client_failure_rate: float = setting(
+        default=0.0,
+        help="probability that a sampled client drops out mid-round.",
+    )
+    dp_clip: float | None = setting(
+        default=None,
+        help="client-level DP: the server clips each client's update (factors and head) to this L2 norm (default: no clipping, no DP).",
+    )
+    dp_noise: float = setting(
+        default=0.0,
+        help="client-level DP: Gaussian noise multiplier sigma; the aggregate gets noise of std sigma x dp_clip x the rule's largest client weight (needs dp_clip).",
+    )
+    secure_aggregation: bool = setting(
+        default=False,
+        help="the server learns only the sum of the clients' zero-padded updates (Flower's SecAgg+ in the Flower app; the same sums in the clear in-process); for prelort, zeropad and the other averaging methods.",
+    )
+    secure_range: float = setting(
+        default=4.0,
+        help="under secure aggregation, the largest magnitude a sent number may have; SecAgg+ quantises [-secure_range, secure_range] to 2^22 levels, and a client whose update exceeds it drops out of the round.",
+    )
+    dtype: str = setting(
+        default="auto",
+        help="base model dtype: auto (bf16 on CUDA, fp32 on the CPU, the packaged model's own choice), float32, bfloat16, float16; adapters and their optimizer state are fp32 whatever this is.",
+        workbench=True,
+    )
+    device: str = setting(
+        default="auto",
+        help="where each client trains: auto (CUDA when available), cpu, cuda, cuda:N or mps.",
+        workbench=True,
+    )
+    server_device: str = setting(
+        default="cpu",
+        help="where the server aggregates: cpu, cuda, cuda:N or auto (CUDA when available).",
+    )
+    quantize: str = setting(
+        default="none",
+        help="the frozen base in 4bit (NF4 with double quantisation, bf16 compute: QLoRA) or 8bit through bitsandbytes (pip install prelort[quant]), or none.",
+        workbench=True,
+    )
+    gradient_checkpointing: bool = setting(
+        default=False,
+        help="recompute the base's activations in the backward pass instead of keeping them (less memory, about a third more compute).",
+        workbench=True,
+    )
+    client_memory: str | None = setting(
+        default=None,
+        help="memory budget of each client (4GB,8GB,16GB cycled over clients, or 4GB:0.5,16GB:0.5 sampled): each client gets the largest rank of --ranks whose measured peak training memory fits (see prelort plan-ranks); default: ranks as given.",
+    )
+    wire_dtype: str = setting(
+        default="float32",
+        help="number format of adapters sent between server and clients: float32, or bfloat16/float16 (half the bytes, every number rounded).",
+    )
+    seed: int = setting(
+        default=0,
+        help="the one seed of partitions, rank assignment, sampling and initialisation.",
+    )
+    text_field: str = setting(
+        default="text",
+        help="column of a task file holding the classification text.",
+        workbench=True,
+    )
+    label_field: str = setting(
+        default="label",
+        help="column of a task file holding the class label.",
+        workbench=True,
+    )
+    instruction_field: str = setting(
+        default="instruction",
+        help="column of a task file holding the generation prompt.",
+        workbench=True,
+    )
+    response_field: str = setting(
+        default="response",
+        help="column of a task file holding the generation target.",
+        workbench=True,
+    )
+    out: Path = setting(
+        default=Path("runs/simulate"),
+        help="output folder.",
+    )
 
     def __post_init__(self) -> None:
         from prelort.aggregation import get_method

@@ -61,27 +61,14 @@ class Workbench:
 
 
 def workbench_key(config: SimulationConfig) -> tuple:
-    return (
-        config.task,
-        config.model,
-        config.dtype,
-        config.device,
-        config.quantize,
-        config.gradient_checkpointing,
-        config.max_length,
-        config.resolved_max_rank,
-        config.resolved_alpha,
-        config.target_modules,
-        config.lora_dropout,
-        config.eval_examples,
-        config.generate_examples,
-        config.classifier,
-        config.readout_examples,
-        config.text_field,
-        config.label_field,
-        config.instruction_field,
-        config.response_field,
-    )
+    """The settings a loaded workbench depends on: every field marked ``workbench`` (with R and
+    alpha resolved), so that a new such field can never reuse a stale workbench."""
+    key = []
+    for f in dataclasses.fields(config):
+        if f.metadata.get("workbench"):
+            resolved = getattr(config, "resolved_" + f.name, None)
+            key.append((f.name, getattr(config, f.name) if resolved is None else resolved))
+    return tuple(key)
 
 
 def _subset(n: int, size: int) -> list[int]:
