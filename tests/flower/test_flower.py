@@ -324,3 +324,19 @@ def test_node_hardware_spreads_gpus_and_budgets():
     roster = Roster({7: 0, 8: 1, 9: 2}, ranks={1: 8}, budgets={1: 2**33})
     assert roster.client_ranks([2, 4, 16]) == [2, 8, 16]
     assert roster.rank_plan([2, 4, 16])["client_budget_bytes"] == [None, 2**33, None]
+
+
+def test_the_server_app_refuses_a_finished_run_and_a_resume_with_nothing_to_resume(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    """`flwr run .` reaches the ServerApp without the CLI's checks: it makes them itself."""
+    from prelort.flower.server_app import run_server
+
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "run")
+    with pytest.raises(ConfigError, match="resume: no checkpoint.safetensors"):
+        run_server(None, config, resume=True)  # before any node is asked
+    config.out.mkdir()
+    (config.out / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_server(None, config, resume=False)
+    assert (config.out / "metrics.json").read_text() == "{}"

@@ -28,11 +28,30 @@ from prelort.simulation.federation import prepare_federation, resumed_server
 from prelort.simulation.outputs import write_outputs, write_progress
 from prelort.simulation.result import SimulationResult
 from prelort.simulation.run import format_round
+from prelort.simulation.rundir import holds_run
 from prelort.simulation.workbench import build_workbench
 
 log = logging.getLogger("flwr.prelort")  # a child of Flower's logger: shown by `flwr run --stream`
 
 NODE_TIMEOUT = 600.0  # seconds to wait for the nodes, and for one round's replies
+
+
+def check_out_folder(out: Path, resume: bool) -> None:
+    """Refuse to start over a finished run, or to resume where there is nothing to resume.
+
+    ``prelort flower`` and ``prelort simulate`` check this on the command line; ``flwr run`` reaches
+    the ServerApp directly, so it checks again.
+
+    Raises:
+        ConfigError: ``out`` holds a run and ``resume`` is False, or ``resume`` without a
+            checkpoint in ``out``.
+    """
+    if resume and not (out / CHECKPOINT_NAME).is_file():
+        raise ConfigError(f"resume: no {CHECKPOINT_NAME} in {out}; nothing to resume")
+    if not resume and holds_run(out):
+        raise ConfigError(
+            f"out: {out} already holds a run; set another out, or resume = true to continue it"
+        )
 
 
 def run_server(
@@ -52,6 +71,7 @@ def run_server(
         context: the run's Flower context (needed by secure aggregation's workflow).
     """
     out = Path(config.out)
+    check_out_folder(out, resume)
     bench = build_workbench(config)
     roster = query_partitions(grid, config.clients, timeout)
     partitions = roster.partitions
@@ -65,7 +85,7 @@ def run_server(
         linear_head_names(fed)  # refuse a head LDA cannot replace before any round
     result = fed.new_result()
     server = fed.initial
-    if resume and (out / CHECKPOINT_NAME).is_file():
+    if resume:
         server = resumed_server(load_checkpoint(out), result, config.rounds)
     start = last_round_end = time.perf_counter()
 
