@@ -70,7 +70,7 @@ def prepare_run_dir(folder: Path, overwrite: bool, resume: bool = False) -> None
         if not overwrite:
             raise ConfigError(
                 f"out: {folder} already holds a run; give another --out, --overwrite to replace it, "
-                "or `prelort simulate --resume` to continue it"
+                "or --resume OUT to continue it"
             )
         clear_run(folder)
     try:
