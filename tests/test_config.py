@@ -98,3 +98,38 @@ def test_the_workbench_key_follows_every_field_marked_workbench():
         assert workbench_key(base.replace(**{name: value})) != workbench_key(base), name
     for name, value in {"rounds": 3, "lr": 0.5, "seed": 4, "method": "zeropad"}.items():
         assert workbench_key(base.replace(**{name: value})) == workbench_key(base), name
+
+
+def test_print_config_writes_a_table_that_reads_back(tmp_path, capsys):
+    from prelort.cli import main
+    from prelort.config import load_config
+
+    flags = [
+        "--ranks",
+        "2,8",
+        "--secure-aggregation",
+        "--lr",
+        "0.002",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(["simulate", *flags, "--print-config"]) == 0
+    table = tmp_path / "printed.toml"
+    table.write_text(capsys.readouterr().out)
+    config = load_config(table, {})
+    assert config.secure_aggregation is True  # a bare boolean flag is a switch
+    assert (str(config.ranks), config.lr, config.max_rank) == ("2,8", 0.002, 8)
+    assert not (tmp_path / "o").exists()  # nothing ran
+    assert main(["compare", "--config", str(table), "--print-config"]) == 0
+
+
+def test_booleans_take_a_value_or_none_and_verbose_goes_anywhere():
+    from prelort.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["simulate", "--gradient-checkpointing"]).gradient_checkpointing == "true"
+    assert (
+        parse(["simulate", "--gradient-checkpointing", "false"]).gradient_checkpointing == "false"
+    )
+    assert parse(["-v", "simulate"]).verbose and parse(["simulate", "-v"]).verbose
+    assert not parse(["simulate"]).verbose

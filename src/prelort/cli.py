@@ -41,17 +41,28 @@ def _field_help() -> dict[str, str]:
 def _add_settings(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     parser.add_argument("--config", type=Path, help="TOML file of settings; flags override it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-round lines")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved settings as a TOML [simulate] table (for --config) and exit",
+    )
+    # also after the command; SUPPRESS keeps `prelort -v simulate` from being reset to False
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
     help_text = _field_help()
     for f in dataclasses.fields(SimulationConfig):
         if f.name in skip:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        switch = {"nargs": "?", "const": "true"} if f.type == "bool" else {}  # --flag = true
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             default=None,
-            metavar=f.name.upper(),
+            metavar="true|false" if switch else f.name.upper(),
             help=help_text.get(f.name, "") + ("" if default is None else f" [default: {default}]"),
+            **switch,
         )
 
 
@@ -100,10 +111,19 @@ def check_machine(config: SimulationConfig) -> None:
     resolve_device(config.server_device, "server_device")
 
 
+def _print_config(config: SimulationConfig) -> int:
+    from prelort.config import to_toml
+
+    print(to_toml(config), end="")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from prelort.simulation.rundir import claimed_run_dir
 
     config, resume = _settings(args)
+    if args.print_config:
+        return _print_config(config)
     check_machine(config)
     if resume is not None:
         print(f"prelort simulate: resuming {args.resume} after round {resume.round}")
@@ -153,6 +173,8 @@ def cmd_flower(args: argparse.Namespace) -> int:
     from prelort.simulation.rundir import claimed_run_dir
 
     config, _ = _settings(args)
+    if args.print_config:
+        return _print_config(config)
     check_machine(config)
     nodes = config.clients if args.nodes is None else args.nodes
     from prelort.flower.deploy import node_hardware
@@ -242,6 +264,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if "out" not in overrides and "out" not in (read_toml(args.config) if args.config else {}):
         overrides["out"] = "runs/compare"
     base = load_config(args.config, overrides)
+    if args.print_config:
+        return _print_config(base)
     check_machine(base)
     with claimed_run_dir(base.out, args.overwrite):
         return _compare(args, base, methods)
@@ -348,6 +372,8 @@ def cmd_plan_ranks(args: argparse.Namespace) -> int:
     from prelort.models import cache_dir
 
     config = load_config(args.config, _overrides(args))
+    if args.print_config:
+        return _print_config(config)
     budgets = [parse_memory(m, "memory") for m in args.memory.split(",")] if args.memory else []
     check_machine(config)
     ranks = config.ranks.ladder

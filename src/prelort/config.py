@@ -7,6 +7,7 @@ override it. Each bad value raises a ``ConfigError`` that names the field.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import sys
@@ -666,3 +667,24 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> SimulationCo
     values = read_toml(path) if path is not None else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return config_from_mapping(values)
+
+
+def toml_value(value: Any) -> str:
+    """A scalar as TOML: booleans and numbers as such, anything else a basic (JSON) string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def to_toml(config: SimulationConfig) -> str:
+    """The resolved settings as a ``[simulate]`` table that ``--config`` reads back."""
+    lines = ["[simulate]"]
+    for key, value in config.to_dict().items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = ",".join(map(str, value))
+        lines.append(f"{key} = {toml_value(value)}")
+    return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prelort.config import SimulationConfig
+from prelort.config import SimulationConfig, toml_value
 from prelort.errors import ConfigError, PrelortError
 
 log = logging.getLogger(__name__)
@@ -41,14 +41,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))  # a TOML basic string is a JSON string
 
 
 def run_config(config: SimulationConfig, resume: bool) -> dict[str, Any]:
