@@ -126,9 +126,11 @@ def build_workbench(config: SimulationConfig) -> Workbench:
     adapted.autocast_dtype = placement.autocast_dtype
     readout_rows = _subset(len(train), config.readout_examples) if objective == HEAD else []
     log.info(
-        "workbench: task %s (%d train, %d test), model %s on %s (%s%s), %d nested layers of rank %d",
+        "workbench: task %s (%s train, %d test), model %s on %s (%s%s), %d nested layers of rank %d",
         task.name,
-        len(train),
+        len(train)
+        if config.train_examples is None or config.train_examples >= len(train)
+        else f"{config.train_examples} of {len(train)}",
         len(test),
         config.model,
         placement.device,
