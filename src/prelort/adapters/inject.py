@@ -188,7 +188,8 @@ class NestedLoRAModel:
                 if name.endswith("bias"):
                     p.zero_()
                 else:
-                    p.normal_(0.0, 0.02, generator=generator)
+                    draw = torch.empty(p.shape, dtype=p.dtype)  # on the CPU: the same everywhere
+                    p.copy_(draw.normal_(0.0, 0.02, generator=generator))
                 for tier in self.tier_heads.values():
                     tier[name].copy_(p)
 

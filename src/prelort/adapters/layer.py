@@ -66,10 +66,15 @@ class NestedLoRALinear(nn.Module):
         return self.lora_a.shape[0]
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """A as PEFT's default (Kaiming-uniform, a=sqrt(5)), B zero: the adapter starts as a no-op."""
+        """A as PEFT's default (Kaiming-uniform, a=sqrt(5)), B zero: the adapter starts as a no-op.
+
+        The draw is made on the CPU (``generator`` is a CPU generator) and copied to the layer's
+        device, so that a seed gives the same adapter on every device.
+        """
         bound = 1.0 / math.sqrt(self.base.in_features)  # kaiming_uniform_(a=sqrt(5)) bound
+        draw = torch.empty(self.lora_a.shape, dtype=self.lora_a.dtype)
         with torch.no_grad():
-            self.lora_a.uniform_(-bound, bound, generator=generator)
+            self.lora_a.copy_(draw.uniform_(-bound, bound, generator=generator))
             self.lora_b.zero_()
 
     def set_factors(self, lora_a: torch.Tensor, lora_b: torch.Tensor) -> None:
