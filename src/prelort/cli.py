@@ -151,6 +151,14 @@ def _simulate(args: argparse.Namespace, config: SimulationConfig, resume) -> int
     files = write_outputs(result, out)
     print(f"\nfinal metrics of the global adapter per rank tier ({config.method}):")
     print(final_table(result))
+    budget = result.privacy_budget()
+    if budget is not None:
+        eps = "inf (no noise)" if budget["epsilon"] is None else f"{budget['epsilon']:.3g}"
+        print(
+            f"\nclient-level DP: ε = {eps} at δ = {budget['delta']:.2e} after {budget['rounds']} "
+            f"rounds (σ = {budget['noise_multiplier']:.3g}, C = {budget['clip']:g}, "
+            f"q = {budget['sample_rate']:.3g}; {budget['accountant']})"
+        )
     print(
         f"\nwall time {time.perf_counter() - start:.1f} s; wrote "
         + ", ".join(str(p) for p in files.values())

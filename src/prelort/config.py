@@ -321,6 +321,14 @@ class SimulationConfig:
         default=0.0,
         help="client-level DP: Gaussian noise multiplier sigma; the aggregate gets noise of std sigma x dp_clip x the rule's largest client weight (needs dp_clip).",
     )
+    dp_delta: float | None = setting(
+        default=None,
+        help="client-level DP: the δ at which ε is reported (default 1 / clients^1.1, below 1/clients).",
+    )
+    dp_target_epsilon: float | None = setting(
+        default=None,
+        help="client-level DP: choose the noise multiplier (instead of --dp-noise) whose ε after the last round, at dp_delta, is this (RDP accountant; needs dp_clip).",
+    )
     secure_aggregation: bool = setting(
         default=False,
         help="the server learns only the sum of the clients' zero-padded updates (Flower's SecAgg+ in the Flower app; the same sums in the clear in-process); for prelort, zeropad and the other averaging methods.",
@@ -438,6 +446,17 @@ class SimulationConfig:
             raise ConfigError(f"dp_clip: must be > 0, got {self.dp_clip}")
         if self.dp_noise < 0:
             raise ConfigError(f"dp_noise: must be >= 0, got {self.dp_noise}")
+        if self.dp_delta is not None and not 0 < self.dp_delta < 1:
+            raise ConfigError(f"dp_delta: must be in (0, 1), got {self.dp_delta}")
+        if self.dp_target_epsilon is not None:
+            if self.dp_target_epsilon <= 0:
+                raise ConfigError(f"dp_target_epsilon: must be > 0, got {self.dp_target_epsilon}")
+            if self.dp_clip is None:
+                raise ConfigError(
+                    "dp_target_epsilon: needs dp_clip (the noise is calibrated to it)"
+                )
+            if self.dp_noise > 0:
+                raise ConfigError("dp_target_epsilon: give it or dp_noise, not both")
         if self.dp_noise > 0 and self.dp_clip is None:
             raise ConfigError("dp_noise: needs dp_clip (the noise is calibrated to the clip norm)")
         if self.dp_clip is not None and get_method(self.method).sensitivity is None:
@@ -520,6 +539,28 @@ class SimulationConfig:
         return self.head or get_method(self.method).head
 
     @property
+    def dp_sample_rate(self) -> float:
+        """q, the share of clients sampled each round (the accountant's sampling rate)."""
+        return (self.clients_per_round or self.clients) / self.clients
+
+    @property
+    def resolved_dp_delta(self) -> float:
+        from prelort.aggregation.budget import default_delta
+
+        return self.dp_delta if self.dp_delta is not None else default_delta(self.clients)
+
+    @property
+    def resolved_dp_noise(self) -> float:
+        """σ: ``dp_noise``, or the σ that reaches ``dp_target_epsilon`` after the last round."""
+        if self.dp_target_epsilon is None:
+            return self.dp_noise
+        from prelort.aggregation.budget import noise_for_epsilon
+
+        return noise_for_epsilon(
+            self.dp_target_epsilon, self.dp_sample_rate, self.rounds, self.resolved_dp_delta
+        )
+
+    @property
     def resolved_head_lr(self) -> float:
         if self.head_lr is not None:
             return self.head_lr
@@ -540,6 +581,11 @@ class SimulationConfig:
         out["nested"] = self.resolved_nested
         out["head"] = self.resolved_head
         out["head_lr"] = self.resolved_head_lr
+        if self.dp_clip is not None:
+            out["dp_delta"] = self.resolved_dp_delta
+            if self.dp_target_epsilon is not None:
+                out["dp_noise"] = self.resolved_dp_noise
+                out["dp_target_epsilon"] = None  # a resumed run keeps the resolved dp_noise
         return out
 
     def replace(self, **changes: Any) -> SimulationConfig:

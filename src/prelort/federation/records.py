@@ -24,13 +24,16 @@ class SegmentRecord(TypedDict):
 
 
 class PrivacyRecord(TypedDict):
-    """Client-level DP in one round: the clip norm, the noise, and how many updates were clipped."""
+    """Client-level DP in one round: the clip norm, the noise, how many updates were clipped, and
+    the run's (ε, δ) so far (``aggregation/budget.py``)."""
 
     clip: float
     noise_multiplier: float
     noise_std: float
     clipped: int
     median_norm: float
+    epsilon: float | None  # after this round, at delta (None without noise)
+    delta: float
 
 
 class TrafficRecord(TypedDict):

@@ -20,6 +20,7 @@ import torch
 from prelort.adapters.norms import segment_norms
 from prelort.adapters.state import AdapterState, slice_to_rank, state_rank
 from prelort.aggregation.base import AggregateFn, ClientUpdate
+from prelort.aggregation.budget import epsilon
 from prelort.aggregation.flora import stacked_numel
 from prelort.aggregation.methods import AggregationContext, Method, uplink_numel
 from prelort.aggregation.privacy import add_noise, clip_update
@@ -63,11 +64,18 @@ class ServerState:
 
 @dataclass(frozen=True)
 class PrivacySettings:
-    """Client-level DP of a run: clip norm C, noise multiplier sigma, the seed of the noise."""
+    """Client-level DP of a run: clip norm C, noise multiplier sigma, the seed of the noise, and
+    what the accountant needs: the sampling rate q and δ (``aggregation/budget.py``)."""
 
     clip: float
     noise_multiplier: float
     seed: int
+    sample_rate: float = 1.0
+    delta: float = 1e-5
+
+    def epsilon(self, rounds: int) -> float:
+        """ε after ``rounds`` noised rounds, at ``delta``."""
+        return epsilon(self.noise_multiplier, self.sample_rate, rounds, self.delta)
 
     def generator(self, round_index: int) -> torch.Generator:
         """The noise stream of one round: resuming a run draws the same noise."""
@@ -186,6 +194,8 @@ def clipped_updates(
         "noise_std": 0.0,
         "clipped": sum(n > clip for n in norms),
         "median_norm": round(statistics.median(norms), 6),
+        "epsilon": None,  # no noise, no guarantee
+        "delta": rules.privacy.delta,
     }
     return out, record
 
@@ -201,7 +211,7 @@ def noisy(
     assert rules.privacy is not None and rules.method.sensitivity is not None
     std = privacy["noise_multiplier"] * privacy["clip"] * rules.method.sensitivity(updates)
     noised = add_noise(global_state, updates, std, rules.privacy.generator(round_index))
-    return noised, {**privacy, "noise_std": std}
+    return noised, {**privacy, "noise_std": std, "epsilon": rules.privacy.epsilon(round_index)}
 
 
 def aggregate_on(

@@ -245,7 +245,13 @@ def prepare_federation(
     context = AggregationContext(ladder, adapted.scale, fresh_state)
     privacy = None
     if config.dp_clip is not None:
-        privacy = PrivacySettings(config.dp_clip, config.dp_noise, config.seed)
+        privacy = PrivacySettings(
+            config.dp_clip,
+            config.resolved_dp_noise,
+            config.seed,
+            config.dp_sample_rate,
+            config.resolved_dp_delta,
+        )
     rules = ServerRules.for_run(
         method,
         context,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prelort.adapters.state import AdapterState
+from prelort.aggregation.budget import ACCOUNTANT
 from prelort.evaluation.tiers import TierMetrics
 from prelort.federation.records import RoundRecord, TrafficRecord
 
@@ -54,4 +55,22 @@ class SimulationResult:
             "phase_seconds": {k: round(v, 2) for k, v in self.phase_seconds.items()},
             **({"rank_plan": self.rank_plan} if self.rank_plan is not None else {}),
             **({"environment": self.environment} if self.environment else {}),
+            **({"privacy": self.privacy_budget()} if self.privacy_budget() else {}),
+        }
+
+    def privacy_budget(self) -> dict[str, Any] | None:
+        """The run's client-level (ε, δ) after its last round, or None without DP."""
+        records = [t["privacy"] for t in self.traffic if t.get("privacy")]
+        if not records:
+            return None
+        last = records[-1]
+        return {
+            "epsilon": last.get("epsilon"),
+            "delta": last.get("delta"),
+            "noise_multiplier": last["noise_multiplier"],
+            "clip": last["clip"],
+            "sample_rate": (self.config.get("clients_per_round") or self.config["clients"])
+            / self.config["clients"],
+            "rounds": len(self.traffic),
+            "accountant": ACCOUNTANT,
         }
