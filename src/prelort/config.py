@@ -238,7 +238,7 @@ class SimulationConfig:
     )
     head: str | None = setting(
         default=None,
-        help="classifier heads: per-tier (one per ladder rank) or shared; default: the method's own.",
+        help="classifier heads: per-tier (one per ladder rank) or shared; default: the method's own, shared for every method now.",
     )
     head_lr: float | None = setting(
         default=None,
