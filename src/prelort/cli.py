@@ -542,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    quiet_libraries()
+    quiet_libraries(getattr(args, "quiet", False))
     try:
         return args.func(args)
     except PrelortError as e:

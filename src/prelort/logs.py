@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import logging
+import warnings
+
+# Loggers whose INFO/DEBUG lines are noise to a prelort user (they flood `-v`): rouge-score's absl,
+# matplotlib's font manager, PIL's plugin loading.
+CHATTY = ("absl", "matplotlib", "PIL")
 
 
-def quiet_libraries() -> None:
-    """Keep the terminal for our progress: transformers' load reports and bars are noise here."""
-    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs each scorer it builds
+def quiet_libraries(quiet: bool = False) -> None:
+    """Keep the terminal for our progress: transformers' load reports and bars are noise here.
+
+    Args:
+        quiet: also silence third-party warnings (deprecations, bitsandbytes' optional-kernel
+            notice): ``--quiet`` leaves only prelort's own errors.
+    """
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -15,3 +26,7 @@ def quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
+    if quiet:
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        for category in (FutureWarning, DeprecationWarning, UserWarning):
+            warnings.filterwarnings("ignore", category=category)

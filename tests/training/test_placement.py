@@ -171,3 +171,25 @@ def test_bf16_on_cuda_keeps_fp32_adapters_and_head(tiny_bert_dir, topic_jsonl, t
     assert all(p.is_cuda for p in bench.adapted.trainable_parameters())
     result = run_simulation(config, bench, progress=False)
     assert all(not v.is_cuda for v in result.global_state.values())  # the wire is device-free
+
+
+@needs_bnb
+def test_quiet_leaves_no_third_party_warning(llama64_dir, headline_jsonl, tmp_path):
+    import subprocess
+    import sys
+
+    flags = [
+        *("--model", str(llama64_dir), "--task", str(headline_jsonl), "--ranks", "1,2"),
+        *("--clients", "2", "--rounds", "1", "--local-steps", "1", "--batch-size", "4"),
+        *("--max-length", "32", "--eval-examples", "8", "--generate-examples", "0"),
+        *("--partition", "iid", "--quantize", "4bit", "--gradient-checkpointing", "--quiet"),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "prelort.cli", "simulate", *flags, "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    noise = [line for line in done.stderr.splitlines() if not line.startswith("INFO prelort")]
+    assert noise == [], noise[:5]
