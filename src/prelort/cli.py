@@ -95,9 +95,21 @@ def _settings(args: argparse.Namespace) -> tuple[SimulationConfig, Checkpoint | 
             f"{overrides['out']}"
         )
     resume = load_checkpoint(args.resume)
-    if set(overrides) - {"out"} or args.config is not None:
-        raise ConfigError("resume: the settings come from the checkpoint; give no other setting")
-    return config_from_mapping({**resume.config, "out": str(args.resume)}), resume
+    if set(overrides) - {"out", "rounds"} or args.config is not None:
+        raise ConfigError(
+            "resume: the settings come from the checkpoint; give no other setting than --rounds "
+            "(more rounds extend the run)"
+        )
+    settings = {**resume.config, "out": str(args.resume)}
+    if "rounds" in overrides:
+        settings["rounds"] = overrides["rounds"]
+    config = config_from_mapping(settings)
+    if config.rounds < resume.round:
+        raise ConfigError(
+            f"rounds: the run in {args.resume} has already run {resume.round} rounds; give more "
+            "to extend it"
+        )
+    return config, resume
 
 
 def check_machine(config: SimulationConfig) -> None:

@@ -216,3 +216,26 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tiny_bert_dir, topic_jsonl
     mb = json.loads((crashed / "metrics.json").read_text())
     assert ma["final"] == mb["final"]
     assert [r["tiers"] for r in ma["rounds"]] == [r["tiers"] for r in mb["rounds"]]
+
+
+def test_a_finished_run_extended_by_more_rounds_equals_the_longer_run(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    """`simulate --resume OUT --rounds 4` continues a finished 2-round run to 4 rounds."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    longer, short = tmp_path / "longer", tmp_path / "short"
+    run = {"env": env, "capture_output": True, "text": True, "timeout": 600}
+    subprocess.run(_simulate_cmd(tiny_bert_dir, topic_jsonl, longer, 4), check=True, **run)
+    subprocess.run(_simulate_cmd(tiny_bert_dir, topic_jsonl, short, 2), check=True, **run)
+    resume = [sys.executable, "-m", "prelort.cli", "simulate", "--quiet", "--resume", str(short)]
+    fewer = subprocess.run([*resume, "--rounds", "1"], **run)
+    assert fewer.returncode == 2 and "has already run 2 rounds" in fewer.stderr
+    other = subprocess.run([*resume, "--lr", "0.1"], **run)
+    assert other.returncode == 2 and "no other setting than --rounds" in other.stderr
+    done = subprocess.run([*resume, "--rounds", "4"], **run)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, _ = load_adapter(longer / "adapter.safetensors")
+    b, _ = load_adapter(short / "adapter.safetensors")
+    assert same_tensors(a, b), "the extended run differs from the 4-round run"
+    metrics = json.loads((short / "metrics.json").read_text())
+    assert metrics["config"]["rounds"] == 4 and [r["round"] for r in metrics["rounds"]][-1] == 4
