@@ -54,6 +54,13 @@ def test_generation_federation_reports_perplexity_and_rouge(
     final = result.final["4"]
     assert final["perplexity"] > 1.0 and 0.0 <= final["rouge_l"] <= 1.0
     assert "rouge_l" not in result.rounds[0]["tiers"]["4"]  # generation only at the end by default
+    assert set(result.samples) == {"1", "2", "4"}  # a few generations per tier, to read
+    sample = result.samples["4"][0]
+    assert set(sample) == {"prompt", "reference", "output"} and sample["reference"]
+    from prelort.simulation.outputs import write_outputs
+
+    files = write_outputs(result, config.out)
+    assert files["samples"].name == "samples.json"
 
 
 def test_learning_happens(tiny_bert_dir, topic_jsonl, tmp_path):

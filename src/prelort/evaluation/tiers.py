@@ -23,6 +23,8 @@ from prelort.evaluation.readout import head_outputs, readout_accuracy
 
 TierMetrics = dict[str, dict[str, float]]
 
+SAMPLES = 5  # generations kept per tier (samples.json), to read beside the ROUGE-L figure
+
 # How a task is learnt and scored: a classifier head, a verbalised label, or free generation.
 HEAD, VERBALIZED = "head", "verbalized"
 
@@ -95,6 +97,7 @@ def evaluate_tiers(
     max_new_tokens: int = 24,
     readout: ReadoutData | None = None,
     same_at_every_tier: bool = False,
+    samples: dict[str, list[dict[str, str]]] | None = None,
 ) -> TierMetrics:
     """Metrics of the global adapter truncated at each tier rank.
 
@@ -105,6 +108,8 @@ def evaluate_tiers(
         readout: also report ``readout_accuracy``, a readout refitted on each tier's features.
         same_at_every_tier: the model is the same at every tier (no adapter, one head): evaluate
             once and report it for every tier.
+        samples: filled with the first ``SAMPLES`` generations per tier (prompt, reference,
+            output) when ROUGE-L is computed.
 
     Returns:
         ``{"<rank>": {"<metric>": value}}``.
@@ -142,6 +147,21 @@ def evaluate_tiers(
                 predictions = generate(
                     adapted, tokenizer, generation_data, batch_size, max_new_tokens
                 )
-                metrics["rouge_l"] = rouge_l(predictions, generation_data.references or [])
+                references = generation_data.references or []
+                metrics["rouge_l"] = rouge_l(predictions, references)
+                if samples is not None:
+                    samples[str(tier)] = [
+                        {
+                            "prompt": tokenizer.decode(ids, skip_special_tokens=True),
+                            "reference": reference,
+                            "output": output,
+                        }
+                        for ids, reference, output in zip(
+                            generation_data.input_ids[:SAMPLES],
+                            references[:SAMPLES],
+                            predictions[:SAMPLES],
+                            strict=True,
+                        )
+                    ]
         results[str(tier)] = metrics
     return results

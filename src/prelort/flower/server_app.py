@@ -91,7 +91,7 @@ def run_server(
 
     def on_round(outcome: RoundOutcome) -> None:
         nonlocal last_round_end
-        tiers = fed.evaluate(outcome.server)
+        tiers = fed.evaluate(outcome.server, result.samples)
         record = fed.record(result, outcome, tiers, time.perf_counter() - last_round_end, out)
         if record is not None:
             log.info(format_round(config.method, record))

@@ -107,8 +107,11 @@ class Federation:
         reports, mean, left = mean_of_shares(server, replies, self.config.secure_range)
         return secure_server_step(server, sampled, reports, mean, self.rules, left)
 
-    def evaluate(self, server: ServerState) -> TierMetrics | None:
-        """Metrics per tier of the global adapter after ``server.round``, on evaluated rounds."""
+    def evaluate(
+        self, server: ServerState, samples: dict[str, list[dict[str, str]]] | None = None
+    ) -> TierMetrics | None:
+        """Metrics per tier of the global adapter after ``server.round``, on evaluated rounds;
+        ``samples`` receives some generations per tier where ROUGE-L is computed."""
         config, bench = self.config, self.bench
         last = server.round == config.rounds
         if not (last or server.round % config.eval_every == 0):
@@ -127,6 +130,7 @@ class Federation:
             max_new_tokens=config.max_new_tokens,
             readout=readout,
             same_at_every_tier=not self.method.trains_adapter and not bench.adapted.tier_heads,
+            samples=samples,
         )
 
     def record(

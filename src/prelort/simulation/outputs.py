@@ -126,6 +126,9 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
         "adapter": out_dir / "adapter.safetensors",
     }
     files.update({f"plot_{p.stem}": p for p in plots})
+    if result.samples:
+        write_json(out_dir / "samples.json", result.samples)
+        files["samples"] = out_dir / "samples.json"
     return files
 
 

@@ -29,6 +29,7 @@ class SimulationResult:
             with a calibration, ``calibrate`` (client statistics, LDA heads, their evaluation).
         rank_plan: ranks from memory budgets (``prelort.budgets.budget_plan``), or None.
         environment: package versions and device (``prelort.environment``).
+        samples: per tier, a few generations of the last ROUGE-L evaluation (samples.json).
     """
 
     config: dict[str, Any]
@@ -42,6 +43,7 @@ class SimulationResult:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     rank_plan: dict[str, Any] | None = None
     environment: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {

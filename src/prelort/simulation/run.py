@@ -80,7 +80,7 @@ def run_simulation(
         outcome = fed.server_step(server, sampled, replies)
         server = outcome.server
         aggregated = time.perf_counter()
-        tiers = fed.evaluate(server)
+        tiers = fed.evaluate(server, result.samples)
         record = fed.record(
             result, outcome, tiers, time.perf_counter() - round_start, checkpoint_dir
         )

@@ -16,7 +16,13 @@ from pathlib import Path
 
 from prelort.errors import ConfigError
 
-RUN_FILES = ("metrics.json", "metrics.csv", "adapter.safetensors", "checkpoint.safetensors")
+RUN_FILES = (
+    "metrics.json",
+    "metrics.csv",
+    "adapter.safetensors",
+    "checkpoint.safetensors",
+    "samples.json",
+)
 COMPARE_FILES = ("summary.md", "summary.csv", "summary.json", "costs.csv")
 RUN_PLOTS = ("*.png",)
 
