@@ -98,6 +98,7 @@ def plot_rounds(comparison: Comparison, out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     curves: dict[tuple[str, str, str], dict[int, list[float]]] = {}
     for (method, _seed), result in comparison.runs.items():
@@ -125,6 +126,7 @@ def plot_rounds(comparison: Comparison, out_dir: Path) -> list[Path]:
                         label=method,
                     )
             ax.set_title(f"rank {tier}")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("round")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(METRIC_LABELS.get(metric, metric))

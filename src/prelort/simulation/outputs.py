@@ -46,24 +46,39 @@ def save_figure(fig, path: Path, dpi: int = 110) -> Path:
     return path
 
 
+TIER_MARKERS = ("o", "s", "^", "D", "v", "P")
+TIER_DASHES = ("-", "--", "-.", ":")
+
+
 def plot_per_round(rounds: Sequence[RoundRecord], title: str, out_dir: Path) -> list[Path]:
     """One PNG per metric: the metric per round, a line per tier."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on servers and CI
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = metric_rows(rounds)
     paths = []
     for metric in sorted({r["metric"] for r in rows}):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for tier in sorted({r["tier"] for r in rows}):
+        tiers = sorted({r["tier"] for r in rows})
+        for k, tier in enumerate(tiers):
             points = [
                 (r["round"], r["value"])
                 for r in rows
                 if r["metric"] == metric and r["tier"] == tier
             ]
-            ax.plot(*zip(*points, strict=True), marker="o", label=f"rank {tier}")
+            # tiers with equal values (a method without an adapter, or a collapsed rank) would
+            # hide each other: each gets its own marker, dash and a shrinking marker size
+            ax.plot(
+                *zip(*points, strict=True),
+                marker=TIER_MARKERS[k % len(TIER_MARKERS)],
+                linestyle=TIER_DASHES[k % len(TIER_DASHES)],
+                markersize=9 - 1.5 * min(k, 4),
+                label=f"rank {tier}",
+            )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
         ax.set_xlabel("round")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.set_title(f"{title}: {METRIC_LABELS.get(metric, metric)} per tier")
@@ -86,12 +101,14 @@ def plot_segments(traffic: Sequence[TrafficRecord], title: str, out_dir: Path) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     xs = [r["round"] for r in records]
     bounds = [(s["lo"], s["hi"]) for s in records[-1]["segments"]]
     shares = [[r["segments"][i]["share"] for r in records] for i in range(len(bounds))]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.stackplot(xs, shares, labels=[f"ranks {lo}-{hi}" for lo, hi in bounds])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("share of ||s B A||^2")
     ax.set_ylim(0, 1)
