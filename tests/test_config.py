@@ -133,3 +133,15 @@ def test_booleans_take_a_value_or_none_and_verbose_goes_anywhere():
     )
     assert parse(["-v", "simulate"]).verbose and parse(["simulate", "-v"]).verbose
     assert not parse(["simulate"]).verbose
+
+
+def test_every_method_is_listed_in_exactly_one_group(capsys):
+    from prelort.aggregation import METHODS
+    from prelort.aggregation.registry import GROUPS
+    from prelort.cli import main
+
+    listed = [name for names in GROUPS.values() for name in names]
+    assert sorted(listed) == sorted(METHODS)
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("recommended") and all(f"  {name} " in out for name in METHODS)

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -417,9 +418,13 @@ def cmd_plan_ranks(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from prelort.aggregation import METHODS
+    from prelort.aggregation.registry import GROUPS
 
-    for method in METHODS.values():
-        print(f"{method.name:14s} nested={method.nested:6s} {method.description}")
+    width = max(map(len, METHODS)) + 1
+    for group, names in GROUPS.items():
+        print(f"{group}:")
+        for method in (METHODS[n] for n in names):
+            print(f"  {method.name:{width}s} nested={method.nested:6s} {method.description}")
     return 0
 
 
@@ -560,6 +565,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrelortError as e:
         print(f"prelort: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `prelort methods | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:  # an unusable path met while writing: name it, no traceback
         where = f"{e.filename}: " if e.filename else ""
         print(f"prelort: error: {where}{e.strerror or e}", file=sys.stderr)

@@ -202,6 +202,22 @@ METHODS: dict[str, Method] = {
 }
 
 
+# How `prelort methods` presents them, from the measurements in README and docs/RESULTS.md.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "recommended (best measured: every tier of the default run, 3 seeds)": ("prelort-ordered-a",),
+    "the paper's rule": ("prelort",),
+    "baselines": ("zeropad", "hetlora", "flexlora", "flora"),
+    "references": ("fedit-min", "fedit-max", "no-adapter"),
+    "ablations": ("prelort-agg", "prelort-train"),
+    "experimental (measured no better than the recommended one)": (
+        "prelort-ordered",
+        "prelort-prefix",
+        "prelort-balanced",
+        "prelort-svd",
+    ),
+}
+
+
 def get_method(name: str) -> Method:
     """Look a method up by name.
 
