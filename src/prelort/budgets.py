@@ -207,11 +207,10 @@ def measure_rank_memory(
 
 def draw_budgets(spec: BudgetSpec, clients: int, seed: int) -> list[int]:
     """Each client's budget: the list cycled over clients, or drawn with ``seed``."""
-    if spec.probabilities is None:
-        return [spec.budgets[k % len(spec.budgets)] for k in range(clients)]
-    generator = torch.Generator().manual_seed(seed + 1)  # apart from the rank draw's stream
-    picks = torch.multinomial(torch.tensor(spec.probabilities), clients, True, generator=generator)
-    return [spec.budgets[i] for i in picks.tolist()]
+    from prelort.federation.plan import per_client
+
+    # seed + 1: a stream apart from the rank draw's, which uses ``seed``
+    return per_client(spec.budgets, spec.probabilities, clients, seed + 1)
 
 
 def ranks_for_budgets(

@@ -11,7 +11,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,33 +61,57 @@ class RankSpec:
         return ",".join(f"{r}:{p:g}" for r, p in zip(self.ranks, self.probabilities, strict=True))
 
 
+def parse_weighted(
+    value: Any, field_name: str, what: str, read: Callable[[str], Any]
+) -> tuple[tuple[Any, ...], tuple[float, ...] | None]:
+    """``"a,b,c"`` (cycled over clients) or ``"a:0.5,b:0.5"`` (drawn): the values and probabilities.
+
+    Args:
+        value: a comma string or a list.
+        field_name: the setting, for messages.
+        what: the name of one value in messages (``RANK``, ``SIZE``).
+        read: one value's text to the value; raises ``ConfigError`` or ``ValueError``.
+
+    Raises:
+        ConfigError: no value, an unreadable one, or probabilities not all given, >= 0, summing to 1.
+    """
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    values, probs = [], []
+    for item in items:
+        text = str(item).strip()
+        value_text, sep, prob_text = text.partition(":")
+        try:
+            values.append(read(value_text))
+            probs.append(float(prob_text) if sep else None)
+        except ValueError:
+            raise ConfigError(
+                f"{field_name}: cannot read {text!r} as {what} or {what}:PROBABILITY"
+            ) from None
+    if not values:
+        raise ConfigError(f"{field_name}: give at least one value")
+    if all(p is None for p in probs):
+        return tuple(values), None
+    if any(p is None or p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+        raise ConfigError(
+            f"{field_name}: probabilities must all be given, >= 0 and sum to 1 in {value!r}"
+        )
+    return tuple(values), tuple(probs)
+
+
 def parse_ranks(value: Any) -> RankSpec:
     """Parse ``"2,4,8,16"``, ``[2, 4, 8, 16]`` or ``"2:0.5,8:0.5"`` into a ``RankSpec``.
 
     Raises:
         ConfigError: empty, non-integer, non-positive ranks or probabilities that do not sum to 1.
     """
-    items = value if isinstance(value, list | tuple) else str(value).split(",")
-    ranks, probs = [], []
-    for item in items:
-        text = str(item).strip()
-        rank_text, sep, prob_text = text.partition(":")
-        try:
-            rank = int(rank_text)
-            prob = float(prob_text) if sep else None
-        except ValueError:
-            raise ConfigError(f"ranks: cannot read {text!r} as RANK or RANK:PROBABILITY") from None
+
+    def read_rank(text: str) -> int:
+        rank = int(text)
         if rank < 1:
             raise ConfigError(f"ranks: every rank must be >= 1, got {rank}")
-        ranks.append(rank)
-        probs.append(prob)
-    if not ranks:
-        raise ConfigError("ranks: give at least one rank")
-    if all(p is None for p in probs):
-        return RankSpec(tuple(ranks))
-    if any(p is None or p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
-        raise ConfigError(f"ranks: probabilities must all be given, >= 0 and sum to 1 in {value!r}")
-    return RankSpec(tuple(ranks), tuple(probs))
+        return rank
+
+    return RankSpec(*parse_weighted(value, "ranks", "RANK", read_rank))
 
 
 UNITS = {"": 2**30, "gb": 2**30, "g": 2**30, "gib": 2**30, "mb": 2**20, "m": 2**20, "mib": 2**20}
@@ -122,26 +146,7 @@ def parse_budgets(value: Any) -> BudgetSpec:
     Raises:
         ConfigError: an unreadable size, or probabilities that are missing or do not sum to 1.
     """
-    items = value if isinstance(value, list | tuple) else str(value).split(",")
-    budgets, probs = [], []
-    for item in items:
-        size_text, sep, prob_text = str(item).strip().partition(":")
-        budgets.append(parse_memory(size_text))
-        try:
-            probs.append(float(prob_text) if sep else None)
-        except ValueError:
-            raise ConfigError(
-                f"client_memory: cannot read {item!r} as SIZE or SIZE:PROBABILITY"
-            ) from None
-    if not budgets or not str(value).strip():
-        raise ConfigError("client_memory: give at least one budget")
-    if all(p is None for p in probs):
-        return BudgetSpec(tuple(budgets))
-    if any(p is None or p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
-        raise ConfigError(
-            f"client_memory: probabilities must all be given, >= 0 and sum to 1 in {value!r}"
-        )
-    return BudgetSpec(tuple(budgets), tuple(probs))
+    return BudgetSpec(*parse_weighted(value, "client_memory", "SIZE", parse_memory))
 
 
 def _names(value: Any) -> tuple[str, ...] | None:

@@ -10,20 +10,30 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from prelort.config import RankSpec, SimulationConfig
 from prelort.data.partition import partition_indices
 
+T = TypeVar("T")
+
+
+def per_client(
+    values: Sequence[T], probabilities: Sequence[float] | None, clients: int, seed: int
+) -> list[T]:
+    """One value per client: ``values`` cycled over clients, or drawn with ``probabilities``."""
+    if probabilities is None:
+        return [values[k % len(values)] for k in range(clients)]
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.multinomial(torch.tensor(probabilities), clients, True, generator=generator)
+    return [values[i] for i in draws.tolist()]
+
 
 def assign_ranks(spec: RankSpec, clients: int, seed: int) -> list[int]:
     """Client ranks: the list cycled over clients, or drawn from the distribution with ``seed``."""
-    if spec.probabilities is None:
-        return [spec.ranks[k % len(spec.ranks)] for k in range(clients)]
-    generator = torch.Generator().manual_seed(seed)
-    draws = torch.multinomial(torch.tensor(spec.probabilities), clients, True, generator=generator)
-    return [spec.ranks[i] for i in draws.tolist()]
+    return per_client(spec.ranks, spec.probabilities, clients, seed)
 
 
 def client_seed(seed: int, round_index: int, client: int) -> int:
