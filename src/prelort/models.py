@@ -176,7 +176,11 @@ class Placement:
 
 
 def placement_for(
-    name: str, device: str = "cpu", dtype: str = "auto", quantize: str = "none", checkpointing=False
+    name: str,
+    device: str = "cpu",
+    dtype: str = "auto",
+    quantize: str = "none",
+    checkpointing: bool = False,
 ) -> Placement:
     """The placement of model ``name`` from the run's settings (devices resolved on this machine).
 
@@ -271,13 +275,11 @@ def check_model_settings(
     """
     from transformers import AutoConfig, AutoModel
 
-    from prelort.adapters.inject import ALL_LINEAR, default_target_modules
+    from prelort.adapters.inject import default_target_modules
 
     placement_for(name, device, dtype, quantize)
     quantization_config(quantize)
-    if target_modules and tuple(target_modules) != (ALL_LINEAR,):
-        return
-    if target_modules or name in PACKAGED_MODELS:
+    if target_modules or name in PACKAGED_MODELS:  # named targets are checked when injected
         return
     path = resolve_model_path(name)
     try:
