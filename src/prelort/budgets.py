@@ -35,8 +35,6 @@ from prelort.device import resolve_device
 from prelort.errors import ConfigError, PrelortError
 from prelort.io import write_json
 
-log = logging.getLogger(__name__)
-
 GB = 2**30
 # Settings that change one step's memory (beside the workbench's own: model, length, rank...).
 STEP_FIELDS = ("batch_size", "method", "nested", "optimizer", "head")

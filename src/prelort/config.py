@@ -729,13 +729,18 @@ def toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def to_toml(config: SimulationConfig) -> str:
-    """The resolved settings as a ``[simulate]`` table that ``--config`` reads back."""
-    lines = ["[simulate]"]
+def flat_settings(config: SimulationConfig) -> dict[str, Any]:
+    """The resolved settings as TOML scalars (lists as comma strings; unset ones left out): what
+    ``--print-config`` prints and what travels as Flower's run config."""
+    flat: dict[str, Any] = {}
     for key, value in config.to_dict().items():
         if value is None:
             continue
-        if isinstance(value, list):
-            value = ",".join(map(str, value))
-        lines.append(f"{key} = {toml_value(value)}")
-    return "\n".join(lines) + "\n"
+        flat[key] = ",".join(map(str, value)) if isinstance(value, list) else value
+    return flat
+
+
+def to_toml(config: SimulationConfig) -> str:
+    """The resolved settings as a ``[simulate]`` table that ``--config`` reads back."""
+    lines = [f"{key} = {toml_value(value)}" for key, value in flat_settings(config).items()]
+    return "\n".join(["[simulate]", *lines]) + "\n"

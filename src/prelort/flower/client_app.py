@@ -39,10 +39,17 @@ def federation_for(config: SimulationConfig) -> Federation:
 
 
 def node_settings(context: Context, config: SimulationConfig | None = None) -> SimulationConfig:
-    """The run's settings as this node runs them: on the node's own ``device`` if it names one."""
+    """The run's settings as this node runs them: on the node's own ``device`` if it names one.
+
+    ``client_memory`` is dropped: ranks are the server's plan (a node trains at the rank of the
+    prefix it receives), so a node must not measure every client's budget again.
+    """
     settings = config or config_from_run_config(context.run_config)[0]
     device = context.node_config.get("device")
-    return settings if device in (None, "") else settings.replace(device=str(device))
+    changes = {"client_memory": None} if settings.client_memory is not None else {}
+    if device not in (None, ""):
+        changes["device"] = str(device)
+    return settings.replace(**changes) if changes else settings
 
 
 def node_rank(context: Context, config: SimulationConfig, partition: int) -> dict[str, int]:

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prelort.config import SimulationConfig, toml_value
+from prelort.config import SimulationConfig, flat_settings, toml_value
 from prelort.errors import ConfigError, PrelortError
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,7 @@ def free_port() -> int:
 def run_config(config: SimulationConfig, resume: bool) -> dict[str, Any]:
     """The settings as Flower's flat run config: scalars only, lists as comma strings."""
     settings: dict[str, Any] = {"resume": resume}
-    for key, value in config.to_dict().items():
-        if value is None:
-            continue
-        if isinstance(value, list):
-            value = ",".join(map(str, value))
-        settings[key.replace("_", "-")] = value
+    settings.update({key.replace("_", "-"): v for key, v in flat_settings(config).items()})
     settings["out"] = str(Path(config.out).resolve())
     return settings
 

@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from prelort.config import SimulationConfig
 from prelort.errors import ConfigError
+from prelort.federation.plan import assign_ranks
 from prelort.federation.server import RoundOutcome
 from prelort.flower.calibration import calibration_round
 from prelort.flower.codec import to_arrays
@@ -75,12 +76,13 @@ def run_server(
     bench = build_workbench(config)
     roster = query_partitions(grid, config.clients, timeout)
     partitions = roster.partitions
-    fed = prepare_federation(config, bench)
     if roster.ranks:  # nodes chose their ranks from their memory budgets
-        planned = list(fed.plan.client_ranks)
+        planned = assign_ranks(config.ranks, config.clients, config.seed)
         fed = prepare_federation(
             config, bench, roster.client_ranks(planned), roster.rank_plan(planned)
         )
+    else:
+        fed = prepare_federation(config, bench)
     if config.calibration == "lda":
         linear_head_names(fed)  # refuse a head LDA cannot replace before any round
     result = fed.new_result()
