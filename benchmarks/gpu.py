@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from benchmarks.aggregation import LLM_7B, QUICK, memcpy, random_updates
+from benchmarks.aggregation import LLM_7B, QUICK, best_seconds, memcpy, random_updates
 from prelort.adapters.inject import NestedLoRAModel, inject_nested_lora
 from prelort.adapters.state import get_state, set_state, slice_to_rank
 from prelort.aggregation import AggregationContext, get_method
@@ -270,15 +270,9 @@ def aggregation_vs_memcpy(device: torch.device, quick: bool, clients: int) -> di
     copy = memcpy(updates)
 
     def best(fn: Callable[[], object]) -> float:
-        fn()
-        times = []
-        for _ in range(3):
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times.append(time.perf_counter() - start)
-        return min(times)
+        fn()  # warm-up; then each timing waits for the device's queue to empty
+        synchronize(device)
+        return best_seconds(lambda: (fn(), synchronize(device)), 3)
 
     agg, mem = best(lambda: rule(global_state, updates)), best(copy)
     uploaded = sum(t.numel() * t.element_size() for u in updates for t in u.state.values())
