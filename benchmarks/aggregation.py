@@ -121,7 +121,7 @@ def time_method(
         for m in modules:
             sub_global[m + MERGED] = torch.zeros(shapes.out_features, shapes.in_features)
     context = AggregationContext(ladder=tuple(ladder), scale=2.0, fresh_state=fresh)
-    rule = get_method(method).aggregator(context)
+    rule = get_method(method).rule(context)
     seconds = best_seconds(lambda: rule(sub_global, sub_updates), repeats)
     return seconds * len(shapes.modules) / len(modules)
 

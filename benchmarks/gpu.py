@@ -266,7 +266,7 @@ def aggregation_vs_memcpy(device: torch.device, quick: bool, clients: int) -> di
     )
     global_state = state_to(global_state, device)
     updates = [dataclasses.replace(u, state=state_to(u.state, device)) for u in updates]
-    rule = get_method("prelort").aggregator(AggregationContext(LADDER, 2.0, global_state))
+    rule = get_method("prelort").rule(AggregationContext(LADDER, 2.0, global_state))
     copy = memcpy(updates)
 
     def best(fn: Callable[[], object]) -> float:

@@ -19,7 +19,7 @@ from prelort.adapters.state import LORA_A, LORA_B, AdapterState, slice_to_rank
 from prelort.aggregation import ClientUpdate, get_method
 from prelort.aggregation.flexlora import stacked_factors
 from prelort.aggregation.flora import stacked_numel
-from prelort.aggregation.methods import uplink_numel
+from prelort.aggregation.method import uplink_numel
 from prelort.federation.wire import WIRE_DTYPES, wire_bytes
 from prelort.flower.codec import to_arrays
 

@@ -417,13 +417,16 @@ def cmd_plan_ranks(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from prelort.aggregation import METHODS
+    from prelort.aggregation import methods
     from prelort.aggregation.registry import GROUPS
 
-    width = max(map(len, METHODS)) + 1
-    for group, names in GROUPS.items():
-        print(f"{group}:")
-        for method in (METHODS[n] for n in names):
+    known = methods()
+    width = max(map(len, known)) + 1
+    for group, title in GROUPS.items():
+        members = [m for m in known.values() if m.group == group]
+        if members:
+            print(f"{title}:")
+        for method in members:
             print(f"  {method.name:{width}s} nested={method.nested:6s} {method.description}")
     return 0
 
@@ -516,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument(
         "--method",
         default="prelort",
-        help="prelort, zeropad, hetlora, flexlora, flora or fedavg [default: prelort]",
+        help="any method of `prelort methods`, or fedavg (adapters of one rank) [default: prelort]",
     )
     merge.add_argument(
         "--weights", help="comma list, one positive weight per adapter [default: equal]"

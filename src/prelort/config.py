@@ -464,12 +464,8 @@ class SimulationConfig:
                 raise ConfigError("dp_target_epsilon: give it or dp_noise, not both")
         if self.dp_noise > 0 and self.dp_clip is None:
             raise ConfigError("dp_noise: needs dp_clip (the noise is calibrated to the clip norm)")
-        if self.dp_clip is not None and get_method(self.method).sensitivity is None:
-            raise ConfigError(
-                f"dp_clip: method {self.method!r} does not support client-level DP: its aggregate "
-                "is not a weighted average of the updates, so one client's influence is unbounded "
-                "(use prelort, zeropad or another averaging method)"
-            )
+        if self.dp_clip is not None:
+            get_method(self.method).sensitivity()  # MethodUnsupported names the method
         if self.secure_aggregation:
             self._check_secure_aggregation()
         if self.generate_examples < 0:
@@ -498,11 +494,7 @@ class SimulationConfig:
 
         if not self.secure_range > 0:
             raise ConfigError(f"secure_range: must be > 0, got {self.secure_range}")
-        if get_method(self.method).from_sums is None:
-            raise ConfigError(
-                f"secure_aggregation: method {self.method!r} needs each client's update, which "
-                "secure aggregation hides (use prelort, zeropad or another averaging method)"
-            )
+        get_method(self.method).secure_rule()  # MethodUnsupported names the method
         if self.dp_clip is not None:
             raise ConfigError(
                 "secure_aggregation: not with dp_clip; the server-side DP clips each client's "

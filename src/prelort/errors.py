@@ -25,3 +25,7 @@ class ModelError(PrelortError, ValueError):
 
 class AdapterError(PrelortError, ValueError):
     """An adapter state is malformed: wrong keys, shapes, ranks or values."""
+
+
+class MethodUnsupported(ConfigError):
+    """A method cannot run with a requested feature (secure aggregation, DP, a one-shot merge)."""

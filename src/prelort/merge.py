@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,9 @@ from prelort.adapters.state import (
     split_head,
     state_rank,
 )
-from prelort.aggregation import AggregationContext, ClientUpdate, get_method
-from prelort.aggregation.base import average_dense, example_weights
-from prelort.aggregation.flexlora import stacked_factors
+from prelort.aggregation import ClientUpdate, get_method
 from prelort.errors import AdapterError, ConfigError
 from prelort.io import load_adapter
-
-MERGE_METHODS = ("prelort", "zeropad", "hetlora", "flexlora", "flora", "fedavg")
 
 
 def _zeros(adapters: Sequence[PeftAdapter], rank: int) -> AdapterState:
@@ -64,18 +61,22 @@ def merge_adapters(
     weights: Sequence[float] | None = None,
     rank: int | None = None,
 ) -> AdapterState:
-    """Merge adapters (scale folded into B) into one state of scale 1.
+    """Merge adapters (scale folded into B) into one state of scale 1, by any registered method.
 
-    Output rank: the largest input rank for prelort, zeropad, hetlora and flexlora (``rank``
-    may lower it for flexlora); the sum of the ranks for flora (exact stacking); fedavg needs
-    equal ranks.
+    Output rank: the largest input rank, except where the method says otherwise (``Method.merge``:
+    flexlora may choose a lower one with ``rank``; flora stacks to the sum of the ranks).
+    ``fedavg`` is plain FedAvg: zero-padding over adapters of one rank.
 
     Raises:
         ConfigError: an unknown method, bad weights or a ``rank`` the method cannot honour.
         AdapterError: incompatible adapters.
     """
-    if method not in MERGE_METHODS:
-        raise ConfigError(f"method: {method!r} is not one of {', '.join(MERGE_METHODS)}")
+    if method == "fedavg" and len({a.rank for a in adapters}) > 1:
+        raise ConfigError(
+            "fedavg needs adapters of one rank; use prelort-ordered-a, prelort, zeropad, "
+            "flexlora, flora or another method of `prelort methods`"
+        )
+    chosen = get_method("zeropad" if method == "fedavg" else method)
     if not adapters:
         raise ConfigError("give at least one adapter folder")
     check_compatible(list(adapters))
@@ -84,30 +85,7 @@ def merge_adapters(
         ClientUpdate(k, a.state, a.rank, w)
         for k, (a, w) in enumerate(zip(adapters, weights, strict=True))
     ]
-    max_rank = max(a.rank for a in adapters)
-    if rank is not None and method != "flexlora":
-        raise ConfigError("rank: only flexlora can choose its output rank")
-    if method == "fedavg" and len({a.rank for a in adapters}) > 1:
-        raise ConfigError(
-            "fedavg needs adapters of one rank; use prelort, zeropad, hetlora, flexlora or flora"
-        )
-    if method == "flora":
-        w = example_weights(updates)
-        out = average_dense(_zeros(adapters, 1), updates, w)  # the heads, if any
-        for module in lora_modules(adapters[0].state):
-            b_cat, a_cat = stacked_factors(updates, module, w, 1.0)  # (out, sum r), (sum r, in)
-            out[module + LORA_A], out[module + LORA_B] = a_cat.float(), b_cat.float()
-        return out
-    target = max_rank
-    if method == "flexlora":
-        target = rank or max_rank
-        if not 1 <= target <= sum(a.rank for a in adapters):
-            raise ConfigError(f"rank: {target} is outside [1, {sum(a.rank for a in adapters)}]")
-    # the federation's own rules, at scale 1 (scales are folded into B); fedavg at equal ranks is zeropad
-    rule = get_method("zeropad" if method == "fedavg" else method).aggregator(
-        AggregationContext(ladder=(), scale=1.0)
-    )
-    return rule(_zeros(adapters, target), updates)
+    return chosen.merge(updates, partial(_zeros, adapters), rank)
 
 
 def aggregate_folders(

@@ -5,12 +5,12 @@ import torch
 
 from prelort.adapters.norms import update_norm
 from prelort.aggregation import (
-    METHODS,
     ClientUpdate,
     aggregate_flexlora,
     aggregate_flora,
     aggregate_hetlora,
     get_method,
+    methods,
 )
 from prelort.aggregation.flexlora import low_rank_svd
 from prelort.aggregation.hetlora import tail_size
@@ -118,4 +118,4 @@ def test_fedit_ranks_and_registry():
         "fedit-max",
         "prelort-agg",
         "prelort-train",
-    } <= set(METHODS)
+    } <= set(methods())

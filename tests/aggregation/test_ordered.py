@@ -73,7 +73,7 @@ def test_secure_sums_give_the_same_ordered_adapter():
     global_state = random_state(g)
     updates = [ClientUpdate(0, random_state(g, 2), 2, 1), ClientUpdate(1, random_state(g), R, 1)]
     method = get_method("prelort-ordered")
-    from_sums = method.from_sums(global_state, secure_mean(updates, global_state), 0.0)
+    from_sums = method.secure_rule()(global_state, secure_mean(updates, global_state), 0.0)
     direct = aggregate_segmentwise_ordered(global_state, updates)
     torch.testing.assert_close(product(from_sums), product(direct), rtol=1e-4, atol=1e-5)
 
@@ -102,7 +102,7 @@ def test_the_fixed_a_method_orders_its_secure_sums_with_the_fixed_a_split():
     global_state = random_state(g)
     updates = [ClientUpdate(0, random_state(g, 2), 2, 1), ClientUpdate(1, random_state(g), R, 1)]
     method = get_method("prelort-ordered-a")
-    from_sums = method.from_sums(global_state, secure_mean(updates, global_state), 0.0)
+    from_sums = method.secure_rule()(global_state, secure_mean(updates, global_state), 0.0)
     direct = aggregate_segmentwise_ordered(global_state, updates, split="fixed-a")
     torch.testing.assert_close(from_sums["m.lora_a"], direct["m.lora_a"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(from_sums["m.lora_b"], direct["m.lora_b"], rtol=1e-4, atol=1e-5)

@@ -9,6 +9,7 @@ from prelort.aggregation import AggregationContext, aggregate_segmentwise, get_m
 from prelort.aggregation.base import ClientUpdate
 from prelort.federation import ClientReply, ServerRules, ServerState, server_step
 from prelort.federation.server import initial_server_state, mean_of_shares, secure_server_step
+from prelort.training.objective import PLAIN
 
 IN, OUT, R = 3, 2, 4
 LADDER = (1, 2, 4)
@@ -113,7 +114,7 @@ def test_hetlora_prunes_a_quiet_tail_and_flora_merges():
     server, rules = setup("flora", ranks=(1, 2))
     assert server.global_state["m.merged"].shape == (OUT, IN)
     first = server_step(server, [0, 1], [reply(0, 1, 1.0), reply(1, 2, 1.0)], rules)
-    assert first.server.previous_stack_numel == (1 + 2) * (IN + OUT)
+    assert first.server.memory == (1 + 2) * (IN + OUT)  # FLoRA's own part of the state
     assert first.server.global_state["m.merged"].abs().sum() > 0
     assert first.server.global_state["m.lora_b"].eq(0).all()  # clients restart from fresh adapters
     second = server_step(first.server, [0], [], rules)
@@ -122,15 +123,14 @@ def test_hetlora_prunes_a_quiet_tail_and_flora_merges():
 
 def test_method_hooks_default_to_the_plain_behaviour():
     plain, hetlora = get_method("zeropad"), get_method("hetlora")
-    assert plain.next_rank(4, 0.0, LADDER) == 4 and plain.tail_components(8) == 0
+    assert plain.next_rank(4, 0.0, LADDER) == 4 and plain.local_objective(8, [8], LADDER) == PLAIN
     assert plain.allowed_ranks(LADDER, [1, 2]) == {1, 2, 4}
-    assert hetlora.tail_components(16) == 4 and hetlora.tail_penalty > 0
+    assert plain.initial_memory() is None
+    objective = hetlora.local_objective(16, [16], LADDER)
+    assert objective.tail == 4 and objective.gamma > 0
     assert hetlora.next_rank(2, 0.0, (2, 4)) == 2  # never below the smallest rung
-    assert get_method("prelort-balanced").truncation_weights([1, 4], LADDER) == {
-        1: 0.5,
-        2: 1.0,
-        4: 1.0,
-    }
+    balanced = get_method("prelort-balanced").local_objective(4, [1, 4], LADDER)
+    assert balanced.truncation_weights == {1: 0.5, 2: 1.0, 4: 1.0}
     assert not get_method("no-adapter").trains_adapter and get_method("prelort").trains_adapter
 
 

@@ -54,7 +54,7 @@ def test_nested_training_makes_the_prefix_work_alone(tiny_bert):
 
 
 def test_tier_balanced_weights_equalise_each_truncations_total_weight():
-    from prelort.aggregation.methods import tier_balanced_weights
+    from prelort.aggregation.prelort import tier_balanced_weights
     from prelort.training.local import truncation_shares
 
     weights = tier_balanced_weights([2, 2, 4, 16], (2, 4, 16))

@@ -3,9 +3,11 @@
 import torch
 
 from prelort.adapters import get_state, set_state
+from prelort.aggregation.prelort import PrefixStepObjective
 from prelort.data.encoding import EncodedSplit
 from prelort.training.local import LocalTrainingConfig, train_local
 from prelort.training.nested import prefix_step_scales
+from prelort.training.objective import PLAIN
 from tests_helpers import trained_adapter, without_dropout
 
 
@@ -22,7 +24,8 @@ def one_step(adapted, start, prefix_steps):
     data = EncodedSplit(
         [torch.randint(3, 120, (8,), generator=g).tolist() for _ in range(8)], [0, 1] * 4
     )
-    config = LocalTrainingConfig(steps=1, batch_size=8, lr=1e-2, prefix_steps=prefix_steps)
+    config = LocalTrainingConfig(steps=1, batch_size=8, lr=1e-2)
+    objective = PrefixStepObjective() if prefix_steps else PLAIN
     train_local(
         adapted,
         data,
@@ -33,6 +36,7 @@ def one_step(adapted, start, prefix_steps):
         (2, 4, 8),
         config,
         torch.Generator().manual_seed(3),
+        objective,
     )
     return get_state(adapted)
 

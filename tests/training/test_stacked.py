@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from prelort.adapters import get_state, set_state
+from prelort.aggregation.hetlora import TailPenalty
 from prelort.data.encoding import EncodedSplit, causal_batch, classification_batch
 from prelort.errors import ModelError
 from prelort.training.local import (
@@ -15,6 +16,7 @@ from prelort.training.local import (
     train_local,
 )
 from prelort.training.nested import split_rows
+from prelort.training.objective import PLAIN
 from tests_helpers import trained_adapter, without_dropout
 
 
@@ -41,7 +43,7 @@ def test_classification_gradients_match_the_loop(tiny_bert, ranks, rank, tail):
     g = torch.Generator().manual_seed(0)
     data = EncodedSplit(ragged_ids(6, g), [0, 1, 2, 0, 1, 2])
     batch = classification_batch(data, list(range(6)), 0)
-    config = LocalTrainingConfig(tail_penalty=0.1 if tail else 0.0, tail=tail)
+    config = TailPenalty(gamma=0.1, tail=tail) if tail else PLAIN
     for layer in adapted.layers.values():
         layer.set_factors(layer.lora_a[:rank], layer.lora_b[:, :rank])
     looped = gradients(adapted, lambda: looped_backward(adapted, batch, ranks, rank, config, None))
@@ -59,10 +61,9 @@ def test_causal_lm_gradients_match_the_loop(tiny_llama):
     ids = ragged_ids(5, g)
     data = EncodedSplit(ids, [0] * 5, target_ids=[i[:3] for i in ragged_ids(5, g)])
     batch = causal_batch(data, list(range(5)), 0)
-    config = LocalTrainingConfig()
     ranks = (2, 4, 8)
-    looped = gradients(adapted, lambda: looped_backward(adapted, batch, ranks, 8, config, None))
-    stacked = gradients(adapted, lambda: stacked_backward(adapted, batch, ranks, 8, config))
+    looped = gradients(adapted, lambda: looped_backward(adapted, batch, ranks, 8, PLAIN, None))
+    stacked = gradients(adapted, lambda: stacked_backward(adapted, batch, ranks, 8, PLAIN))
     assert looped[0] == pytest.approx(stacked[0], rel=1e-6)
     for a, b in zip(looped[1:], stacked[1:], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
@@ -122,7 +123,6 @@ def test_split_gradients_equal_each_truncation_on_its_own_rows(tiny_bert):
     data = EncodedSplit(ragged_ids(6, g), [0, 1, 2, 0, 1, 2])
     batch = classification_batch(data, list(range(6)), 0)
     row_ranks = [2, 2, 4, 4, 4, 8]
-    config = LocalTrainingConfig(nested="split")
 
     def by_hand() -> float:
         total = 0.0
@@ -135,12 +135,12 @@ def test_split_gradients_equal_each_truncation_on_its_own_rows(tiny_bert):
         return total
 
     expected = gradients(adapted, by_hand)
-    split = gradients(adapted, lambda: split_backward(adapted, batch, row_ranks, 8, config, None))
+    split = gradients(adapted, lambda: split_backward(adapted, batch, row_ranks, 8, PLAIN, None))
     assert expected[0] == pytest.approx(split[0], rel=1e-6)
     for a, b in zip(expected[1:], split[1:], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     adapted.use_tier_heads([2, 4, 8])  # per-tier heads: each truncation's rows as their own forward
-    looped = gradients(adapted, lambda: split_backward(adapted, batch, row_ranks, 8, config, None))
+    looped = gradients(adapted, lambda: split_backward(adapted, batch, row_ranks, 8, PLAIN, None))
     assert looped[0] == pytest.approx(split[0], rel=1e-6)
 
 

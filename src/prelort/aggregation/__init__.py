@@ -1,20 +1,19 @@
-"""Aggregation rules, one module each, and the methods that pair them with training hooks.
+"""Federated methods, one module each: an aggregation rule and the hooks of its ``Method``.
 
-``registry.METHODS`` finds a method by name; ``methods.Method`` holds the hooks by which a method
-changes a round (rank pruning, merging, tail penalties, truncation weights).
+``registry.get_method`` finds a method by name (``registry.methods()`` lists them); a method
+module registers itself, so nothing here lists them.
 """
 
 from prelort.aggregation.base import AggregateFn, ClientUpdate
 from prelort.aggregation.flexlora import aggregate_flexlora
 from prelort.aggregation.flora import aggregate_flora
 from prelort.aggregation.hetlora import aggregate_hetlora
-from prelort.aggregation.methods import AggregationContext, Method
+from prelort.aggregation.method import AggregationContext, Method
 from prelort.aggregation.prelort import aggregate_segmentwise
-from prelort.aggregation.registry import METHODS, aggregate, get_method
+from prelort.aggregation.registry import aggregate, get_method, methods
 from prelort.aggregation.zeropad import aggregate_zeropad
 
 __all__ = [
-    "METHODS",
     "AggregateFn",
     "AggregationContext",
     "ClientUpdate",
@@ -26,4 +25,5 @@ __all__ = [
     "aggregate_segmentwise",
     "aggregate_zeropad",
     "get_method",
+    "methods",
 ]

@@ -153,3 +153,31 @@ def check_updates(global_state: Mapping[str, torch.Tensor], updates: Sequence[Cl
             diff = sorted(got ^ (lora_keys | head_keys))[:3]
             raise AdapterError(f"client {u.client_id}: keys differ from the global adapter: {diff}")
     return max_rank
+
+
+def divided_by_holders(
+    global_a: torch.Tensor,
+    global_b: torch.Tensor,
+    sum_a: torch.Tensor,
+    sum_b: torch.Tensor,
+    held: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per rank index, the weighted sum over its holders divided by their weight; kept where none.
+
+    Args:
+        global_a, global_b: the module's global A (R, in) and B (out, R).
+        sum_a, sum_b: the holders' weighted sums, zero-padded to R (same shapes).
+        held: (R,) the total weight of the holders of each index.
+
+    Returns:
+        The new A and B (float32).
+    """
+    held = held.to(sum_a.device)  # the weights come from the CPU; the sums may be on a GPU
+    covered = held > 0  # (R,) indices some update holds
+    inverse = torch.where(covered, 1 / held.clamp_min(1e-300), 0.0)  # (R,)
+    new_a = (sum_a * inverse[:, None].to(sum_a.dtype)).float()  # (R, in)
+    new_b = (sum_b * inverse[None, :].to(sum_b.dtype)).float()  # (out, R)
+    if not covered.all():  # nobody trained these indices this round: keep their value
+        new_a[~covered] = global_a[~covered].float()
+        new_b[:, ~covered] = global_b[:, ~covered].float()
+    return new_a, new_b

@@ -14,12 +14,23 @@ along the rank (``Bcat`` (out, sum r_k), ``Acat`` (sum r_k, in)). QR of both sta
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from prelort.adapters.state import LORA_A, LORA_B, AdapterState, lora_modules
-from prelort.aggregation.base import ClientUpdate, average_dense, check_updates, example_weights
+from prelort.aggregation.base import (
+    AggregateFn,
+    ClientUpdate,
+    average_dense,
+    check_updates,
+    example_weights,
+)
+from prelort.aggregation.method import AggregationContext, Method
+from prelort.aggregation.registry import register
+from prelort.errors import ConfigError
 
 
 def stacked_factors(
@@ -78,12 +89,61 @@ def aggregate_flexlora(
     out = average_dense(global_state, updates)
     for module in lora_modules(global_state):
         b_cat, a_cat = stacked_factors(updates, module, weights, scale)
-        u, s, vh = low_rank_svd(b_cat, a_cat, max_rank)
-        root = torch.sqrt(s / scale)  # split sqrt(S) to each side, undo the scale
-        new_a = torch.zeros_like(global_state[module + LORA_A], dtype=torch.float64)  # (R, in)
-        new_b = torch.zeros_like(global_state[module + LORA_B], dtype=torch.float64)  # (out, R)
-        k = s.shape[0]
-        new_a[:k] = root[:, None] * vh  # (k, in)
-        new_b[:, :k] = u * root[None, :]  # (out, k)
-        out[module + LORA_A], out[module + LORA_B] = new_a.float(), new_b.float()
+        out[module + LORA_A], out[module + LORA_B] = refactorised(
+            global_state[module + LORA_A], b_cat, a_cat, max_rank, scale
+        )
     return out
+
+
+def refactorised(
+    global_a: torch.Tensor, b_cat: torch.Tensor, a_cat: torch.Tensor, max_rank: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rank-R factors (A, B) with ``s * B @ A`` the best rank-R approximation of
+    ``b_cat @ a_cat``, ``sqrt(S)`` on each side; components beyond its rank are zero.
+
+    Args:
+        global_a: the module's global A (R, in): gives the shape and device.
+        b_cat, a_cat: stacked factors (out, m) and (m, in) whose product is the update.
+        max_rank: R.
+        scale: the LoRA scale s, divided out of the factors.
+    """
+    u, s, vh = low_rank_svd(b_cat, a_cat, max_rank)
+    root = torch.sqrt(s / scale)  # split sqrt(S) to each side, undo the scale
+    new_a = torch.zeros_like(global_a, dtype=torch.float64)  # (R, in)
+    new_b = global_a.new_zeros((b_cat.shape[0], global_a.shape[0]), dtype=torch.float64)  # (out, R)
+    k = s.shape[0]
+    new_a[:k] = root[:, None] * vh  # (k, in)
+    new_b[:, :k] = u * root[None, :]  # (out, k)
+    return new_a.float(), new_b.float()
+
+
+@dataclass(frozen=True)
+class FlexLoRA(Method):
+    """An SVD of the average update: no secure aggregation (it needs the products), no DP.
+
+    Its one-shot merge may choose the output rank: the SVD truncates anywhere up to the sum of
+    the input ranks.
+    """
+
+    def rule(self, context: AggregationContext) -> AggregateFn:
+        return partial(aggregate_flexlora, scale=context.scale)
+
+    def merge(
+        self,
+        updates: Sequence[ClientUpdate],
+        zeros: Callable[[int], AdapterState],
+        rank: int | None = None,
+    ) -> AdapterState:
+        target = rank or max(u.rank for u in updates)
+        if not 1 <= target <= sum(u.rank for u in updates):
+            raise ConfigError(f"rank: {target} is outside [1, {sum(u.rank for u in updates)}]")
+        return aggregate_flexlora(zeros(target), updates, scale=1.0)
+
+
+register(
+    FlexLoRA(
+        "flexlora",
+        "FlexLoRA: average full updates, truncated SVD back to each rank",
+        group="baseline",
+    )
+)

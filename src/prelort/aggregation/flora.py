@@ -13,13 +13,31 @@ factors, ``sum_k r_k (in + out)`` numbers per module, which grows with the numbe
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 
-from prelort.adapters.state import LORA_A, LORA_B, MERGED, AdapterState, lora_modules
-from prelort.aggregation.base import ClientUpdate, average_dense, check_updates, example_weights
+from prelort.adapters.state import (
+    LORA_A,
+    LORA_B,
+    MERGED,
+    AdapterState,
+    is_lora_key,
+    lora_modules,
+)
+from prelort.aggregation.base import (
+    AggregateFn,
+    ClientUpdate,
+    average_dense,
+    check_updates,
+    example_weights,
+)
 from prelort.aggregation.flexlora import stacked_factors
+from prelort.aggregation.method import AggregationContext, Method
+from prelort.aggregation.registry import register
+from prelort.errors import MethodUnsupported
 
 
 def aggregate_flora(
@@ -58,3 +76,64 @@ def stacked_numel(updates: Sequence[ClientUpdate]) -> int:
         for module in lora_modules(u.state):
             total += u.state[module + LORA_A].numel() + u.state[module + LORA_B].numel()
     return total
+
+
+@dataclass(frozen=True)
+class FLoRA(Method):
+    """The server merges every round into a dense base term; clients download the stacked factors.
+
+    Its memory between rounds is the size of the last round's stack (``int``), which the next
+    round's downlink carries. The merge needs each client's factors: no secure aggregation, no DP.
+    """
+
+    def rule(self, context: AggregationContext) -> AggregateFn:
+        if context.fresh_state is None:
+            raise MethodUnsupported("flora needs the run's fresh adapter state")
+        return partial(aggregate_flora, scale=context.scale, fresh_state=context.fresh_state)
+
+    def initial_state(self, fresh_state: Mapping[str, torch.Tensor]) -> AdapterState:
+        state = dict(fresh_state)
+        for module in lora_modules(fresh_state):
+            out_features = fresh_state[module + LORA_B].shape[0]
+            in_features = fresh_state[module + LORA_A].shape[1]
+            state[module + MERGED] = torch.zeros(out_features, in_features)
+        return state
+
+    def initial_memory(self) -> int:
+        return 0
+
+    def next_memory(self, memory: int | None, updates: Sequence[ClientUpdate]) -> int:
+        return stacked_numel(updates) if updates else memory or 0
+
+    def downlink_numel(self, sent: Mapping[str, torch.Tensor], memory: int | None) -> int:
+        # the head, plus the stacked factors of last round's clients to rebuild the merged base:
+        # sum_k r_k (in + out) per module
+        head = sum(
+            v.numel() for k, v in sent.items() if not is_lora_key(k) and not k.endswith(MERGED)
+        )
+        return head + (memory or 0)
+
+    def merge(
+        self,
+        updates: Sequence[ClientUpdate],
+        zeros: Callable[[int], AdapterState],
+        rank: int | None = None,
+    ) -> AdapterState:
+        """Exact stacking: the output's rank is the sum of the input ranks."""
+        if rank is not None:
+            raise MethodUnsupported("rank: flora's output rank is the sum of the input ranks")
+        w = example_weights(updates)
+        out = average_dense(zeros(1), updates, w)  # the heads, if any
+        for module in lora_modules(updates[0].state):
+            b_cat, a_cat = stacked_factors(updates, module, w, 1.0)  # (out, sum r), (sum r, in)
+            out[module + LORA_A], out[module + LORA_B] = a_cat.float(), b_cat.float()
+        return out
+
+
+register(
+    FLoRA(
+        "flora",
+        "FLoRA: stack adapters, merge into the base each round, fresh adapters",
+        group="baseline",
+    )
+)

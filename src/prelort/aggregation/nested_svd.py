@@ -19,12 +19,22 @@ FlexLoRA's (QR of stacked factors, SVD of a small core), never forming a dense (
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from prelort.adapters.state import LORA_A, LORA_B, AdapterState, lora_modules
-from prelort.aggregation.base import ClientUpdate, average_dense, check_updates, example_weights
+from prelort.aggregation.base import (
+    AggregateFn,
+    ClientUpdate,
+    average_dense,
+    check_updates,
+    example_weights,
+)
 from prelort.aggregation.flexlora import low_rank_svd
+from prelort.aggregation.method import AggregationContext, Method
+from prelort.aggregation.registry import register
 from prelort.aggregation.segments import segment_bounds
 
 
@@ -67,3 +77,22 @@ def aggregate_nested_svd(
             new_b[:, lo : lo + k] = u_ * root[None, :]  # (out, k)
         out[key_a], out[key_b] = new_a.float(), new_b.float()
     return out
+
+
+@dataclass(frozen=True)
+class NestedSVD(Method):
+    """Nested product averaging; an SVD of each residual, so neither secure aggregation nor DP."""
+
+    def rule(self, context: AggregationContext) -> AggregateFn:
+        return partial(aggregate_nested_svd, scale=context.scale, ladder=context.ladder)
+
+
+register(
+    NestedSVD(
+        "prelort-svd",
+        "PreLort + nested product averaging: prefix r approximates the average of the "
+        "clients' rank-r products (segment-by-segment SVD of the residual)",
+        group="experimental",
+        nested="all",
+    )
+)

@@ -22,13 +22,18 @@ at their index with B = 0 instead, LoRA's own initial form, so the product is st
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from prelort.adapters.state import LORA_A, LORA_B, AdapterState, lora_modules
-from prelort.aggregation.base import ClientUpdate
+from prelort.aggregation.base import AggregateFn, ClientUpdate
 from prelort.aggregation.flexlora import low_rank_svd
-from prelort.aggregation.prelort import aggregate_segmentwise
+from prelort.aggregation.method import AggregationContext, FromSums
+from prelort.aggregation.prelort import PreLort, aggregate_segmentwise
+from prelort.aggregation.registry import register
+from prelort.aggregation.secure import segmentwise_from_sums
 
 # Singular values at or below this fraction of the largest are treated as absent components.
 NULL_TOLERANCE = 1e-6
@@ -83,3 +88,46 @@ def aggregate_segmentwise_ordered(
         AdapterError: no updates, or an update that does not fit the global adapter.
     """
     return svd_ordered(aggregate_segmentwise(global_state, updates, ladder), split)
+
+
+def ordered_from_sums(
+    global_state: Mapping[str, torch.Tensor],
+    total: Mapping[str, torch.Tensor],
+    resolution: float,
+    split: str = "balanced",
+) -> AdapterState:
+    """``svd_ordered`` of PreLort's rule from secure sums: a change of basis after the division,
+    so what secure aggregation reveals is unchanged."""
+    return svd_ordered(segmentwise_from_sums(global_state, total, resolution), split)
+
+
+@dataclass(frozen=True)
+class Ordered(PreLort):
+    """PreLort whose aggregate is re-factorised in singular-value order (``split`` convention)."""
+
+    split: str = "balanced"
+
+    def rule(self, context: AggregationContext) -> AggregateFn:
+        return partial(aggregate_segmentwise_ordered, ladder=context.ladder, split=self.split)
+
+    def secure_rule(self) -> FromSums:
+        return partial(ordered_from_sums, split=self.split)
+
+
+register(
+    Ordered(
+        "prelort-ordered-a",
+        "PreLort + SVD order, LoRA's factor convention: as prelort-ordered, but A's rows keep "
+        "their RMS norm and B carries the singular values",
+        group="recommended",
+        nested="all",
+        split="fixed-a",
+    ),
+    Ordered(
+        "prelort-ordered",
+        "PreLort + SVD order: segment-wise average, then each module's product re-factorised "
+        "in singular-value order (same product; every prefix its best rank-r approximation)",
+        group="experimental",
+        nested="all",
+    ),
+)

@@ -12,18 +12,34 @@ contributor sets.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 
 from prelort.adapters.state import LORA_A, LORA_B, AdapterState, lora_modules
 from prelort.aggregation.base import (
+    AggregateFn,
     ClientUpdate,
     average_dense,
     check_updates,
+    divided_by_holders,
     example_weights,
     prefix_sums,
 )
+from prelort.aggregation.method import AggregationContext, FromSums, Method, Sensitivity
+from prelort.aggregation.privacy import segment_sensitivity
+from prelort.aggregation.registry import register
+from prelort.aggregation.secure import segmentwise_from_sums
+from prelort.aggregation.zeropad import ZeroPad
+from prelort.training.nested import prefix_step_scales
+from prelort.training.objective import LocalObjective
+
+if TYPE_CHECKING:
+    from prelort.adapters.inject import NestedLoRAModel
 
 
 def aggregate_segmentwise(
@@ -60,29 +76,106 @@ def aggregate_segmentwise(
     return out
 
 
-def divided_by_holders(
-    global_a: torch.Tensor,
-    global_b: torch.Tensor,
-    sum_a: torch.Tensor,
-    sum_b: torch.Tensor,
-    held: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per rank index, the weighted sum over its holders divided by their weight; kept where none.
+@dataclass(frozen=True)
+class PreLort(Method):
+    """Segment-wise aggregation (with ``nested`` training by default). Each segment's average is
+    a weighted sum over its holders, so secure aggregation and DP apply segment by segment."""
 
-    Args:
-        global_a, global_b: the module's global A (R, in) and B (out, R).
-        sum_a, sum_b: the holders' weighted sums, zero-padded to R (same shapes).
-        held: (R,) the total weight of the holders of each index.
+    def rule(self, context: AggregationContext) -> AggregateFn:
+        return partial(aggregate_segmentwise, ladder=context.ladder)
 
-    Returns:
-        The new A and B (float32).
+    def secure_rule(self) -> FromSums:
+        return segmentwise_from_sums
+
+    def sensitivity(self) -> Sensitivity:
+        return segment_sensitivity
+
+
+@dataclass(frozen=True)
+class TierBalanced(PreLort):
+    """Nested training with every truncation weighted equally over the federation."""
+
+    def local_objective(
+        self, rank: int, client_ranks: Sequence[int], ladder: Sequence[int]
+    ) -> LocalObjective:
+        return LocalObjective(truncation_weights=tier_balanced_weights(client_ranks, ladder))
+
+
+def tier_balanced_weights(client_ranks: Sequence[int], ladder: Sequence[int]) -> dict[int, float]:
+    """``1 / (clients whose rank covers truncation t)`` per ladder rank t.
+
+    Under nested training every client trains the low truncations and few train the high ones, so
+    the shared head and the top segments see the top tiers' features through a few clients only.
+    With these weights each truncation carries the same total weight over the federation.
     """
-    held = held.to(sum_a.device)  # the weights come from the CPU; the sums may be on a GPU
-    covered = held > 0  # (R,) indices some update holds
-    inverse = torch.where(covered, 1 / held.clamp_min(1e-300), 0.0)  # (R,)
-    new_a = (sum_a * inverse[:, None].to(sum_a.dtype)).float()  # (R, in)
-    new_b = (sum_b * inverse[None, :].to(sum_b.dtype)).float()  # (out, R)
-    if not covered.all():  # nobody trained these indices this round: keep their value
-        new_a[~covered] = global_a[~covered].float()
-        new_b[:, ~covered] = global_b[:, ~covered].float()
-    return new_a, new_b
+    return {t: 1.0 / max(1, sum(1 for r in client_ranks if r >= t)) for t in ladder}
+
+
+@dataclass(frozen=True)
+class PrefixStepObjective(LocalObjective):
+    """Each rank component's optimizer step scaled by the share of the step's truncations that
+    contain it (``prefix_step_scales``).
+
+    AdamW gives every component about the same step, so PreLort's update spreads evenly over the
+    rank (docs/RESULTS.md: ~22 % of its energy in the rank-2 prefix) and its low tiers are weak
+    models; scaling restores the precedence plain gradient descent gives the prefix.
+    """
+
+    @contextmanager
+    def stepping(self, adapted: NestedLoRAModel, ranks: Sequence[int], rank: int) -> Iterator[None]:
+        if len(ranks) == 1:  # one truncation: every component takes the whole step
+            yield
+            return
+        layers = list(adapted.layers.values())
+        scales = prefix_step_scales(ranks, rank).to(adapted.device)  # (rank,)
+        before = [
+            (layer.lora_a.detach().clone(), layer.lora_b.detach().clone()) for layer in layers
+        ]
+        yield
+        with torch.no_grad():
+            for layer, (a0, b0) in zip(layers, before, strict=True):
+                layer.lora_a.copy_(a0 + scales[:, None] * (layer.lora_a - a0))  # (r, in)
+                layer.lora_b.copy_(b0 + scales[None, :] * (layer.lora_b - b0))  # (out, r)
+
+
+@dataclass(frozen=True)
+class PrefixSteps(PreLort):
+    """Nested training whose optimizer steps favour the prefix as gradient descent would."""
+
+    def local_objective(
+        self, rank: int, client_ranks: Sequence[int], ladder: Sequence[int]
+    ) -> LocalObjective:
+        return PrefixStepObjective()
+
+
+register(
+    PreLort(
+        "prelort",
+        "segment-wise aggregation + prefix-nested training (PreLort)",
+        group="paper",
+        nested="all",
+    ),
+    PreLort(
+        "prelort-agg", "ablation: segment-wise aggregation, plain LoRA training", group="ablation"
+    ),
+    ZeroPad(
+        "prelort-train",
+        "ablation: prefix-nested training, zero-pad aggregation",
+        group="ablation",
+        nested="all",
+    ),
+    TierBalanced(
+        "prelort-balanced",
+        "PreLort + tier-balanced nested training: truncation t's loss weighted by 1 / (clients "
+        "of rank >= t)",
+        group="experimental",
+        nested="all",
+    ),
+    PrefixSteps(
+        "prelort-prefix",
+        "PreLort + prefix-scaled steps: each rank component's AdamW step scaled by the share of "
+        "the step's truncations that contain it",
+        group="experimental",
+        nested="all",
+    ),
+)

@@ -18,8 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 
 from prelort.adapters.state import LORA_A, LORA_B, MERGED, AdapterState, is_head_key, lora_modules
-from prelort.aggregation.base import ClientUpdate
-from prelort.aggregation.prelort import divided_by_holders
+from prelort.aggregation.base import ClientUpdate, divided_by_holders
 
 WEIGHT = "#weight"  # suffix of the indicator that goes with a module's rank axis or with a head
 

@@ -8,17 +8,23 @@ round holds are reset to zero.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from prelort.adapters.state import AdapterState
 from prelort.aggregation.base import (
+    AggregateFn,
     ClientUpdate,
     average_dense,
     check_updates,
     example_weights,
     prefix_sums,
 )
+from prelort.aggregation.method import AggregationContext, FromSums, Method, Sensitivity
+from prelort.aggregation.privacy import average_sensitivity
+from prelort.aggregation.registry import register
+from prelort.aggregation.secure import zeropad_from_sums
 
 
 def aggregate_zeropad(
@@ -43,3 +49,22 @@ def zero_padded_average(
     sums, _ = prefix_sums(global_state, updates, weights)  # padding zeros add nothing to a sum
     out.update(sums)
     return out
+
+
+@dataclass(frozen=True)
+class ZeroPad(Method):
+    """Zero-padding: a weighted average, so it runs under secure aggregation and DP."""
+
+    def rule(self, context: AggregationContext) -> AggregateFn:
+        return aggregate_zeropad
+
+    def secure_rule(self) -> FromSums:
+        return zeropad_from_sums
+
+    def sensitivity(self) -> Sensitivity:
+        return average_sensitivity
+
+
+register(
+    ZeroPad("zeropad", "zero-pad to R, example-weighted average over all clients", group="baseline")
+)

@@ -16,6 +16,7 @@ from prelort.adapters.inject import NestedLoRAModel
 from prelort.adapters.state import AdapterState, get_state, set_state, state_rank
 from prelort.data.encoding import EncodedSplit
 from prelort.training.local import LocalTrainingConfig, train_local
+from prelort.training.objective import PLAIN, LocalObjective
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ def client_step(
     config: LocalTrainingConfig,
     client_id: int,
     seed: int,
+    objective: LocalObjective = PLAIN,
 ) -> ClientReply:
     """Load the received prefix, train it on ``rows``, and report.
 
@@ -62,9 +64,10 @@ def client_step(
         kind: "classification" or "generation".
         pad_id: the tokenizer's pad id.
         ladder: the ranks in use; nested training truncates at those <= r.
-        config: local training settings, the method's hooks already applied.
+        config: local training settings.
         client_id: the client's id, echoed in the reply.
         seed: the (seed, round, client) seed of its batches, truncations and dropout.
+        objective: the method's part of local training (``Method.local_objective``).
     """
     rank = state_rank(received)
     set_state(adapted, received)
@@ -79,6 +82,7 @@ def client_step(
         ladder,
         config,
         torch.Generator().manual_seed(seed),
+        objective,
     )
     trained_tiers = {tier_of(r, ladder) for r in local.trained_ranks}
     return ClientReply(

@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,8 +22,7 @@ from prelort.adapters.norms import segment_norms
 from prelort.adapters.state import AdapterState, slice_to_rank, state_rank
 from prelort.aggregation.base import AggregateFn, ClientUpdate
 from prelort.aggregation.budget import epsilon
-from prelort.aggregation.flora import stacked_numel
-from prelort.aggregation.methods import AggregationContext, Method, uplink_numel
+from prelort.aggregation.method import AggregationContext, Method, uplink_numel
 from prelort.aggregation.privacy import add_noise, clip_update
 from prelort.aggregation.secure import (
     secure_share,
@@ -49,13 +49,14 @@ class ServerState:
         round: rounds completed.
         global_state: the rank-R global adapter (and heads, and FLoRA's merged terms).
         client_ranks: every client's current rank (HetLoRA prunes them).
-        previous_stack_numel: numbers in last round's stacked factors (FLoRA's downlink).
+        memory: what the method keeps beside the adapter (``Method.initial_memory``; FLoRA:
+            the size of last round's stack), JSON-able.
     """
 
     round: int
     global_state: AdapterState
     client_ranks: tuple[int, ...]
-    previous_stack_numel: int = 0
+    memory: Any = None
 
     def prefix(self, client: int) -> AdapterState:
         """What the server sends ``client``: the prefix of its rank, and the heads it may use."""
@@ -122,7 +123,7 @@ class ServerRules:
         allowed = method.allowed_ranks(context.ladder, client_ranks)
         return cls(
             method,
-            method.aggregator(context),
+            method.rule(context),
             context.ladder,
             context.scale,
             None if allowed is None else frozenset(allowed),
@@ -146,7 +147,9 @@ def initial_server_state(
     method: Method, fresh_state: Mapping[str, torch.Tensor], client_ranks: Sequence[int]
 ) -> ServerState:
     """Round 0: the method's starting state from the fresh rank-R adapter."""
-    return ServerState(0, method.initial_state(fresh_state), tuple(client_ranks))
+    return ServerState(
+        0, method.initial_state(fresh_state), tuple(client_ranks), method.initial_memory()
+    )
 
 
 def report_problem(reply: ClientReply, server: ServerState, sampled: Sequence[int]) -> str | None:
@@ -208,8 +211,8 @@ def noisy(
     round_index: int,
 ) -> tuple[AdapterState, PrivacyRecord]:
     """The aggregate plus Gaussian noise of std sigma x C x the rule's largest client weight."""
-    assert rules.privacy is not None and rules.method.sensitivity is not None
-    std = privacy["noise_multiplier"] * privacy["clip"] * rules.method.sensitivity(updates)
+    assert rules.privacy is not None
+    std = privacy["noise_multiplier"] * privacy["clip"] * rules.method.sensitivity()(updates)
     noised = add_noise(global_state, updates, std, rules.privacy.generator(round_index))
     return noised, {**privacy, "noise_std": std, "epsilon": rules.privacy.epsilon(round_index)}
 
@@ -249,7 +252,7 @@ def server_step(
     """
     round_index = server.round + 1
     sent = {c: server.prefix(c) for c in sampled}  # what each sampled client was sent
-    down = sum(rules.method.downlink_numel(p, server.previous_stack_numel) for p in sent.values())
+    down = sum(rules.method.downlink_numel(p, server.memory) for p in sent.values())
     replied = {r.client_id for r in replies} | {f["client"] for f in failures}
     dropped = [c for c in sampled if c not in replied]
     updates: list[ClientUpdate] = []
@@ -298,9 +301,9 @@ def server_step(
         "segments": segment_record(global_state, rules.ladder, rules.scale),
         "privacy": privacy,
     }
-    stack = stacked_numel(updates) if updates else server.previous_stack_numel
+    memory = rules.method.next_memory(server.memory, updates)
     return RoundOutcome(
-        ServerState(round_index, global_state, tuple(ranks), stack),
+        ServerState(round_index, global_state, tuple(ranks), memory),
         traffic,
         sum(losses) / len(losses) if losses else float("nan"),
     )
@@ -336,8 +339,7 @@ def secure_server_step(
     The same holds for a sum with NaN, Inf or the wrong shapes.
     """
     round_index = server.round + 1
-    assert rules.method.from_sums is not None, "config validation refuses this method"
-    down = sum(rules.method.downlink_numel(server.prefix(c), 0) for c in sampled)
+    down = sum(rules.method.downlink_numel(server.prefix(c), server.memory) for c in sampled)
     replied = {r.client_id for r in reports} | {f["client"] for f in [*failures, *unreadable]}
     dropped = [c for c in sampled if c not in replied]
     rejected: list[Rejection] = list(failures)
@@ -364,7 +366,8 @@ def secure_server_step(
         assert mean_share is not None
         examples = [float(r.num_examples) for r in accepted]
         resolution = 0.5 * min(examples) / sum(examples)  # below one client's weight: nobody's
-        global_state = rules.method.from_sums(server.global_state, mean_share, resolution)
+        from_sums = rules.method.secure_rule()  # config validation refuses a method without one
+        global_state = from_sums(server.global_state, mean_share, resolution)
     else:
         log.warning("round %d: no client finished secure aggregation", round_index)
     share_numel = sum(math.prod(shape) for _, shape in share_layout(server.global_state))
@@ -382,7 +385,7 @@ def secure_server_step(
     }
     losses = [r.loss for r in accepted]
     return RoundOutcome(
-        ServerState(round_index, global_state, server.client_ranks, server.previous_stack_numel),
+        ServerState(round_index, global_state, server.client_ranks, server.memory),
         traffic,
         sum(losses) / len(losses) if losses else float("nan"),
     )

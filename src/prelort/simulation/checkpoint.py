@@ -24,14 +24,14 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """The server state after ``round`` completed rounds."""
+    """The server state after ``round`` completed rounds (``memory``: the method's own part)."""
 
     round: int
     global_state: AdapterState
     client_ranks: list[int]
     rounds: list[RoundRecord]
     traffic: list[TrafficRecord]
-    previous_stack_numel: int
+    memory: Any
     config: dict[str, Any]
 
 
@@ -59,7 +59,7 @@ def save_checkpoint(out_dir: Path, checkpoint: Checkpoint) -> None:
         "client_ranks": checkpoint.client_ranks,
         "rounds": checkpoint.rounds,
         "traffic": checkpoint.traffic,
-        "previous_stack_numel": checkpoint.previous_stack_numel,
+        "method_memory": checkpoint.memory,
         "config": checkpoint.config,
     }
     save_adapter(out_dir / CHECKPOINT_NAME, checkpoint.global_state, meta)
@@ -88,7 +88,7 @@ def load_checkpoint(out_dir: Path) -> Checkpoint:
         list(meta["client_ranks"]),
         list(meta["rounds"]),
         list(meta["traffic"]),
-        int(meta["previous_stack_numel"]),
+        meta.get("method_memory", meta.get("previous_stack_numel")),  # older files: FLoRA's
         dict(meta["config"]),
     )
 

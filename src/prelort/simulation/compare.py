@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prelort.aggregation import METHODS
+from prelort.aggregation import methods as registered_methods
 from prelort.config import SimulationConfig, config_from_mapping
 from prelort.errors import DataError
 from prelort.io import atomic_write_text, write_json
@@ -351,7 +351,7 @@ def load_comparison(out_dir: Path) -> Comparison:
         runs[(method, int(seed))] = result
     if config is None:
         raise DataError(f"no finished run (<method>-seed<S>/metrics.json) under {out_dir}")
-    order = list(METHODS)
+    order = list(registered_methods())
     method_of = {label: run.config["method"] for (label, _), run in runs.items()}
     methods = sorted(
         method_of,

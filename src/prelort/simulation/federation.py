@@ -79,6 +79,9 @@ class Federation:
         arrives, and its reply is what the server will receive.
         """
         rank = state_rank(received)
+        objective = self.method.local_objective(
+            rank, self.plan.client_ranks, self.config.ranks.ladder
+        )
         wire = self.config.wire_dtype
         reply = client_step(
             self.bench.adapted,
@@ -88,9 +91,10 @@ class Federation:
             self.bench.batch_kind,
             self.bench.tokenizer.pad_token_id,
             self.config.ranks.ladder,
-            dataclasses.replace(self.train_config, tail=self.method.tail_components(rank)),
+            self.train_config,
             client,
             self.plan.client_seed(round_index, client),
+            objective,
         )
         return dataclasses.replace(reply, state=through_wire(reply.state, wire))
 
@@ -169,7 +173,7 @@ class Federation:
                     list(server.client_ranks),
                     result.rounds,
                     result.traffic,
-                    server.previous_stack_numel,
+                    server.memory,
                     result.config,
                 ),
             )
@@ -234,19 +238,21 @@ def prepare_federation(
         config.weight_decay,
         1.0,
         config.resolved_nested,
-        method.tail_penalty,
         head_lr=config.resolved_head_lr,
         optimizer=config.optimizer,
-        train_adapter=method.trains_adapter,
-        truncation_weights=method.truncation_weights(plan.client_ranks, ladder),
-        prefix_steps=method.prefix_steps,
     )
     adapted = bench.adapted
     per_tier = config.resolved_head == "per-tier" and bench.objective == HEAD
     adapted.use_tier_heads(ladder if per_tier else None)
     adapted.reset_parameters(torch.Generator().manual_seed(config.seed))  # a fresh rank-R adapter
     fresh_state = get_state(adapted)
-    context = AggregationContext(ladder, adapted.scale, fresh_state)
+    context = AggregationContext(
+        ladder,
+        adapted.scale,
+        fresh_state,
+        plan.client_ranks,
+        tuple(float(len(rows)) for rows in plan.client_rows),
+    )
     privacy = None
     if config.dp_clip is not None:
         privacy = PrivacySettings(
@@ -278,5 +284,5 @@ def resumed_server(checkpoint: Checkpoint, result: SimulationResult, rounds: int
         checkpoint.round,
         checkpoint.global_state,
         tuple(checkpoint.client_ranks),
-        checkpoint.previous_stack_numel,
+        checkpoint.memory,
     )

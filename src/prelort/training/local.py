@@ -8,18 +8,17 @@ read the adapter's features within a short federation.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from prelort.adapters.inject import NestedLoRAModel
-from prelort.adapters.norms import product_gram
 from prelort.config import OPTIMIZER_CHOICES
 from prelort.data.encoding import EncodedSplit, make_batch
 from prelort.device import to_device
 from prelort.errors import ConfigError
-from prelort.training.nested import prefix_step_scales, split_rows, truncation_ranks
+from prelort.training.nested import split_rows, truncation_ranks
+from prelort.training.objective import PLAIN, LocalObjective
 
 
 @dataclass(frozen=True)
@@ -33,16 +32,8 @@ class LocalTrainingConfig:
         weight_decay: weight decay (decoupled for AdamW, L2 for SGD).
         max_grad_norm: gradient clipping (0 disables it).
         nested: "all", "sample", "split" or "off" (see ``truncation_ranks``).
-        tail_penalty: weight of the norm of the last ``tail`` components' update in the loss
-            (HetLoRA's gamma; 0 disables it).
-        tail: how many trailing components the penalty and ``LocalResult.tail_ratio`` cover.
         head_lr: learning rate of the task head (None: ``lr``).
         optimizer: "adamw" or "sgd" (momentum 0.9).
-        train_adapter: False trains only the head (the no-adapter reference).
-        truncation_weights: relative weight of each truncation rank's loss under nested
-            training (renormalised over a step's truncations); None: equal weights.
-        prefix_steps: scale each rank component's optimizer step by the share of the step's
-            truncations that contain it (``prefix_step_scales``); False: the optimizer's step.
         stack_truncations: run a step's truncations as copies of the batch in one forward and
             backward (same loss and gradients, fewer and wider matmuls, T times the activation
             memory); False loops over them. Used only with equal weights and a shared head.
@@ -54,13 +45,8 @@ class LocalTrainingConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     nested: str = "all"
-    tail_penalty: float = 0.0
-    tail: int = 0
     head_lr: float | None = None
     optimizer: str = "adamw"
-    train_adapter: bool = True
-    truncation_weights: Mapping[int, float] | None = None
-    prefix_steps: bool = False
     stack_truncations: bool = True
 
 
@@ -72,8 +58,8 @@ class LocalResult:
         mean_loss: mean task loss over the steps.
         passes: truncations trained, summed over steps (more than steps under nested training,
             whether a step's truncations ran stacked in one pass or one after another).
-        tail_ratio: norm of the last ``config.tail`` components' update over the whole update's
-            norm (0 when ``tail`` is 0).
+        tail_ratio: what the objective reports on the adapter's tail (HetLoRA: the norm of the
+            tail's update over the whole update's; 0 for most methods).
         trained_ranks: the active ranks the client optimised (their tiers' heads were trained).
     """
 
@@ -93,14 +79,16 @@ def truncation_shares(
     return {r: weights[r] / total for r in ranks}
 
 
-def make_optimizer(adapted: NestedLoRAModel, config: LocalTrainingConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    adapted: NestedLoRAModel, config: LocalTrainingConfig, train_adapter: bool = True
+) -> torch.optim.Optimizer:
     """One optimizer, two parameter groups: the adapter at ``lr``, the head at ``head_lr``.
 
     Raises:
         ConfigError: an unknown optimizer name.
     """
     groups = []
-    if config.train_adapter:
+    if train_adapter:
         groups.append({"params": adapted.adapter_parameters(), "lr": config.lr})
     if adapted.head_parameters():
         head_lr = config.lr if config.head_lr is None else config.head_lr
@@ -114,18 +102,6 @@ def make_optimizer(adapted: NestedLoRAModel, config: LocalTrainingConfig) -> tor
     )
 
 
-def tail_norms(adapted: NestedLoRAModel, rank: int, tail: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(norm of the last ``tail`` components' update, norm of the whole update), differentiable."""
-    tail_sq = whole_sq = torch.zeros((), dtype=torch.float32, device=adapted.device)
-    for layer in adapted.layers.values():
-        a, b = layer.lora_a[:rank], layer.lora_b[:, :rank]
-        gram = product_gram(a, b)  # (r, r)
-        whole_sq = whole_sq + gram.sum() * layer.scale**2
-        tail_sq = tail_sq + gram[rank - tail :, rank - tail :].sum() * layer.scale**2
-    # the epsilon keeps the gradient finite at B = 0 (every adapter starts there): d sqrt(x)/dx = inf at 0
-    return (tail_sq.clamp_min(0) + 1e-12).sqrt(), (whole_sq.clamp_min(0) + 1e-12).sqrt()
-
-
 def batch_indices(
     indices: Sequence[int], batch_size: int, generator: torch.Generator
 ) -> Iterator[list[int]]:
@@ -137,19 +113,12 @@ def batch_indices(
             yield [indices[i] for i in order[start : start + size]]
 
 
-def tail_penalty(adapted: NestedLoRAModel, rank: int, config: LocalTrainingConfig) -> torch.Tensor:
-    """HetLoRA's ``gamma * ||s B_tail A_tail||`` of the client's rank (0 when disabled)."""
-    if config.tail_penalty > 0 and config.tail > 0:
-        return config.tail_penalty * tail_norms(adapted, rank, config.tail)[0]
-    return torch.zeros((), device=adapted.device)
-
-
 def looped_backward(
     adapted: NestedLoRAModel,
     batch: Mapping[str, torch.Tensor],
     ranks: Sequence[int],
     rank: int,
-    config: LocalTrainingConfig,
+    objective: LocalObjective,
     shares: Mapping[int, float] | None,
 ) -> float:
     """One forward and backward per truncation, gradients accumulated; returns the step's loss."""
@@ -160,7 +129,7 @@ def looped_backward(
             loss = adapted.model(**batch).loss
         loss = loss / len(ranks) if shares is None else loss * shares[r]
         step_loss += float(loss.detach())
-        (loss + tail_penalty(adapted, rank, config) / len(ranks)).backward()
+        (loss + objective.penalty(adapted, rank) / len(ranks)).backward()
     return step_loss
 
 
@@ -169,7 +138,7 @@ def masked_backward(
     batch: Mapping[str, torch.Tensor],
     row_ranks: Sequence[int],
     rank: int,
-    config: LocalTrainingConfig,
+    objective: LocalObjective,
 ) -> float:
     """One forward and backward in which row n of ``batch`` sees the adapter at ``row_ranks[n]``.
 
@@ -180,7 +149,7 @@ def masked_backward(
         with adapted.autocast():
             loss = adapted.model(**batch).loss
         # inside the masks: gradient checkpointing recomputes the forward during the backward
-        (loss + tail_penalty(adapted, rank, config)).backward()
+        (loss + objective.penalty(adapted, rank)).backward()
     adapted.set_active_rank(rank)
     return float(loss.detach())
 
@@ -190,7 +159,7 @@ def stacked_backward(
     batch: Mapping[str, torch.Tensor],
     ranks: Sequence[int],
     rank: int,
-    config: LocalTrainingConfig,
+    objective: LocalObjective,
 ) -> float:
     """Every truncation in one forward and backward over stacked copies of the batch.
 
@@ -200,7 +169,7 @@ def stacked_backward(
     copies = {k: torch.cat([v] * len(ranks)) for k, v in batch.items()}
     copy_size = next(iter(batch.values())).shape[0]
     row_ranks = [r for r in ranks for _ in range(copy_size)]  # copy t at ranks[t]
-    return masked_backward(adapted, copies, row_ranks, rank, config)
+    return masked_backward(adapted, copies, row_ranks, rank, objective)
 
 
 def split_backward(
@@ -208,7 +177,7 @@ def split_backward(
     batch: Mapping[str, torch.Tensor],
     row_ranks: Sequence[int],
     rank: int,
-    config: LocalTrainingConfig,
+    objective: LocalObjective,
     shares: Mapping[int, float] | None,
 ) -> float:
     """Every truncation on its own rows of the batch (``split_rows``): one forward of the batch.
@@ -218,7 +187,7 @@ def split_backward(
     their own forward, weighted by its share instead.
     """
     if shares is None and not adapted.tier_heads:
-        return masked_backward(adapted, batch, row_ranks, rank, config)
+        return masked_backward(adapted, batch, row_ranks, rank, objective)
     step_loss, groups = 0.0, sorted(set(row_ranks))
     for r in groups:
         rows = torch.tensor([n for n, rr in enumerate(row_ranks) if rr == r], device=adapted.device)
@@ -227,21 +196,8 @@ def split_backward(
             loss = adapted.model(**{k: v[rows] for k, v in batch.items()}).loss
         loss = loss * (len(rows) / len(row_ranks) if shares is None else shares[r])
         step_loss += float(loss.detach())
-        (loss + tail_penalty(adapted, rank, config) / len(groups)).backward()
+        (loss + objective.penalty(adapted, rank) / len(groups)).backward()
     return step_loss
-
-
-@contextmanager
-def scaled_adapter_step(adapted: NestedLoRAModel, scales: torch.Tensor) -> Iterator[None]:
-    """Within the block the optimizer steps; afterwards component i has moved ``scales[i]`` of it."""
-    layers = list(adapted.layers.values())
-    scales = scales.to(adapted.device)
-    before = [(layer.lora_a.detach().clone(), layer.lora_b.detach().clone()) for layer in layers]
-    yield
-    with torch.no_grad():
-        for layer, (a0, b0) in zip(layers, before, strict=True):
-            layer.lora_a.copy_(a0 + scales[:, None] * (layer.lora_a - a0))  # (r, in)
-            layer.lora_b.copy_(b0 + scales[None, :] * (layer.lora_b - b0))  # (out, r)
 
 
 def train_local(
@@ -254,6 +210,7 @@ def train_local(
     ladder: Sequence[int],
     config: LocalTrainingConfig,
     generator: torch.Generator,
+    objective: LocalObjective = PLAIN,
 ) -> LocalResult:
     """Train the adapter the model holds (of rank ``rank``) on the client's examples, in place.
 
@@ -267,13 +224,14 @@ def train_local(
         ladder: the ranks in use; nested training truncates at those <= rank.
         config: steps, batch size, optimizer and nested mode.
         generator: the client's random stream for batches and sampled truncations.
+        objective: the method's part: extra loss, truncation weights, optimizer step, report.
     """
-    if not config.train_adapter and not adapted.head_parameters():
+    if not objective.trains_adapter and not adapted.head_parameters():
         return LocalResult(float("nan"), 0, 0.0)  # nothing to train: a zero-shot reference
-    optimizer = make_optimizer(adapted, config)
+    optimizer = make_optimizer(adapted, config, objective.trains_adapter)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for p in adapted.adapter_parameters():  # no backward through a frozen adapter
-        p.requires_grad_(config.train_adapter)
+        p.requires_grad_(objective.trains_adapter)
     adapted.model.train()
     batches = batch_indices(indices, config.batch_size, generator)
     losses, passes, trained = [], 0, set()
@@ -286,28 +244,21 @@ def train_local(
             ranks = sorted(set(row_ranks))  # a batch smaller than the ladder trains fewer
         trained.update(ranks)
         optimizer.zero_grad(set_to_none=True)
-        shares = truncation_shares(ranks, config.truncation_weights)
+        shares = truncation_shares(ranks, objective.truncation_weights)
         stack = config.stack_truncations and len(ranks) > 1 and shares is None
         if row_ranks is not None:
-            step_loss = split_backward(adapted, batch, row_ranks, rank, config, shares)
+            step_loss = split_backward(adapted, batch, row_ranks, rank, objective, shares)
         elif stack and not adapted.tier_heads:
-            step_loss = stacked_backward(adapted, batch, ranks, rank, config)
+            step_loss = stacked_backward(adapted, batch, ranks, rank, objective)
         else:
-            step_loss = looped_backward(adapted, batch, ranks, rank, config, shares)
+            step_loss = looped_backward(adapted, batch, ranks, rank, objective, shares)
         passes += len(ranks)
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        if config.prefix_steps and config.train_adapter and len(ranks) > 1:
-            with scaled_adapter_step(adapted, prefix_step_scales(ranks, rank)):
-                optimizer.step()
-        else:
+        with objective.stepping(adapted, ranks, rank):
             optimizer.step()
         losses.append(step_loss)
     adapted.set_active_rank(rank)
     adapted.model.eval()
-    ratio = 0.0
-    if config.tail > 0:
-        with torch.no_grad():
-            tail, whole = tail_norms(adapted, rank, config.tail)
-        ratio = float(tail / whole) if whole > 0 else 0.0
+    ratio = objective.tail_ratio(adapted, rank)
     return LocalResult(sum(losses) / len(losses), passes, ratio, frozenset(trained))
