@@ -38,6 +38,7 @@ def flower_run(server_config, client_app: ClientApp) -> None:
     [
         ("prelort", "float32", "lda"),
         ("hetlora", "float32", "none"),
+        ("rblora", "float32", "none"),  # a rule that reads the federation's ranks and sizes
         ("prelort", "bfloat16", "none"),
     ],
 )
@@ -158,6 +159,7 @@ def test_prelort_flower_runs_three_nodes_over_the_network_like_the_simulation(
     before = _flower_processes()
     out = tmp_path / "deployed"
     command = [sys.executable, "-m", "prelort.cli", "flower", "--nodes", "3"]
+    command += ["--calibration", "lda"]  # the calibration round runs over the network too
     done = subprocess.run(
         command + _tiny_flags(tiny_bert_dir, topic_jsonl, out, rounds=2),
         capture_output=True,
@@ -166,8 +168,9 @@ def test_prelort_flower_runs_three_nodes_over_the_network_like_the_simulation(
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "final metrics of the global adapter" in done.stdout
-    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "sim")
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "sim", calibration="lda")
     reference = run_simulation(config, progress=False)
+    assert all("calibrated_accuracy" in m for m in reference.final.values())
     state, _ = load_adapter(out / "adapter.safetensors")
     for key, value in reference.global_state.items():
         torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from prelort.adapters import state_rank
+from prelort.aggregation import methods
 from prelort.io import load_adapter
 from prelort.simulation import assign_ranks, build_workbench, run_simulation
 from prelort.simulation.compare import run_comparison, write_comparison
@@ -151,10 +152,7 @@ def test_too_few_examples_is_a_data_error(tiny_bert_dir, topic_jsonl, tmp_path):
         run_simulation(config, progress=False)
 
 
-@pytest.mark.parametrize(
-    "method",
-    ["hetlora", "flexlora", "flora", "fedit-min", "fedit-max", "prelort-agg", "prelort-train"],
-)
+@pytest.mark.parametrize("method", list(methods()))  # a newly registered method runs here too
 def test_every_method_runs_and_accounts_traffic(tiny_bert_dir, topic_jsonl, tmp_path, method):
     config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / method, method=method)
     result = run_simulation(config, progress=False)

@@ -236,15 +236,9 @@ def deploy(
         gpus_per_node: each node's share of a GPU (0: the run's ``device`` for every node).
 
     Raises:
-        ConfigError: fewer nodes than clients, a calibration (not built for Flower yet), or GPUs
-            this machine lacks.
+        ConfigError: fewer nodes than clients, or GPUs this machine lacks.
         DeploymentError: a Flower process failed, or the run wrote no final metrics.
     """
-    if config.calibration != "none":
-        raise ConfigError(
-            "calibration: not a round of the Flower app yet; run `prelort calibrate` on an "
-            "in-process run instead"
-        )
     if nodes < config.clients:
         raise ConfigError(
             f"nodes: {nodes} nodes cannot hold {config.clients} clients (one partition each)"
