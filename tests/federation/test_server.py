@@ -8,7 +8,8 @@ import torch
 from prelort.aggregation import AggregationContext, aggregate_segmentwise, get_method
 from prelort.aggregation.base import ClientUpdate
 from prelort.federation import ClientReply, ServerRules, ServerState, server_step
-from prelort.federation.server import initial_server_state, mean_of_shares, secure_server_step
+from prelort.federation.secure_server import mean_of_shares, secure_server_step
+from prelort.federation.server import initial_server_state
 from prelort.training.objective import PLAIN
 
 IN, OUT, R = 3, 2, 4

@@ -79,11 +79,33 @@ class FederationPlan:
         draws = torch.rand(len(sampled), generator=stream).tolist()
         return [d < self.failure_rate for d in draws]
 
+    def draw(self, round_index: int) -> RoundDraw:
+        """Round ``round_index``'s clients, the same in every engine: sampled, and which lose
+        their reply (simulated failures)."""
+        sampled = self.sampled(round_index)
+        lost = self.fails(round_index, sampled)
+        return RoundDraw(
+            tuple(sampled), frozenset(c for c, gone in zip(sampled, lost, strict=True) if gone)
+        )
+
     def client_seed(self, round_index: int, client: int) -> int:
         return client_seed(self.seed, round_index, client)
 
     def num_examples(self, client: int) -> int:
         return len(self.client_rows[client])
+
+
+@dataclass(frozen=True)
+class RoundDraw:
+    """One round's clients: ``sampled`` (sorted) and those of them whose reply is ``lost``."""
+
+    sampled: tuple[int, ...]
+    lost: frozenset[int] = frozenset()
+
+    @property
+    def reached(self) -> list[int]:
+        """The sampled clients whose reply will arrive, in order."""
+        return [c for c in self.sampled if c not in self.lost]
 
 
 def build_plan(

@@ -49,7 +49,8 @@ from prelort.aggregation.secure import secure_share, share_layout, share_problem
 from prelort.errors import AdapterError
 from prelort.federation.client import ClientReply
 from prelort.federation.records import Rejection
-from prelort.federation.server import RoundOutcome, secure_server_step
+from prelort.federation.secure_server import secure_server_step
+from prelort.federation.server import RoundOutcome
 from prelort.flower.strategy import PlannedRounds
 
 log = logging.getLogger("flwr.prelort")
@@ -80,10 +81,8 @@ class SecurePrefixStrategy(PlannedRounds, Strategy):
         """Each sampled node's rank prefix; the server state's round number draws the sample."""
         self.close_halted_round()
         round_index = self.server.round + 1
-        sampled = self.plan.sampled(round_index)
-        lost = self.plan.fails(round_index, sampled)
-        self._sampled = sampled
-        self._sent = {c for c, gone in zip(sampled, lost, strict=True) if not gone}
+        draw = self.plan.draw(round_index)
+        self._sampled, self._sent = list(draw.sampled), set(draw.reached)
         client_manager.wait_for(len(self.nodes), timeout=60)
         proxies = {p.node_id: p for p in client_manager.all().values()}
         instructions = []

@@ -79,17 +79,13 @@ class PrefixNestedStrategy(PlannedRounds, Strategy):
         after a resume) draws the sample.
         """
         round_index = self.server.round + 1  # Flower counts from 1 also after a resume
-        sampled = self.plan.sampled(round_index)
-        self._sampled = sampled
+        draw = self.plan.draw(round_index)  # lost clients: simulated failures, as in-process
+        self._sampled, self._sent = list(draw.sampled), set(draw.reached)
         messages = []
-        lost_draws = self.plan.fails(round_index, sampled)
-        for client, lost in zip(sampled, lost_draws, strict=True):
-            if lost:
-                continue  # a simulated failure, drawn as in the in-process simulation
+        for client in draw.reached:
             prefix = self.server.prefix(client)
             content = encode_prefix(prefix, client, round_index, self.rules.wire_dtype)
             messages.append(Message(content, self.nodes[client], MessageType.TRAIN))
-        self._sent = {c for c, lost in zip(sampled, lost_draws, strict=True) if not lost}
         return messages
 
     def aggregate_train(

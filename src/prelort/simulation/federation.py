@@ -25,14 +25,13 @@ from prelort.evaluation.tiers import HEAD, ReadoutData, TierMetrics, evaluate_ti
 from prelort.federation.client import ClientReply, client_step
 from prelort.federation.plan import FederationPlan, assign_ranks, build_plan
 from prelort.federation.records import RoundRecord
+from prelort.federation.secure_server import mean_of_shares, secure_server_step
 from prelort.federation.server import (
     PrivacySettings,
     RoundOutcome,
     ServerRules,
     ServerState,
     initial_server_state,
-    mean_of_shares,
-    secure_server_step,
     server_step,
 )
 from prelort.federation.wire import through_wire

@@ -67,17 +67,17 @@ def run_simulation(
     phases = result.phase_seconds = dict.fromkeys(("train", "aggregate", "evaluate"), 0.0)
     for round_index in range(server.round + 1, config.rounds + 1):
         round_start = time.perf_counter()
-        sampled = fed.plan.sampled(round_index)
+        draw = fed.plan.draw(round_index)
         replies = []
-        for client, lost in zip(sampled, fed.plan.fails(round_index, sampled), strict=True):
+        for client in draw.sampled:
             bar.update(1)
-            if lost:
+            if client in draw.lost:
                 continue  # the client vanished mid-round: no reply arrives
             reply = fed.train_client(server.prefix(client), client, round_index)
             replies.append(reply)
             bar.set_postfix(round=round_index, loss=f"{reply.loss:.3f}")
         trained = time.perf_counter()
-        outcome = fed.server_step(server, sampled, replies)
+        outcome = fed.server_step(server, draw.sampled, replies)
         server = outcome.server
         aggregated = time.perf_counter()
         tiers = fed.evaluate(server, result.samples)
