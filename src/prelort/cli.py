@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from prelort import __version__
 from prelort.config import (
+    CONCERNS,
     HEAD_CHOICES,
     SimulationConfig,
     config_from_mapping,
@@ -52,12 +53,13 @@ def _add_settings(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> 
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
     )
     help_text = _field_help()
+    groups = {key: parser.add_argument_group(title) for key, title in CONCERNS.items()}
     for f in dataclasses.fields(SimulationConfig):
         if f.name in skip:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         switch = {"nargs": "?", "const": "true"} if f.type == "bool" else {}  # --flag = true
-        parser.add_argument(
+        groups[f.metadata["concern"]].add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             default=None,

@@ -156,10 +156,26 @@ def _names(value: Any) -> tuple[str, ...] | None:
     return tuple(s.strip() for s in items if s.strip())
 
 
-def setting(*, help: str, workbench: bool = False, **default: Any) -> Any:
+# The concerns settings are grouped by in help and printed configs (TOML and the CLI stay flat).
+CONCERNS: dict[str, str] = {
+    "federation": "federation: method, ranks, clients, rounds",
+    "model": "model and adapter",
+    "data": "task and data",
+    "training": "local training",
+    "evaluation": "evaluation",
+    "privacy": "privacy: differential privacy, secure aggregation",
+    "outputs": "outputs",
+}
+
+
+def setting(*, help: str, concern: str, workbench: bool = False, **default: Any) -> Any:
     """A ``SimulationConfig`` field: its default (``default=`` or ``default_factory=``), its help,
-    and whether it changes the loaded task or model (the workbench's cache key)."""
-    return field(**default, metadata={"help": " ".join(help.split()), "workbench": workbench})
+    its concern (a key of ``CONCERNS``) and whether it changes the loaded task or model (the
+    workbench's cache key)."""
+    if concern not in CONCERNS:
+        raise ValueError(f"unknown concern {concern!r}")
+    metadata = {"help": " ".join(help.split()), "concern": concern, "workbench": workbench}
+    return field(**default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -172,233 +188,286 @@ class SimulationConfig:
     """
 
     method: str = setting(
+        concern="federation",
         default="prelort",
         help="federated method (prelort methods lists them).",
     )
     task: str = setting(
+        concern="data",
         default="bbc-news",
         help="packaged task name or a .jsonl / .csv path.",
         workbench=True,
     )
     model: str = setting(
+        concern="model",
         default="minilm-l6",
         help="minilm-l6, smollm2-135m, a local folder or a hub id.",
         workbench=True,
     )
     ranks: RankSpec = setting(
+        concern="federation",
         default_factory=lambda: RankSpec((2, 4, 8, 16)),
         help="client ranks, cycled over clients or sampled from a distribution.",
     )
     max_rank: int | None = setting(
+        concern="model",
         default=None,
         help="R, the global nested rank (default: the largest client rank).",
         workbench=True,
     )
     alpha: float | None = setting(
+        concern="model",
         default=None,
         help="LoRA alpha; the scale is alpha / R at every rank (default 2 * R, a scale of 2).",
         workbench=True,
     )
     target_modules: tuple[str, ...] | None = setting(
+        concern="model",
         default=None,
         help="modules to adapt (default: q_proj,v_proj or query,value).",
         workbench=True,
     )
     lora_dropout: float = setting(
+        concern="model",
         default=0.0,
         help="dropout on the adapter input.",
         workbench=True,
     )
     clients: int = setting(
+        concern="federation",
         default=8,
         help="number of clients.",
     )
     clients_per_round: int | None = setting(
+        concern="federation",
         default=None,
         help="clients sampled each round (default: all).",
     )
     rounds: int = setting(
+        concern="federation",
         default=8,
         help="federated rounds.",
     )
     local_steps: int = setting(
+        concern="training",
         default=5,
         help="optimizer steps per client per round.",
     )
     batch_size: int = setting(
+        concern="training",
         default=8,
         help="examples per step.",
     )
     lr: float = setting(
+        concern="training",
         default=1e-3,
         help="learning rate of the adapter.",
     )
     weight_decay: float = setting(
+        concern="training",
         default=0.0,
         help="weight decay.",
     )
     optimizer: str = setting(
+        concern="training",
         default="adamw",
         help="adamw or sgd (momentum 0.9).",
     )
     head: str | None = setting(
+        concern="model",
         default=None,
         help="classifier heads: per-tier (one per ladder rank) or shared; default: the method's own, shared for every method now.",
     )
     head_lr: float | None = setting(
+        concern="training",
         default=None,
         help="learning rate of the classifier head (default: 30 x lr for AdamW, lr for SGD).",
     )
     classifier: str = setting(
+        concern="model",
         default="auto",
         help="how a classification task is learnt: head (a trained classifier head), verbalized (a causal LM writes the label), auto (verbalized for causal LMs).",
         workbench=True,
     )
     readout_examples: int = setting(
+        concern="evaluation",
         default=600,
         help="training examples for the refitted-readout diagnostic at the end (0: off).",
         workbench=True,
     )
     calibration: str = setting(
+        concern="evaluation",
         default="none",
         help="lda also scores each tier, after the last round, with a head refitted from every client's class statistics (calibrated_accuracy; see prelort calibrate), or none.",
     )
     nested: str | None = setting(
+        concern="training",
         default=None,
         help='prefix-nested training mode: "all" (every truncation up to the client\'s rank, each step), "sample" (one drawn per step), "split" (each on its share of the batch, the cost of a plain step) or "off"; default: the method\'s own.',
     )
     partition: str = setting(
+        concern="data",
         default="dirichlet",
         help='"iid", "dirichlet" or "pathological".',
     )
     dirichlet_alpha: float = setting(
+        concern="data",
         default=0.5,
         help="Dirichlet concentration of label proportions.",
     )
     classes_per_client: int = setting(
+        concern="data",
         default=2,
         help='labels per client for "pathological".',
     )
     max_length: int | None = setting(
+        concern="data",
         default=None,
         help="tokens per example (default 64 for classification, 160 for generation).",
         workbench=True,
     )
     train_examples: int | None = setting(
+        concern="data",
         default=None,
         help="cap on the training pool, sampled with the seed (default: all).",
     )
     eval_examples: int = setting(
+        concern="evaluation",
         default=300,
         help="test examples for accuracy / perplexity.",
         workbench=True,
     )
     generate_examples: int = setting(
+        concern="evaluation",
         default=100,
         help="test examples for ROUGE-L (generation; 0 disables it).",
         workbench=True,
     )
     max_new_tokens: int = setting(
+        concern="evaluation",
         default=24,
         help="generation length for ROUGE-L.",
     )
     eval_every: int = setting(
+        concern="evaluation",
         default=1,
         help="evaluate every k rounds (the last round always).",
     )
     rouge_every_round: bool = setting(
+        concern="evaluation",
         default=False,
         help="also generate for ROUGE-L each evaluated round (else only at the end).",
     )
     max_update_norm: float | None = setting(
+        concern="federation",
         default=None,
         help="reject client updates whose ||s B A||_F is above this (default: no bound).",
     )
     client_failure_rate: float = setting(
+        concern="federation",
         default=0.0,
         help="probability that a sampled client drops out mid-round.",
     )
     dp_clip: float | None = setting(
+        concern="privacy",
         default=None,
         help="client-level DP: the server clips each client's update (factors and head) to this L2 norm (default: no clipping, no DP).",
     )
     dp_noise: float = setting(
+        concern="privacy",
         default=0.0,
         help="client-level DP: Gaussian noise multiplier sigma; the aggregate gets noise of std sigma x dp_clip x the rule's largest client weight (needs dp_clip).",
     )
     dp_delta: float | None = setting(
+        concern="privacy",
         default=None,
         help="client-level DP: the δ at which ε is reported (default 1 / clients^1.1, below 1/clients).",
     )
     dp_target_epsilon: float | None = setting(
+        concern="privacy",
         default=None,
         help="client-level DP: choose the noise multiplier (instead of --dp-noise) whose ε after the last round, at dp_delta, is this (RDP accountant; needs dp_clip).",
     )
     secure_aggregation: bool = setting(
+        concern="privacy",
         default=False,
         help="the server learns only the sum of the clients' zero-padded updates (Flower's SecAgg+ in the Flower app; the same sums in the clear in-process); for prelort, zeropad and the other averaging methods.",
     )
     secure_range: float = setting(
+        concern="privacy",
         default=4.0,
         help="under secure aggregation, the largest magnitude a sent number may have; SecAgg+ quantises [-secure_range, secure_range] to 2^22 levels, and a client whose update exceeds it drops out of the round.",
     )
     dtype: str = setting(
+        concern="model",
         default="auto",
         help="base model dtype: auto (bf16 on CUDA, fp32 on the CPU, the packaged model's own choice), float32, bfloat16, float16; adapters and their optimizer state are fp32 whatever this is.",
         workbench=True,
     )
     device: str = setting(
+        concern="model",
         default="auto",
         help="where each client trains: auto (CUDA when available), cpu, cuda, cuda:N or mps.",
         workbench=True,
     )
     server_device: str = setting(
+        concern="federation",
         default="cpu",
         help="where the server aggregates: cpu, cuda, cuda:N or auto (CUDA when available).",
     )
     quantize: str = setting(
+        concern="model",
         default="none",
         help="the frozen base in 4bit (NF4 with double quantisation, bf16 compute: QLoRA) or 8bit through bitsandbytes (pip install prelort[quant]), or none.",
         workbench=True,
     )
     gradient_checkpointing: bool = setting(
+        concern="model",
         default=False,
         help="recompute the base's activations in the backward pass instead of keeping them (less memory, about a third more compute).",
         workbench=True,
     )
     client_memory: str | None = setting(
+        concern="federation",
         default=None,
         help="memory budget of each client (4GB,8GB,16GB cycled over clients, or 4GB:0.5,16GB:0.5 sampled): each client gets the largest rank of --ranks whose measured peak training memory fits (see prelort plan-ranks); default: ranks as given.",
     )
     wire_dtype: str = setting(
+        concern="federation",
         default="float32",
         help="number format of adapters sent between server and clients: float32, or bfloat16/float16 (half the bytes, every number rounded).",
     )
     seed: int = setting(
+        concern="federation",
         default=0,
         help="the one seed of partitions, rank assignment, sampling and initialisation.",
     )
     text_field: str = setting(
+        concern="data",
         default="text",
         help="column of a task file holding the classification text.",
         workbench=True,
     )
     label_field: str = setting(
+        concern="data",
         default="label",
         help="column of a task file holding the class label.",
         workbench=True,
     )
     instruction_field: str = setting(
+        concern="data",
         default="instruction",
         help="column of a task file holding the generation prompt.",
         workbench=True,
     )
     response_field: str = setting(
+        concern="data",
         default="response",
         help="column of a task file holding the generation target.",
         workbench=True,
     )
     out: Path = setting(
+        concern="outputs",
         default=Path("runs/simulate"),
         help="output folder.",
     )
@@ -733,6 +802,13 @@ def flat_settings(config: SimulationConfig) -> dict[str, Any]:
 
 
 def to_toml(config: SimulationConfig) -> str:
-    """The resolved settings as a ``[simulate]`` table that ``--config`` reads back."""
-    lines = [f"{key} = {toml_value(value)}" for key, value in flat_settings(config).items()]
-    return "\n".join(["[simulate]", *lines]) + "\n"
+    """The resolved settings as a ``[simulate]`` table that ``--config`` reads back, grouped by
+    concern under comment lines (the table stays flat)."""
+    flat = flat_settings(config)
+    concern = {f.name: f.metadata["concern"] for f in dataclasses.fields(SimulationConfig)}
+    lines = ["[simulate]"]
+    for key, title in CONCERNS.items():
+        group = [f"{k} = {toml_value(v)}" for k, v in flat.items() if concern[k] == key]
+        if group:
+            lines += [f"# {title}", *group]
+    return "\n".join(lines) + "\n"
