@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from prelort.adapters.state import get_state, set_state, slice_to_rank
 from prelort.config import config_from_mapping
-from prelort.simulation.workbench import Workbench, build_workbench
+from prelort.runtime.workbench import Workbench, build_workbench
 from prelort.training.local import LocalTrainingConfig, train_local
 
 LADDER = (2, 4, 8, 16)

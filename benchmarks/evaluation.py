@@ -20,7 +20,7 @@ import torch
 from benchmarks.client_step import LADDER
 from prelort.config import config_from_mapping
 from prelort.data.encoding import classification_batch
-from prelort.simulation.workbench import build_workbench
+from prelort.runtime.workbench import build_workbench
 
 
 @torch.inference_mode()

@@ -17,7 +17,7 @@ import torch
 
 from benchmarks.client_step import LADDER, MODES, batch_size, step_seconds
 from prelort.config import config_from_mapping
-from prelort.simulation.workbench import build_workbench
+from prelort.runtime.workbench import build_workbench
 
 
 def tokens_per_example(bench) -> float:

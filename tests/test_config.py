@@ -82,7 +82,7 @@ def test_the_workbench_key_follows_every_field_marked_workbench():
     import dataclasses
 
     from prelort.config import SimulationConfig
-    from prelort.simulation.workbench import workbench_key
+    from prelort.runtime.workbench import workbench_key
 
     base = SimulationConfig()
     changed = {

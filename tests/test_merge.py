@@ -155,8 +155,8 @@ def test_classification_export_loads_in_peft_with_its_head(
     from transformers import AutoModelForSequenceClassification
 
     from prelort.adapters import set_state
+    from prelort.runtime.outputs import write_outputs
     from prelort.simulation import build_workbench, run_simulation
-    from prelort.simulation.outputs import write_outputs
     from tests_helpers import tiny
 
     config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "run", head=head, lr=3e-2, rounds=1)
@@ -190,9 +190,9 @@ def test_classification_export_loads_in_peft_with_its_head(
 def test_export_from_a_checkpoint_equals_export_from_the_adapter(
     tiny_bert_dir, topic_jsonl, tmp_path
 ):
+    from prelort.runtime.checkpoint import load_checkpoint, save_checkpoint  # noqa: F401
+    from prelort.runtime.outputs import write_outputs
     from prelort.simulation import run_simulation
-    from prelort.simulation.checkpoint import load_checkpoint, save_checkpoint  # noqa: F401
-    from prelort.simulation.outputs import write_outputs
     from tests_helpers import tiny
 
     config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "run", rounds=1)

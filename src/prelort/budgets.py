@@ -80,8 +80,8 @@ def one_step_peak(config: SimulationConfig, rank: int) -> int:
     down: run it in a fresh process (``child_peak``).
     """
     from prelort.adapters.state import set_state, slice_to_rank
-    from prelort.simulation.federation import prepare_federation
-    from prelort.simulation.workbench import build_workbench
+    from prelort.runtime.federation import prepare_federation
+    from prelort.runtime.workbench import build_workbench
     from prelort.training.local import train_local
 
     device = resolve_device(config.device)
@@ -151,7 +151,7 @@ def child_peak(config: SimulationConfig, rank: int) -> int:
 
 def measurement_key(config: SimulationConfig) -> str:
     """A hash of every setting that changes a step's memory, and of the device measured."""
-    from prelort.simulation.workbench import workbench_key
+    from prelort.runtime.workbench import workbench_key
 
     parts = [repr(workbench_key(config)), str(resolve_device(config.device))]
     parts += [repr(getattr(config, name)) for name in STEP_FIELDS]

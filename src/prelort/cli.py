@@ -30,7 +30,7 @@ from prelort.errors import ConfigError, PrelortError
 from prelort.logs import quiet_libraries
 
 if TYPE_CHECKING:
-    from prelort.simulation.checkpoint import Checkpoint
+    from prelort.runtime.checkpoint import Checkpoint
 
 log = logging.getLogger("prelort")
 
@@ -87,7 +87,7 @@ def _overrides(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, 
 
 def _settings(args: argparse.Namespace) -> tuple[SimulationConfig, Checkpoint | None]:
     """The run's settings from flags and ``--config``, or from the checkpoint of ``--resume``."""
-    from prelort.simulation.checkpoint import load_checkpoint
+    from prelort.runtime.checkpoint import load_checkpoint
 
     if args.resume is None:
         return load_config(args.config, _overrides(args)), None
@@ -134,7 +134,7 @@ def _print_config(config: SimulationConfig) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from prelort.simulation.rundir import claimed_run_dir
+    from prelort.runtime.rundir import claimed_run_dir
 
     config, resume = _settings(args)
     if args.print_config:
@@ -147,7 +147,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace, config: SimulationConfig, resume) -> int:
-    from prelort.simulation.outputs import final_table, write_outputs, write_progress
+    from prelort.runtime.outputs import final_table, write_outputs, write_progress
     from prelort.simulation.run import run_simulation
 
     out = config.out
@@ -191,9 +191,9 @@ def _simulate(args: argparse.Namespace, config: SimulationConfig, resume) -> int
 
 def cmd_flower(args: argparse.Namespace) -> int:
     from prelort.flower.deploy import deploy
-    from prelort.simulation.outputs import final_table
-    from prelort.simulation.result import SimulationResult
-    from prelort.simulation.rundir import claimed_run_dir
+    from prelort.runtime.outputs import final_table
+    from prelort.runtime.result import SimulationResult
+    from prelort.runtime.rundir import claimed_run_dir
 
     config, _ = _settings(args)
     if args.print_config:
@@ -221,10 +221,10 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from prelort.io import load_adapter, save_adapter, write_json
-    from prelort.simulation.calibrate import calibrated_tiers
-    from prelort.simulation.checkpoint import adapter_metadata
-    from prelort.simulation.federation import prepare_federation
-    from prelort.simulation.workbench import build_workbench
+    from prelort.runtime.calibrate import calibrated_tiers
+    from prelort.runtime.checkpoint import adapter_metadata
+    from prelort.runtime.federation import prepare_federation
+    from prelort.runtime.workbench import build_workbench
 
     metrics_path, adapter_path = args.run / "metrics.json", args.run / "adapter.safetensors"
     for path in (metrics_path, adapter_path):
@@ -269,7 +269,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from prelort.aggregation import get_method
-    from prelort.simulation.rundir import claimed_run_dir
+    from prelort.runtime.rundir import claimed_run_dir
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:

@@ -139,8 +139,8 @@ def test_minilm_classification_export_loads_in_peft(tmp_path):
 
     from prelort.adapters import set_state
     from prelort.cli import main
+    from prelort.runtime.outputs import write_outputs
     from prelort.simulation import build_workbench
-    from prelort.simulation.outputs import write_outputs
 
     config = config_from_mapping(
         dict(

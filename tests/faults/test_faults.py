@@ -16,8 +16,8 @@ from prelort.adapters.peft_io import read_peft_adapter
 from prelort.aggregation.validation import update_problem
 from prelort.errors import AdapterError
 from prelort.io import load_adapter
+from prelort.runtime.checkpoint import load_checkpoint, same_tensors
 from prelort.simulation import run_simulation
-from prelort.simulation.checkpoint import load_checkpoint, same_tensors
 
 IN, OUT, R = 4, 3, 4
 GLOBAL = {"m.lora_a": torch.zeros(R, IN), "m.lora_b": torch.zeros(OUT, R), "head": torch.zeros(2)}

@@ -9,8 +9,8 @@ import pytest
 from prelort.errors import AdapterError, DataError
 from prelort.io import load_adapter, save_adapter
 from prelort.merge import export_prefix
+from prelort.runtime.checkpoint import load_checkpoint
 from prelort.simulation import run_simulation
-from prelort.simulation.checkpoint import load_checkpoint
 from prelort.simulation.compare import load_comparison, run_comparison, write_comparison
 from tests_helpers import tiny
 

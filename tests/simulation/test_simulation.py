@@ -8,9 +8,9 @@ import torch
 from prelort.adapters import state_rank
 from prelort.aggregation import methods
 from prelort.io import load_adapter
+from prelort.runtime.outputs import write_outputs
 from prelort.simulation import assign_ranks, build_workbench, run_simulation
 from prelort.simulation.compare import run_comparison, write_comparison
-from prelort.simulation.outputs import write_outputs
 from tests_helpers import tiny
 
 
@@ -58,7 +58,7 @@ def test_generation_federation_reports_perplexity_and_rouge(
     assert set(result.samples) == {"1", "2", "4"}  # a few generations per tier, to read
     sample = result.samples["4"][0]
     assert set(sample) == {"prompt", "reference", "output"} and sample["reference"]
-    from prelort.simulation.outputs import write_outputs
+    from prelort.runtime.outputs import write_outputs
 
     files = write_outputs(result, config.out)
     assert files["samples"].name == "samples.json"
@@ -211,8 +211,8 @@ def test_no_adapter_reference_trains_only_the_head(tiny_bert_dir, topic_jsonl, t
 def test_no_adapter_calibration_computes_one_set_of_statistics(
     tiny_bert_dir, topic_jsonl, tmp_path
 ):
-    from prelort.simulation.calibrate import client_statistics
-    from prelort.simulation.federation import prepare_federation
+    from prelort.runtime.calibrate import client_statistics
+    from prelort.runtime.federation import prepare_federation
 
     config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "ref", method="no-adapter", rounds=1)
     fed = prepare_federation(config, build_workbench(config))

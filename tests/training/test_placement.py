@@ -74,7 +74,7 @@ def test_a_4bit_base_trains_and_its_export_loads_in_peft(llama64_dir, headline_j
 
     from prelort.adapters import set_state
     from prelort.models import quantization_config
-    from prelort.simulation.outputs import write_outputs
+    from prelort.runtime.outputs import write_outputs
 
     config = tiny(llama64_dir, headline_jsonl, tmp_path / "run", quantize="4bit", rounds=2)
     bench = build_workbench(config)

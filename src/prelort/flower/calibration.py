@@ -2,7 +2,7 @@
 
 After the last training round the server sends every node the rank-R global adapter in a query
 message; the node runs forward passes only over its own partition at every tier and answers with
-its class counts, per-class feature sums and scatter (``prelort.simulation.calibrate``); the server
+its class counts, per-class feature sums and scatter (``prelort.runtime.calibrate``); the server
 sums them per tier and fits each tier's LDA head, as ``prelort simulate --calibration lda`` does
 in-process. A node that fails or sends malformed statistics is logged and left out.
 """
@@ -27,8 +27,8 @@ from prelort.flower.codec import (
     from_arrays,
     to_arrays,
 )
-from prelort.simulation.calibrate import Calibration, client_statistics, fit_calibration
-from prelort.simulation.federation import Federation
+from prelort.runtime.calibrate import Calibration, client_statistics, fit_calibration
+from prelort.runtime.federation import Federation
 
 log = logging.getLogger("flwr.prelort")
 

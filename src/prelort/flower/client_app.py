@@ -28,8 +28,8 @@ from prelort.flower.secure import secure_aggregation_mod, secure_reply
 from prelort.flower.settings import config_from_run_config
 from prelort.flower.strategy import PARTITION_QUERY
 from prelort.models import cache_dir
-from prelort.simulation.federation import Federation, prepare_federation
-from prelort.simulation.workbench import build_workbench
+from prelort.runtime.federation import Federation, prepare_federation
+from prelort.runtime.workbench import build_workbench
 
 
 @lru_cache(maxsize=1)

@@ -23,14 +23,13 @@ from prelort.flower.codec import to_arrays
 from prelort.flower.secure import SecurePrefixStrategy, run_secure_rounds
 from prelort.flower.settings import config_from_run_config
 from prelort.flower.strategy import PrefixNestedStrategy, query_partitions
-from prelort.simulation.calibrate import evaluate_calibration, linear_head_names, record_calibrated
-from prelort.simulation.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from prelort.simulation.federation import prepare_federation, resumed_server
-from prelort.simulation.outputs import write_outputs, write_progress
-from prelort.simulation.result import SimulationResult
-from prelort.simulation.run import format_round
-from prelort.simulation.rundir import holds_run
-from prelort.simulation.workbench import build_workbench
+from prelort.runtime.calibrate import evaluate_calibration, linear_head_names, record_calibrated
+from prelort.runtime.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from prelort.runtime.federation import prepare_federation, resumed_server
+from prelort.runtime.outputs import format_round, write_outputs, write_progress
+from prelort.runtime.result import SimulationResult
+from prelort.runtime.rundir import holds_run
+from prelort.runtime.workbench import build_workbench
 
 log = logging.getLogger("flwr.prelort")  # a child of Flower's logger: shown by `flwr run --stream`
 

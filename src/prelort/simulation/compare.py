@@ -14,13 +14,13 @@ from prelort.aggregation import methods as registered_methods
 from prelort.config import SimulationConfig, config_from_mapping
 from prelort.errors import DataError
 from prelort.io import atomic_write_text, write_json
-from prelort.simulation.executors import run_in_processes, run_in_turn
-from prelort.simulation.outputs import (
+from prelort.runtime.outputs import (
     METRIC_LABELS,
     csv_text,
     save_figure,
 )
-from prelort.simulation.result import SimulationResult
+from prelort.runtime.result import SimulationResult
+from prelort.simulation.executors import run_in_processes, run_in_turn
 
 
 @dataclass

@@ -14,10 +14,10 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
 from prelort.config import SimulationConfig
-from prelort.simulation.outputs import write_outputs, write_progress
-from prelort.simulation.result import SimulationResult
-from prelort.simulation.run import format_round, run_simulation
-from prelort.simulation.workbench import Workbench, build_workbench, workbench_key
+from prelort.runtime.outputs import format_round, write_outputs, write_progress
+from prelort.runtime.result import SimulationResult
+from prelort.runtime.workbench import Workbench, build_workbench, workbench_key
+from prelort.simulation.run import run_simulation
 
 # (label, seed, config) of one run of a comparison.
 Run = tuple[str, int, SimulationConfig]

@@ -10,16 +10,16 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
 
 from prelort.config import SimulationConfig
-from prelort.simulation.calibrate import calibrated_tiers, linear_head_names, record_calibrated
-from prelort.simulation.checkpoint import Checkpoint
-from prelort.simulation.federation import prepare_federation, resumed_server
-from prelort.simulation.result import SimulationResult
-from prelort.simulation.workbench import Workbench, build_workbench
+from prelort.runtime.calibrate import calibrated_tiers, linear_head_names, record_calibrated
+from prelort.runtime.checkpoint import Checkpoint
+from prelort.runtime.federation import prepare_federation, resumed_server
+from prelort.runtime.outputs import format_round
+from prelort.runtime.result import SimulationResult
+from prelort.runtime.workbench import Workbench, build_workbench
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +100,3 @@ def run_simulation(
     result.global_state = server.global_state
     result.wall_seconds = time.perf_counter() - start
     return result
-
-
-def format_round(method: str, record: dict[str, Any]) -> str:
-    """One line per round: ``prelort round 3: loss 1.234 | r2 acc 0.512 | r4 ...``."""
-    parts = [f"{method} round {record['round']}: loss {record['train_loss']:.3f}"]
-    for tier, metrics in record["tiers"].items():
-        values = " ".join(f"{_short(k)} {v:.4g}" for k, v in metrics.items())
-        parts.append(f"r{tier} {values}")
-    return " | ".join(parts)
-
-
-def _short(metric: str) -> str:
-    return {"accuracy": "acc", "perplexity": "ppl", "rouge_l": "rougeL"}.get(metric, metric)

@@ -10,8 +10,8 @@ from typing import Any
 
 from prelort.federation.records import RoundRecord, TrafficRecord
 from prelort.io import atomic_write_bytes, atomic_write_text, save_adapter, write_json
-from prelort.simulation.checkpoint import adapter_metadata
-from prelort.simulation.result import SimulationResult
+from prelort.runtime.checkpoint import adapter_metadata
+from prelort.runtime.result import SimulationResult
 
 METRIC_LABELS = {"accuracy": "accuracy", "perplexity": "perplexity", "rouge_l": "ROUGE-L"}
 
@@ -156,3 +156,16 @@ def final_table(result: SimulationResult) -> str:
     for tier, values in sorted(result.final.items(), key=lambda kv: int(kv[0])):
         lines.append(f"| {tier} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
     return "\n".join(lines)
+
+
+def format_round(method: str, record: dict[str, Any]) -> str:
+    """One line per round: ``prelort round 3: loss 1.234 | r2 acc 0.512 | r4 ...``."""
+    parts = [f"{method} round {record['round']}: loss {record['train_loss']:.3f}"]
+    for tier, metrics in record["tiers"].items():
+        values = " ".join(f"{_short(k)} {v:.4g}" for k, v in metrics.items())
+        parts.append(f"r{tier} {values}")
+    return " | ".join(parts)
+
+
+def _short(metric: str) -> str:
+    return {"accuracy": "acc", "perplexity": "ppl", "rouge_l": "rougeL"}.get(metric, metric)

@@ -22,7 +22,7 @@ from prelort.aggregation.lda import ClassStatistics, lda_head, sum_statistics
 from prelort.errors import ConfigError
 from prelort.evaluation.readout import head_features, head_module
 from prelort.evaluation.tiers import TierMetrics, evaluate_tiers
-from prelort.simulation.federation import Federation
+from prelort.runtime.federation import Federation
 
 
 @dataclass(frozen=True)

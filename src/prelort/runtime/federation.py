@@ -36,9 +36,9 @@ from prelort.federation.server import (
 )
 from prelort.federation.wire import through_wire
 from prelort.models import cache_dir
-from prelort.simulation.checkpoint import Checkpoint, save_checkpoint
-from prelort.simulation.result import SimulationResult
-from prelort.simulation.workbench import Workbench
+from prelort.runtime.checkpoint import Checkpoint, save_checkpoint
+from prelort.runtime.result import SimulationResult
+from prelort.runtime.workbench import Workbench
 from prelort.training.local import LocalTrainingConfig
 
 log = logging.getLogger(__name__)
