@@ -90,7 +90,7 @@ def step_flops(
 
 
 def batch_size(bench: Workbench) -> int:
-    return 4 if bench.objective != "head" else 16
+    return 16 if bench.objective.trains_head else 4
 
 
 def run_model(settings: dict, steps: int, repeats: int) -> dict[str, float]:
@@ -98,7 +98,7 @@ def run_model(settings: dict, steps: int, repeats: int) -> dict[str, float]:
     seconds = step_seconds(bench, max(LADDER), MODES, steps, repeats)
     tokens = settings.get("max_length") or "default"
     print(
-        f"\n{settings['model']} on {settings['task']} ({bench.objective}), rank 16 of "
+        f"\n{settings['model']} on {settings['task']} ({bench.objective.name}), rank 16 of "
         f"{list(LADDER)}, batch {batch_size(bench)}, max_length {tokens}, {steps} steps x "
         f"best of {repeats}"
     )

@@ -48,7 +48,7 @@ def linear_head_names(fed: Federation) -> tuple[str, str]:
             a bias.
     """
     adapted = fed.bench.adapted
-    if fed.bench.objective != "head" or not adapted.head:
+    if not fed.bench.objective.trains_head or not adapted.head:
         raise ConfigError("calibration: only runs with a classifier head can be calibrated")
     module = head_module(adapted)
     names = sorted(adapted.head)

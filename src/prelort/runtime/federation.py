@@ -21,7 +21,7 @@ from prelort.config import SimulationConfig
 from prelort.device import resolve_device
 from prelort.environment import environment
 from prelort.errors import ConfigError
-from prelort.evaluation.tiers import HEAD, ReadoutData, TierMetrics, evaluate_tiers
+from prelort.evaluation.tiers import ReadoutData, TierMetrics, evaluate_tiers
 from prelort.federation.client import ClientReply, client_step
 from prelort.federation.plan import FederationPlan, assign_ranks, build_plan
 from prelort.federation.records import RoundRecord
@@ -241,7 +241,7 @@ def prepare_federation(
         optimizer=config.optimizer,
     )
     adapted = bench.adapted
-    per_tier = config.resolved_head == "per-tier" and bench.objective == HEAD
+    per_tier = config.resolved_head == "per-tier" and bench.objective.trains_head
     adapted.use_tier_heads(ladder if per_tier else None)
     adapted.reset_parameters(torch.Generator().manual_seed(config.seed))  # a fresh rank-R adapter
     fresh_state = get_state(adapted)

@@ -18,13 +18,11 @@ from prelort.config import SimulationConfig
 from prelort.data.encoding import EncodedSplit, encode_split, verbalized_task
 from prelort.data.tasks import CLASSIFICATION, GENERATION, FileFields, TaskData, load_task
 from prelort.errors import ConfigError
-from prelort.evaluation.tiers import HEAD, VERBALIZED
+from prelort.evaluation.objectives import GENERATIVE, HEAD, VERBALIZED, TaskObjective
 from prelort.models import is_causal_lm, load_model, placement_for
 
 log = logging.getLogger(__name__)
 
-# Tokens per example by objective: a verbalised prompt also lists the labels and the chat markup.
-DEFAULT_MAX_LENGTH = {HEAD: 64, VERBALIZED: 128, GENERATION: 160}
 EVAL_SUBSET_SEED = 0  # one test subset, and one set of readout rows, for every method and seed
 
 
@@ -40,7 +38,7 @@ class Workbench:
         adapted: the model with its nested layers.
         tokenizer: the model's tokenizer.
         key: the settings the workbench was built from; runs whose key matches can share it.
-        objective: "head", "verbalized" or "generation" (``prelort.evaluation.tiers``).
+        objective: how the task is learnt and scored (``prelort.evaluation.objectives``).
         readout_rows: training rows for the refitted-readout diagnostic (head objective only).
     """
 
@@ -51,13 +49,13 @@ class Workbench:
     adapted: NestedLoRAModel
     tokenizer: object
     key: tuple
-    objective: str = HEAD
+    objective: TaskObjective = HEAD
     readout_rows: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def batch_kind(self) -> str:
         """The kind of training batch: class labels for a head, prompt + target otherwise."""
-        return CLASSIFICATION if self.objective == HEAD else GENERATION
+        return self.objective.batch_kind
 
 
 def workbench_key(config: SimulationConfig) -> tuple:
@@ -88,20 +86,15 @@ def build_workbench(config: SimulationConfig) -> Workbench:
     )
     task = load_task(config.task, fields)
     objective = resolve_objective(config, task)
-    if objective == VERBALIZED:
+    if objective.verbalized:
         task = verbalized_task(task)
     placement = placement_for(
         config.model, config.device, config.dtype, config.quantize, config.gradient_checkpointing
     )
-    loaded = load_model(
-        config.model,
-        CLASSIFICATION if objective == HEAD else GENERATION,
-        task.num_labels,
-        placement=placement,
-    )
-    max_length = config.max_length or DEFAULT_MAX_LENGTH[objective]
+    loaded = load_model(config.model, objective.model_kind, task.num_labels, placement=placement)
+    max_length = config.max_length or objective.max_length
     tokenizer = loaded.tokenizer
-    verbalized = objective == VERBALIZED
+    verbalized = objective.verbalized
     train = encode_split(tokenizer, task, task.train, max_length, verbalized=verbalized)
     test = encode_split(
         tokenizer,
@@ -120,11 +113,11 @@ def build_workbench(config: SimulationConfig) -> Workbench:
         alpha=config.resolved_alpha,
         target_modules=config.target_modules,
         dropout=config.lora_dropout,
-        train_head=objective == HEAD,
+        train_head=objective.trains_head,
         head_dtype=torch.float32 if placement.autocast_dtype is not None else None,
     )
     adapted.autocast_dtype = placement.autocast_dtype
-    readout_rows = _subset(len(train), config.readout_examples) if objective == HEAD else []
+    readout_rows = _subset(len(train), config.readout_examples) if objective.trains_head else []
     log.info(
         "workbench: task %s (%s train, %d test), model %s on %s (%s%s), %d nested layers of rank %d",
         task.name,
@@ -152,7 +145,7 @@ def build_workbench(config: SimulationConfig) -> Workbench:
     )
 
 
-def resolve_objective(config: SimulationConfig, task: TaskData) -> str:
+def resolve_objective(config: SimulationConfig, task: TaskData) -> TaskObjective:
     """How the task is learnt: generation, a classifier head, or a verbalised label.
 
     ``auto`` gives a causal LM verbalised labels (no fresh head: the paper's setting) and an encoder
@@ -170,10 +163,10 @@ def resolve_objective(config: SimulationConfig, task: TaskData) -> str:
                 f"{config.model!r} is an encoder (use --model smollm2-135m, or a Llama, Qwen, "
                 "Mistral, Gemma or Phi folder or hub id)"
             )
-        return GENERATION
-    if config.classifier == HEAD:
+        return GENERATIVE
+    if config.classifier == HEAD.name:
         return HEAD
-    if config.classifier == VERBALIZED and not causal:
+    if config.classifier == VERBALIZED.name and not causal:
         raise ConfigError(
             f"classifier: verbalized needs a causal LM; {config.model!r} is not one (use head)"
         )
