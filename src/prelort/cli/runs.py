@@ -1,0 +1,250 @@
+"""The commands that run federations: ``simulate``, ``flower``, ``calibrate``, ``compare``,
+``summarize``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prelort.cli.settings import check_machine, overrides_of, print_config, settings_of
+from prelort.config import (
+    HEAD_CHOICES,
+    SimulationConfig,
+    config_from_mapping,
+    load_config,
+    read_toml,
+)
+from prelort.errors import ConfigError
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("prelort")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from prelort.runtime.rundir import claimed_run_dir
+
+    config, resume = settings_of(args)
+    if args.print_config:
+        return print_config(config)
+    check_machine(config)
+    if resume is not None:
+        print(f"prelort simulate: resuming {args.resume} after round {resume.round}")
+    with claimed_run_dir(config.out, args.overwrite, resume=resume is not None):
+        return _simulate(args, config, resume)
+
+
+def _simulate(args: argparse.Namespace, config: SimulationConfig, resume) -> int:
+    from prelort.runtime.outputs import final_table, write_outputs, write_progress
+    from prelort.simulation.run import run_simulation
+
+    out = config.out
+    print(
+        f"prelort simulate: {config.method} on {config.task} with {config.model}, "
+        f"ranks {config.ranks}, {config.clients} clients, {config.rounds} rounds -> {out}"
+    )
+    start = time.perf_counter()
+    result = run_simulation(
+        config,
+        progress=not args.quiet,
+        on_round=lambda r: write_progress(r, out),
+        checkpoint_dir=out,
+        resume=resume,
+    )
+    files = write_outputs(result, out)
+    print(f"\nfinal metrics of the global adapter per rank tier ({config.method}):")
+    print(final_table(result))
+    budget = result.privacy_budget()
+    if budget is not None:
+        eps = "inf (no noise)" if budget["epsilon"] is None else f"{budget['epsilon']:.3g}"
+        print(
+            f"\nclient-level DP: ε = {eps} at δ = {budget['delta']:.2e} after {budget['rounds']} "
+            f"rounds (σ = {budget['noise_multiplier']:.3g}, C = {budget['clip']:g}, "
+            f"q = {budget['sample_rate']:.3g}; {budget['accountant']})"
+        )
+    print(
+        f"\nwall time {time.perf_counter() - start:.1f} s; wrote "
+        + ", ".join(str(p) for p in files.values())
+    )
+    if result.traffic and not any(t["clients"] for t in result.traffic):
+        reasons = [r["reason"] for t in result.traffic for r in t["rejected"]]
+        print(
+            f"prelort: error: every client update of every round was rejected; the global adapter "
+            f"never changed (first reason: {reasons[0] if reasons else 'every client dropped out'})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    from prelort.flower.deploy import deploy
+    from prelort.runtime.outputs import final_table
+    from prelort.runtime.result import SimulationResult
+    from prelort.runtime.rundir import claimed_run_dir
+
+    config, _ = settings_of(args)
+    if args.print_config:
+        return print_config(config)
+    check_machine(config)
+    nodes = config.clients if args.nodes is None else args.nodes
+    from prelort.flower.deploy import node_hardware
+
+    node_hardware(config, nodes, args.gpus_per_node)  # refuse GPUs this machine lacks up front
+    print(
+        f"prelort flower: {config.method} on {config.task} with {config.model}, ranks "
+        f"{config.ranks}, {config.clients} clients on {nodes} Flower nodes, {config.rounds} rounds "
+        f"-> {config.out}"
+    )
+    start = time.perf_counter()
+    with claimed_run_dir(config.out, args.overwrite, resume=args.resume is not None):
+        out = deploy(config, nodes, args.resume is not None, args.gpus_per_node)
+    metrics = json.loads((out / "metrics.json").read_text())
+    result = SimulationResult(config.to_dict(), [], [], final=metrics["final"]["tiers"])
+    print(f"\nfinal metrics of the global adapter per rank tier ({config.method}):")
+    print(final_table(result))
+    print(f"\nwall time {time.perf_counter() - start:.1f} s; wrote {out}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from prelort.io import load_adapter, save_adapter, write_json
+    from prelort.runtime.calibrate import calibrated_tiers
+    from prelort.runtime.checkpoint import adapter_metadata
+    from prelort.runtime.federation import prepare_federation
+    from prelort.runtime.workbench import build_workbench
+
+    metrics_path, adapter_path = args.run / "metrics.json", args.run / "adapter.safetensors"
+    for path in (metrics_path, adapter_path):
+        if not path.is_file():
+            raise ConfigError(f"run: {path} not found; give the --out folder of a finished run")
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    config = config_from_mapping(metrics["config"])
+    state, _ = load_adapter(adapter_path)
+    name = "calibrated-lda-holders" if args.holders_only else "calibrated-lda"
+    out = args.out or args.run / name
+    fed = prepare_federation(config, build_workbench(config))
+    calibration, tiers = calibrated_tiers(fed, state, holders_only=args.holders_only)
+    ladder = config.ranks.ladder
+    before = metrics.get("final", {}).get("tiers", {})
+    report = {
+        "run": str(args.run),
+        "holders_only": args.holders_only,
+        "tiers": {
+            str(t): {
+                "accuracy": tiers[str(t)]["accuracy"],
+                "head_accuracy": before.get(str(t), {}).get("accuracy"),
+                "readout_accuracy": before.get(str(t), {}).get("readout_accuracy"),
+                "examples": calibration.examples[t],
+                "clients": calibration.clients[t],
+            }
+            for t in ladder
+        },
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {**adapter_metadata(config.to_dict(), list(ladder)), "head": "per-tier"}
+    save_adapter(out / "adapter.safetensors", calibration.state, {**meta, "calibration": name})
+    write_json(out / "calibration.json", report)
+    print("| rank tier | LDA head | federated head | readout | examples |")
+    print("|---|---|---|---|---|")
+    for t, row in report["tiers"].items():
+        cells = [row["accuracy"], row["head_accuracy"], row["readout_accuracy"]]
+        shown = " | ".join("-" if v is None else f"{v:.4f}" for v in cells)
+        print(f"| {t} | {shown} | {row['examples']} |")
+    print(f"wrote {out / 'adapter.safetensors'} and {out / 'calibration.json'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from prelort.aggregation import get_method
+    from prelort.runtime.rundir import claimed_run_dir
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError("methods: give at least one method")
+    twice = sorted({m for m in methods if methods.count(m) > 1})
+    if twice:
+        raise ConfigError(f"methods: {', '.join(twice)} listed more than once")
+    for m in methods:
+        get_method(m)
+    if args.seeds < 1:
+        raise ConfigError(f"seeds: must be >= 1, got {args.seeds}")
+    if args.jobs < 1:
+        raise ConfigError(f"jobs: must be >= 1, got {args.jobs}")
+    overrides = overrides_of(args, skip=("method",))
+    if "out" not in overrides and "out" not in (read_toml(args.config) if args.config else {}):
+        overrides["out"] = "runs/compare"
+    base = load_config(args.config, overrides)
+    if args.print_config:
+        return print_config(base)
+    check_machine(base)
+    with claimed_run_dir(base.out, args.overwrite):
+        return _compare(args, base, methods)
+
+
+def _compare(args: argparse.Namespace, base: SimulationConfig, methods: list[str]) -> int:
+    from prelort.simulation.compare import run_comparison
+
+    first_seed = base.seed
+    seeds = list(range(first_seed, first_seed + args.seeds))
+    print(
+        f"prelort compare: {', '.join(methods)} x seeds {seeds} on {base.task} with {base.model}, "
+        f"ranks {base.ranks}, {base.clients} clients, {base.rounds} rounds -> {base.out}"
+    )
+    start = time.perf_counter()
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()] if args.heads else None
+    for h in heads or []:
+        if h not in HEAD_CHOICES:
+            raise ConfigError(f"heads: {h!r} is not one of {', '.join(HEAD_CHOICES)}")
+    comparison = run_comparison(
+        base,
+        methods,
+        seeds,
+        progress=not args.quiet,
+        heads=heads,
+        reference=not args.no_reference,
+        jobs=args.jobs,
+    )
+    _report_comparison(comparison, base.out)
+    print(f"wall time {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _report_comparison(comparison, out: Path) -> None:
+    from prelort.simulation.compare import (
+        cost_table,
+        markdown_table,
+        reference_note,
+        write_comparison,
+    )
+
+    files = write_comparison(comparison, out)
+    rows = comparison.summary_rows()
+    print("\nfinal metric of the global adapter per rank tier (mean ± std over seeds):\n")
+    print(markdown_table(rows))
+    note = reference_note(rows)
+    if note:
+        print("\n" + note)
+    print()
+    print(cost_table(comparison.cost_rows()))
+    print("\nwrote " + ", ".join(str(p) for p in files.values()))
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from prelort.simulation.compare import load_comparison
+
+    comparison = load_comparison(args.folder)
+    if comparison.unfinished:
+        print(
+            f"prelort summarize: left out {len(comparison.unfinished)} unfinished run(s): "
+            + ", ".join(comparison.unfinished)
+            + " (finish them with `prelort simulate --resume`)"
+        )
+    _report_comparison(comparison, args.folder)
+    return 0
