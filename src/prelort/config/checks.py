@@ -3,18 +3,10 @@ names the field. Run once, when the settings are built (``SimulationConfig.__pos
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from prelort.config.values import (
-    CALIBRATION_CHOICES,
-    CLASSIFIER_CHOICES,
-    DTYPE_CHOICES,
-    HEAD_CHOICES,
-    NESTED_CHOICES,
-    OPTIMIZER_CHOICES,
-    PARTITION_CHOICES,
-    QUANTIZE_CHOICES,
-    WIRE_DTYPE_CHOICES,
     parse_budgets,
 )
 from prelort.device import check_device_name
@@ -30,6 +22,7 @@ def validate(config: SimulationConfig) -> None:
     Raises:
         ConfigError: the first bad value; the message names the field.
     """
+    check_choices(config)
     check_federation(config)
     check_model(config)
     check_data(config)
@@ -56,7 +49,6 @@ def check_federation(config: SimulationConfig) -> None:
         )
     if config.max_update_norm is not None and config.max_update_norm <= 0:
         raise ConfigError(f"max_update_norm: must be > 0, got {config.max_update_norm}")
-    _choice(config, "wire_dtype", WIRE_DTYPE_CHOICES)
     check_device_name("server_device", config.server_device)
     if config.server_device == "mps":
         raise ConfigError(
@@ -77,10 +69,6 @@ def check_model(config: SimulationConfig) -> None:
         raise ConfigError(f"alpha: must be > 0, got {config.alpha}")
     if not 0 <= config.lora_dropout < 1:
         raise ConfigError(f"lora_dropout: must be in [0, 1), got {config.lora_dropout}")
-    _choice(config, "head", HEAD_CHOICES, optional=True)
-    _choice(config, "classifier", CLASSIFIER_CHOICES)
-    _choice(config, "dtype", DTYPE_CHOICES)
-    _choice(config, "quantize", QUANTIZE_CHOICES)
     check_device_name("device", config.device)
 
 
@@ -89,7 +77,6 @@ def check_data(config: SimulationConfig) -> None:
     _positive_or_none(config, "max_length", "train_examples")
     if config.dirichlet_alpha <= 0:
         raise ConfigError(f"dirichlet_alpha: must be > 0, got {config.dirichlet_alpha}")
-    _choice(config, "partition", PARTITION_CHOICES)
 
 
 def check_training(config: SimulationConfig) -> None:
@@ -98,8 +85,6 @@ def check_training(config: SimulationConfig) -> None:
         raise ConfigError(f"lr: must be > 0, got {config.lr}")
     if config.head_lr is not None and config.head_lr <= 0:
         raise ConfigError(f"head_lr: must be > 0, got {config.head_lr}")
-    _choice(config, "nested", NESTED_CHOICES, optional=True)
-    _choice(config, "optimizer", OPTIMIZER_CHOICES)
 
 
 def check_evaluation(config: SimulationConfig) -> None:
@@ -108,7 +93,6 @@ def check_evaluation(config: SimulationConfig) -> None:
         raise ConfigError(f"readout_examples: must be >= 0, got {config.readout_examples}")
     if config.generate_examples < 0:
         raise ConfigError(f"generate_examples: must be >= 0, got {config.generate_examples}")
-    _choice(config, "calibration", CALIBRATION_CHOICES)
 
 
 def check_privacy(config: SimulationConfig) -> None:
@@ -176,11 +160,11 @@ def _positive_or_none(config: SimulationConfig, *names: str) -> None:
             raise ConfigError(f"{name}: must be >= 1, got {value}")
 
 
-def _choice(
-    config: SimulationConfig, name: str, choices: tuple[str, ...], optional: bool = False
-) -> None:
-    value = getattr(config, name)
-    if value is None and optional:
-        return
-    if value not in choices:
-        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+def check_choices(config: SimulationConfig) -> None:
+    """Every field with ``choices`` in its metadata holds one of them (or None, its default)."""
+    for f in dataclasses.fields(config):
+        choices, value = f.metadata.get("choices"), getattr(config, f.name)
+        if not choices or (value is None and f.default is None):
+            continue
+        if value not in choices:
+            raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")

@@ -13,7 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from prelort.config.checks import validate
-from prelort.config.values import HEAD_LR_FACTOR, RankSpec
+from prelort.config.values import (
+    CALIBRATION_CHOICES,
+    CLASSIFIER_CHOICES,
+    DTYPE_CHOICES,
+    HEAD_CHOICES,
+    HEAD_LR_FACTOR,
+    NESTED_CHOICES,
+    OPTIMIZER_CHOICES,
+    PARTITION_CHOICES,
+    QUANTIZE_CHOICES,
+    WIRE_DTYPE_CHOICES,
+    RankSpec,
+)
 
 # The concerns settings are grouped by in help and printed configs (TOML and the CLI stay flat).
 CONCERNS: dict[str, str] = {
@@ -27,13 +39,26 @@ CONCERNS: dict[str, str] = {
 }
 
 
-def setting(*, help: str, concern: str, workbench: bool = False, **default: Any) -> Any:
+def setting(
+    *,
+    help: str,
+    concern: str,
+    choices: tuple[str, ...] = (),
+    workbench: bool = False,
+    **default: Any,
+) -> Any:
     """A ``SimulationConfig`` field: its default (``default=`` or ``default_factory=``), its help,
-    its concern (a key of ``CONCERNS``) and whether it changes the loaded task or model (the
-    workbench's cache key)."""
+    its concern (a key of ``CONCERNS``), the words it may take (``choices``; checked by
+    ``checks.check_choices``, None allowed where the default is None) and whether it changes the
+    loaded task or model (the workbench's cache key)."""
     if concern not in CONCERNS:
         raise ValueError(f"unknown concern {concern!r}")
-    metadata = {"help": " ".join(help.split()), "concern": concern, "workbench": workbench}
+    metadata = {
+        "help": " ".join(help.split()),
+        "concern": concern,
+        "choices": choices,
+        "workbench": workbench,
+    }
     return field(**default, metadata=metadata)
 
 
@@ -129,11 +154,13 @@ class SimulationConfig:
     )
     optimizer: str = setting(
         concern="training",
+        choices=OPTIMIZER_CHOICES,
         default="adamw",
         help="adamw or sgd (momentum 0.9).",
     )
     head: str | None = setting(
         concern="model",
+        choices=HEAD_CHOICES,
         default=None,
         help="classifier heads: per-tier (one per ladder rank) or shared; default: the method's own, shared for every method now.",
     )
@@ -144,6 +171,7 @@ class SimulationConfig:
     )
     classifier: str = setting(
         concern="model",
+        choices=CLASSIFIER_CHOICES,
         default="auto",
         help="how a classification task is learnt: head (a trained classifier head), verbalized (a causal LM writes the label), auto (verbalized for causal LMs).",
         workbench=True,
@@ -156,16 +184,19 @@ class SimulationConfig:
     )
     calibration: str = setting(
         concern="evaluation",
+        choices=CALIBRATION_CHOICES,
         default="none",
         help="lda also scores each tier, after the last round, with a head refitted from every client's class statistics (calibrated_accuracy; see prelort calibrate), or none.",
     )
     nested: str | None = setting(
         concern="training",
+        choices=NESTED_CHOICES,
         default=None,
         help='prefix-nested training mode: "all" (every truncation up to the client\'s rank, each step), "sample" (one drawn per step), "split" (each on its share of the batch, the cost of a plain step) or "off"; default: the method\'s own.',
     )
     partition: str = setting(
         concern="data",
+        choices=PARTITION_CHOICES,
         default="dirichlet",
         help='"iid", "dirichlet" or "pathological".',
     )
@@ -259,6 +290,7 @@ class SimulationConfig:
     )
     dtype: str = setting(
         concern="model",
+        choices=DTYPE_CHOICES,
         default="auto",
         help="base model dtype: auto (bf16 on CUDA, fp32 on the CPU, the packaged model's own choice), float32, bfloat16, float16; adapters and their optimizer state are fp32 whatever this is.",
         workbench=True,
@@ -276,6 +308,7 @@ class SimulationConfig:
     )
     quantize: str = setting(
         concern="model",
+        choices=QUANTIZE_CHOICES,
         default="none",
         help="the frozen base in 4bit (NF4 with double quantisation, bf16 compute: QLoRA) or 8bit through bitsandbytes (pip install prelort[quant]), or none.",
         workbench=True,
@@ -293,6 +326,7 @@ class SimulationConfig:
     )
     wire_dtype: str = setting(
         concern="federation",
+        choices=WIRE_DTYPE_CHOICES,
         default="float32",
         help="number format of adapters sent between server and clients: float32, or bfloat16/float16 (half the bytes, every number rounded).",
     )

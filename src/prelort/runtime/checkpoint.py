@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from prelort.adapters.state import AdapterState, nonfinite_keys
 from prelort.errors import AdapterError, ConfigError
 from prelort.federation.records import RoundRecord, TrafficRecord
@@ -91,8 +89,3 @@ def load_checkpoint(out_dir: Path) -> Checkpoint:
         meta.get("method_memory", meta.get("previous_stack_numel")),  # older files: FLoRA's
         dict(meta["config"]),
     )
-
-
-def same_tensors(a: AdapterState, b: AdapterState) -> bool:
-    """Bitwise equality of two states (used by the resume check)."""
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
