@@ -23,12 +23,12 @@ from prelort.flower.codec import to_arrays
 from prelort.flower.secure import SecurePrefixStrategy, run_secure_rounds
 from prelort.flower.settings import config_from_run_config
 from prelort.flower.strategy import PrefixNestedStrategy, query_partitions
-from prelort.runtime.calibrate import evaluate_calibration, linear_head_names, record_calibrated
+from prelort.runtime.calibrate import evaluate_calibration
 from prelort.runtime.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from prelort.runtime.federation import prepare_federation, resumed_server
 from prelort.runtime.outputs import format_round, write_outputs, write_progress
 from prelort.runtime.result import SimulationResult
 from prelort.runtime.rundir import holds_run
+from prelort.runtime.skeleton import close_round, finish_run, start_run
 from prelort.runtime.workbench import build_workbench
 
 log = logging.getLogger("flwr.prelort")  # a child of Flower's logger: shown by `flwr run --stream`
@@ -75,25 +75,17 @@ def run_server(
     bench = build_workbench(config)
     roster = query_partitions(grid, config.clients, timeout)
     partitions = roster.partitions
+    client_ranks = rank_plan = None
     if roster.ranks:  # nodes chose their ranks from their memory budgets
         planned = assign_ranks(config.ranks, config.clients, config.seed)
-        fed = prepare_federation(
-            config, bench, roster.client_ranks(planned), roster.rank_plan(planned)
-        )
-    else:
-        fed = prepare_federation(config, bench)
-    if config.calibration == "lda":
-        linear_head_names(fed)  # refuse a head LDA cannot replace before any round
-    result = fed.new_result()
-    server = fed.initial
-    if resume:
-        server = resumed_server(load_checkpoint(out), result, config.rounds)
+        client_ranks, rank_plan = roster.client_ranks(planned), roster.rank_plan(planned)
+    checkpoint = load_checkpoint(out) if resume else None
+    fed, result, server = start_run(config, bench, checkpoint, client_ranks, rank_plan)
     start = last_round_end = time.perf_counter()
 
     def on_round(outcome: RoundOutcome) -> None:
         nonlocal last_round_end
-        tiers = fed.evaluate(outcome.server, result.samples)
-        record = fed.record(result, outcome, tiers, time.perf_counter() - last_round_end, out)
+        record = close_round(fed, result, outcome, time.perf_counter() - last_round_end, out)
         if record is not None:
             log.info(format_round(config.method, record))
         result.wall_seconds = time.perf_counter() - start
@@ -118,12 +110,12 @@ def run_server(
                 grid, to_arrays(server.global_state), num_rounds=remaining, timeout=timeout
             )
         final = strategy.server
+    calibrated = None
     if config.calibration == "lda" and result.final:
         nodes = {p: n for n, p in partitions.items()}
         calibration = calibration_round(grid, fed, final.global_state, nodes, timeout)
-        record_calibrated(result.final, evaluate_calibration(fed, calibration))
-    result.global_state = final.global_state
-    result.wall_seconds = time.perf_counter() - start
+        calibrated = evaluate_calibration(fed, calibration)
+    finish_run(result, final, start, calibrated)
     write_outputs(result, out)
     return result
 

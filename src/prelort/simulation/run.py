@@ -14,11 +14,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from prelort.config import SimulationConfig
-from prelort.runtime.calibrate import calibrated_tiers, linear_head_names, record_calibrated
+from prelort.runtime.calibrate import calibrated_tiers
 from prelort.runtime.checkpoint import Checkpoint
-from prelort.runtime.federation import prepare_federation, resumed_server
 from prelort.runtime.outputs import format_round
 from prelort.runtime.result import SimulationResult
+from prelort.runtime.skeleton import close_round, finish_run, start_run
 from prelort.runtime.workbench import Workbench, build_workbench
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,7 @@ def run_simulation(
         ConfigError, DataError, ModelError: bad settings, data or model.
     """
     bench = workbench or build_workbench(config)
-    fed = prepare_federation(config, bench)
-    if config.calibration == "lda":
-        linear_head_names(fed)  # refuse a head LDA cannot replace before any training
-    result = fed.new_result()
-    server = fed.initial if resume is None else resumed_server(resume, result, config.rounds)
+    fed, result, server = start_run(config, bench, resume)
 
     start = time.perf_counter()
     bar = tqdm(
@@ -80,9 +76,8 @@ def run_simulation(
         outcome = fed.server_step(server, draw.sampled, replies)
         server = outcome.server
         aggregated = time.perf_counter()
-        tiers = fed.evaluate(server, result.samples)
-        record = fed.record(
-            result, outcome, tiers, time.perf_counter() - round_start, checkpoint_dir
+        record = close_round(
+            fed, result, outcome, time.perf_counter() - round_start, checkpoint_dir
         )
         phases["train"] += trained - round_start
         phases["aggregate"] += aggregated - trained
@@ -93,10 +88,9 @@ def run_simulation(
         if on_round is not None:
             on_round(result)
     bar.close()
+    calibrated = None
     if config.calibration == "lda" and result.final:
         calibration_start = time.perf_counter()
-        record_calibrated(result.final, calibrated_tiers(fed, server.global_state)[1])
+        calibrated = calibrated_tiers(fed, server.global_state)[1]
         phases["calibrate"] = time.perf_counter() - calibration_start
-    result.global_state = server.global_state
-    result.wall_seconds = time.perf_counter() - start
-    return result
+    return finish_run(result, server, start, calibrated)

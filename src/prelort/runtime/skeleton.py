@@ -1,0 +1,83 @@
+"""The skeleton of a run, the same in every engine: start (or resume), close each round, finish.
+
+The in-process simulation (``prelort.simulation.run``) and the Flower ServerApp
+(``prelort.flower.server_app``) differ only in how a round's replies arrive and how the
+calibration round gathers its statistics; both call these three steps around that.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from prelort.config import SimulationConfig
+from prelort.evaluation.tiers import TierMetrics
+from prelort.federation.records import RoundRecord
+from prelort.federation.server import RoundOutcome, ServerState
+from prelort.runtime.calibrate import linear_head_names, record_calibrated
+from prelort.runtime.checkpoint import Checkpoint
+from prelort.runtime.federation import Federation, prepare_federation, resumed_server
+from prelort.runtime.result import SimulationResult
+from prelort.runtime.workbench import Workbench
+
+
+def start_run(
+    config: SimulationConfig,
+    bench: Workbench,
+    resume: Checkpoint | None = None,
+    client_ranks: Sequence[int] | None = None,
+    rank_plan: dict | None = None,
+) -> tuple[Federation, SimulationResult, ServerState]:
+    """The run's federation, its result so far, and the server state its first round starts from.
+
+    Args:
+        config: the run's settings.
+        bench: its task and model.
+        resume: a checkpoint to continue from (its history goes into the result).
+        client_ranks, rank_plan: ranks the clients chose (``prepare_federation``).
+
+    Raises:
+        ConfigError: a calibration the run's head cannot take, before any round runs.
+    """
+    fed = prepare_federation(config, bench, client_ranks, rank_plan)
+    if config.calibration == "lda":
+        linear_head_names(fed)  # refuse a head LDA cannot replace before any training
+    result = fed.new_result()
+    server = fed.initial if resume is None else resumed_server(resume, result, config.rounds)
+    return fed, result, server
+
+
+def close_round(
+    fed: Federation,
+    result: SimulationResult,
+    outcome: RoundOutcome,
+    round_seconds: float,
+    checkpoint_dir: Path | None = None,
+) -> RoundRecord | None:
+    """Evaluate the round's global adapter (on evaluated rounds), record it and checkpoint.
+
+    Returns:
+        The round's metric record, or None on a round that was not evaluated.
+    """
+    tiers = fed.evaluate(outcome.server, result.samples)
+    return fed.record(result, outcome, tiers, round_seconds, checkpoint_dir)
+
+
+def finish_run(
+    result: SimulationResult,
+    final: ServerState,
+    start: float,
+    calibrated: TierMetrics | None = None,
+) -> SimulationResult:
+    """The result with the final adapter, the calibration round's metrics and the wall time.
+
+    Args:
+        start: ``time.perf_counter()`` when the run started.
+        calibrated: each tier's metrics with its LDA head (``calibration = "lda"``), if run.
+    """
+    if calibrated is not None and result.final:
+        record_calibrated(result.final, calibrated)
+    result.global_state = final.global_state
+    result.wall_seconds = time.perf_counter() - start
+    return result
