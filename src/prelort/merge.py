@@ -23,6 +23,7 @@ from prelort.adapters.peft_io import (
 from prelort.adapters.state import (
     LORA_A,
     LORA_B,
+    MERGED,
     AdapterState,
     lora_modules,
     nonfinite_keys,
@@ -128,7 +129,7 @@ def export_prefix(adapter_file: Path, rank: int, out: Path) -> dict[str, Any]:
     held = state_rank(state)
     if not 1 <= rank <= held:
         raise AdapterError(f"rank: {rank} is outside [1, {held}] for {adapter_file}")
-    if any(k.endswith(".merged") for k in state):
+    if any(k.endswith(MERGED) for k in state):
         raise AdapterError(
             f"{adapter_file}: a FLoRA adapter is merged into the base and has no rank prefix"
         )

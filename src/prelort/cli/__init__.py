@@ -38,6 +38,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"prelort {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _add_run_commands(sub)
+    _add_tool_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    quiet_libraries(getattr(args, "quiet", False))
+    try:
+        return args.func(args)
+    except PrelortError as e:
+        print(f"prelort: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `prelort methods | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:  # an unusable path met while writing: name it, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"prelort: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prelort: interrupted", file=sys.stderr)
+        return 130
+
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """simulate, flower, compare, calibrate, summarize."""
     simulate = sub.add_parser("simulate", help="run one federated simulation")
     simulate.add_argument(
         "--resume",
@@ -113,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("folder", type=Path, help="the --out folder of prelort compare")
     summarize.set_defaults(func=cmd_summarize)
 
+
+def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
+    """aggregate, export, plan-ranks, methods."""
     merge = sub.add_parser("aggregate", help="merge PEFT LoRA adapters of different ranks into one")
     merge.add_argument(
         "--method",
@@ -151,28 +185,3 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = sub.add_parser("methods", help="list the federated methods")
     methods.set_defaults(func=cmd_methods)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    quiet_libraries(getattr(args, "quiet", False))
-    try:
-        return args.func(args)
-    except PrelortError as e:
-        print(f"prelort: error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `prelort methods | head`: the reader left; not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except OSError as e:  # an unusable path met while writing: name it, no traceback
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"prelort: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("prelort: interrupted", file=sys.stderr)
-        return 130

@@ -224,6 +224,36 @@ def node_hardware(config: SimulationConfig, nodes: int, gpus_per_node: float) ->
     return hardware
 
 
+def superlink_command(port: int) -> list[str]:
+    """A local SuperLink on ``port``, without TLS, installing nothing at run time."""
+    return [
+        "flower-superlink",
+        "--insecure",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
+
+
+def supernode_command(
+    link_port: int, partition: int, partitions: int, node_config: dict[str, Any]
+) -> list[str]:
+    """SuperNode ``partition`` of ``partitions``, with its hardware's node config."""
+    extra = "".join(f" {key}={toml_value(v)}" for key, v in node_config.items())
+    return [
+        "flower-supernode",
+        "--insecure",
+        "--superlink",
+        f"127.0.0.1:{link_port}",
+        "--node-config",
+        f"partition-id={partition} num-partitions={partitions}{extra}",
+        "--port",
+        str(free_port()),
+    ]
+
+
 def deploy(
     config: SimulationConfig, nodes: int, resume: bool = False, gpus_per_node: float = 0.0
 ) -> Path:
@@ -269,37 +299,11 @@ def deploy(
         # `kill PID` must stop the nodes too: turn SIGTERM into an exception that runs `finally`
         previous = signal.signal(signal.SIGTERM, _raise_exit)
         try:
-            link = processes.start(
-                "superlink",
-                [
-                    "flower-superlink",
-                    "--insecure",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(link_port),
-                    "--disable-runtime-dependency-installation",
-                ],
-            )
+            link = processes.start("superlink", superlink_command(link_port))
             wait_healthy(link_port, link, logs / "superlink.log")
             for k in range(nodes):
-                extra = "".join(
-                    f" {key}={toml_value(v)}" for key, v in hardware[k]["node_config"].items()
-                )
-                processes.start(
-                    f"supernode-{k}",
-                    [
-                        "flower-supernode",
-                        "--insecure",
-                        "--superlink",
-                        f"127.0.0.1:{link_port}",
-                        "--node-config",
-                        f"partition-id={k} num-partitions={nodes}{extra}",
-                        "--port",
-                        str(free_port()),
-                    ],
-                    hardware[k]["env"],
-                )
+                command = supernode_command(link_port, k, nodes, hardware[k]["node_config"])
+                processes.start(f"supernode-{k}", command, hardware[k]["env"])
             finished = subprocess.run(
                 ["flwr", "run", str(app), CONNECTION, "--stream"], env=env, check=False
             )

@@ -208,27 +208,7 @@ def prepare_federation(
     """
     method = get_method(config.method)
     ladder = config.ranks.ladder
-    if client_ranks is not None:
-        off = sorted(set(client_ranks) - set(ladder))
-        if off or len(client_ranks) != config.clients:
-            raise ConfigError(
-                f"ranks: {config.clients} client ranks from the ladder {list(ladder)} expected, "
-                f"got {list(client_ranks)}"
-            )
-        ranks = list(client_ranks)
-    elif config.client_memory is not None:
-        rank_plan = budget_plan(config, cache_dir() / "rank-memory")
-        ranks = rank_plan["client_ranks"]
-    else:
-        ranks = assign_ranks(config.ranks, config.clients, config.seed)
-    unused = sorted(set(ladder) - set(ranks))
-    if unused:
-        log.warning(
-            "ranks %s: no client has %s; their tiers are still evaluated, from components that "
-            "only higher-rank clients (if any) train",
-            ",".join(map(str, ladder)),
-            ", ".join(map(str, unused)),
-        )
+    ranks, rank_plan = resolve_client_ranks(config, client_ranks, rank_plan)
     plan = build_plan(config, bench.train.labels, method.client_ranks(ranks))
     train_config = LocalTrainingConfig(
         config.local_steps,
@@ -272,6 +252,40 @@ def prepare_federation(
     )
     initial = initial_server_state(method, fresh_state, plan.client_ranks)
     return Federation(config, bench, method, plan, train_config, rules, initial, rank_plan)
+
+
+def resolve_client_ranks(
+    config: SimulationConfig, client_ranks: Sequence[int] | None, rank_plan: dict | None
+) -> tuple[list[int], dict | None]:
+    """Every client's rank: as the clients chose them, from memory budgets, or from ``ranks``;
+    and the record of how (``rank_plan``). Warns of ladder ranks no client holds.
+
+    Raises:
+        ConfigError: chosen ranks off the ladder, or not one per client.
+    """
+    ladder = config.ranks.ladder
+    if client_ranks is not None:
+        off = sorted(set(client_ranks) - set(ladder))
+        if off or len(client_ranks) != config.clients:
+            raise ConfigError(
+                f"ranks: {config.clients} client ranks from the ladder {list(ladder)} expected, "
+                f"got {list(client_ranks)}"
+            )
+        ranks = list(client_ranks)
+    elif config.client_memory is not None:
+        rank_plan = budget_plan(config, cache_dir() / "rank-memory")
+        ranks = rank_plan["client_ranks"]
+    else:
+        ranks = assign_ranks(config.ranks, config.clients, config.seed)
+    unused = sorted(set(ladder) - set(ranks))
+    if unused:
+        log.warning(
+            "ranks %s: no client has %s; their tiers are still evaluated, from components that "
+            "only higher-rank clients (if any) train",
+            ",".join(map(str, ladder)),
+            ", ".join(map(str, unused)),
+        )
+    return ranks, rank_plan
 
 
 def resumed_server(checkpoint: Checkpoint, result: SimulationResult, rounds: int) -> ServerState:
