@@ -6,6 +6,7 @@ crash leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -106,3 +107,15 @@ def load_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     except json.JSONDecodeError:
         raise AdapterError(f"{path}: its metadata is not JSON") from None
     return state, meta
+
+
+def file_sha256(name: str) -> str | None:
+    """The SHA-256 of a task given as a file (None for a packaged task name)."""
+    path = Path(name)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -237,6 +237,13 @@ def test_a_finished_run_extended_by_more_rounds_equals_the_longer_run(
     assert fewer.returncode == 2 and "has already run 2 rounds" in fewer.stderr
     other = subprocess.run([*resume, "--lr", "0.1"], **run)
     assert other.returncode == 2 and "no other setting than --rounds" in other.stderr
+    original, before = topic_jsonl.read_bytes(), (short / "checkpoint.safetensors").read_bytes()
+    topic_jsonl.write_bytes(original + original[: original.index(b"\n") + 1])  # one more row
+    changed = subprocess.run([*resume, "--rounds", "4"], **run)
+    assert changed.returncode == 2 and "changed since the run started" in changed.stderr
+    assert len(changed.stderr.strip().splitlines()) == 1  # one line, no traceback
+    assert (short / "checkpoint.safetensors").read_bytes() == before  # nothing written
+    topic_jsonl.write_bytes(original)
     done = subprocess.run([*resume, "--rounds", "4"], **run)
     assert done.returncode == 0, done.stderr[-2000:]
     a, _ = load_adapter(longer / "adapter.safetensors")

@@ -76,7 +76,7 @@ def overrides_of(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str
 
 def settings_of(args: argparse.Namespace) -> tuple[SimulationConfig, Checkpoint | None]:
     """The run's settings from flags and ``--config``, or from the checkpoint of ``--resume``."""
-    from prelort.runtime.checkpoint import load_checkpoint
+    from prelort.runtime.checkpoint import check_task_unchanged, load_checkpoint
 
     if args.resume is None:
         return load_config(args.config, overrides_of(args)), None
@@ -87,6 +87,7 @@ def settings_of(args: argparse.Namespace) -> tuple[SimulationConfig, Checkpoint 
             f"{overrides['out']}"
         )
     resume = load_checkpoint(args.resume)
+    check_task_unchanged(resume, resume.config["task"])  # before anything loads
     if set(overrides) - {"out", "rounds"} or args.config is not None:
         raise ConfigError(
             "resume: the settings come from the checkpoint; give no other setting than --rounds "

@@ -15,14 +15,16 @@ from typing import Any
 from prelort.adapters.state import AdapterState, nonfinite_keys
 from prelort.errors import AdapterError, ConfigError
 from prelort.federation.records import RoundRecord, TrafficRecord
-from prelort.io import load_adapter, save_adapter
+from prelort.io import file_sha256, load_adapter, save_adapter
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """The server state after ``round`` completed rounds (``memory``: the method's own part)."""
+    """The server state after ``round`` completed rounds (``memory``: the method's own part;
+    ``task_sha256``: the task file's digest, when the task is a file, so a resume can refuse a
+    file that changed)."""
 
     round: int
     global_state: AdapterState
@@ -31,6 +33,7 @@ class Checkpoint:
     traffic: list[TrafficRecord]
     memory: Any
     config: dict[str, Any]
+    task_sha256: str | None = None
 
 
 def adapter_metadata(config: dict[str, Any], ladder: list[int]) -> dict[str, Any]:
@@ -58,6 +61,7 @@ def save_checkpoint(out_dir: Path, checkpoint: Checkpoint) -> None:
         "rounds": checkpoint.rounds,
         "traffic": checkpoint.traffic,
         "method_memory": checkpoint.memory,
+        "task_sha256": checkpoint.task_sha256,
         "config": checkpoint.config,
     }
     save_adapter(out_dir / CHECKPOINT_NAME, checkpoint.global_state, meta)
@@ -88,4 +92,22 @@ def load_checkpoint(out_dir: Path) -> Checkpoint:
         list(meta["traffic"]),
         meta.get("method_memory", meta.get("previous_stack_numel")),  # older files: FLoRA's
         dict(meta["config"]),
+        meta.get("task_sha256"),
     )
+
+
+def check_task_unchanged(checkpoint: Checkpoint, task: str) -> None:
+    """Refuse to resume a run whose task file changed since the checkpoint was written.
+
+    Raises:
+        ConfigError: the file's SHA-256 differs from the one the checkpoint recorded.
+    """
+    if checkpoint.task_sha256 is None:
+        return  # a packaged task, or a checkpoint written before digests were kept
+    now = file_sha256(task)
+    if now != checkpoint.task_sha256:
+        found = "is gone" if now is None else f"now {now[:12]}..."
+        raise ConfigError(
+            f"task: {task} changed since the run started (SHA-256 {checkpoint.task_sha256[:12]}..., "
+            f"{found}); a resumed run must train on the same data: start a new run instead"
+        )

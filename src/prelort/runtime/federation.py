@@ -174,6 +174,7 @@ class Federation:
                     result.traffic,
                     server.memory,
                     result.config,
+                    self.bench.task_sha256,
                 ),
             )
         return record

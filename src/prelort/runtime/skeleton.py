@@ -16,7 +16,7 @@ from prelort.evaluation.tiers import TierMetrics
 from prelort.federation.records import RoundRecord
 from prelort.federation.server import RoundOutcome, ServerState
 from prelort.runtime.calibrate import linear_head_names, record_calibrated
-from prelort.runtime.checkpoint import Checkpoint
+from prelort.runtime.checkpoint import Checkpoint, check_task_unchanged
 from prelort.runtime.federation import Federation, prepare_federation, resumed_server
 from prelort.runtime.result import SimulationResult
 from prelort.runtime.workbench import Workbench
@@ -38,8 +38,11 @@ def start_run(
         client_ranks, rank_plan: ranks the clients chose (``prepare_federation``).
 
     Raises:
-        ConfigError: a calibration the run's head cannot take, before any round runs.
+        ConfigError: a task file that changed since ``resume`` was written, or a calibration
+            the run's head cannot take, before any round runs.
     """
+    if resume is not None:
+        check_task_unchanged(resume, config.task)
     fed = prepare_federation(config, bench, client_ranks, rank_plan)
     if config.calibration == "lda":
         linear_head_names(fed)  # refuse a head LDA cannot replace before any training

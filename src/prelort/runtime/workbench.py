@@ -19,6 +19,7 @@ from prelort.data.encoding import EncodedSplit, encode_split, verbalized_task
 from prelort.data.tasks import CLASSIFICATION, GENERATION, FileFields, TaskData, load_task
 from prelort.errors import ConfigError
 from prelort.evaluation.objectives import GENERATIVE, HEAD, VERBALIZED, TaskObjective
+from prelort.io import file_sha256
 from prelort.models import is_causal_lm, load_model, placement_for
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Workbench:
         key: the settings the workbench was built from; runs whose key matches can share it.
         objective: how the task is learnt and scored (``prelort.evaluation.objectives``).
         readout_rows: training rows for the refitted-readout diagnostic (head objective only).
+        task_sha256: the SHA-256 of the task file (None for a packaged task).
     """
 
     task: TaskData
@@ -51,6 +53,7 @@ class Workbench:
     key: tuple
     objective: TaskObjective = HEAD
     readout_rows: list[int] = dataclasses.field(default_factory=list)
+    task_sha256: str | None = None
 
     @property
     def batch_kind(self) -> str:
@@ -142,6 +145,7 @@ def build_workbench(config: SimulationConfig) -> Workbench:
         workbench_key(config),
         objective,
         readout_rows,
+        file_sha256(config.task),
     )
 
 
