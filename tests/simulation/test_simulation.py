@@ -98,6 +98,19 @@ def test_comparison_shares_partitions_and_writes_tables(tiny_bert_dir, topic_jso
         return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in rows]
 
     assert strip(reloaded.summary_rows()) == strip(comparison.summary_rows())
+    assert "ε" not in table  # no DP, no privacy column
+
+
+def test_a_dp_comparison_states_the_privacy_it_spent(tiny_bert_dir, topic_jsonl, tmp_path):
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "dp", rounds=1, dp_clip=1.0, dp_noise=1.0)
+    comparison = run_comparison(config, ["prelort", "zeropad"], [0], progress=False)
+    files = write_comparison(comparison, config.out)
+    table = files["summary_md"].read_text()
+    epsilon = comparison.runs[("prelort", 0)].privacy_budget()["epsilon"]
+    assert "ε (δ)" in table and f"| {epsilon:.2f} (" in table
+    assert f"client-level DP: ε = {epsilon:.2f}" in table
+    costs = (config.out / "costs.csv").read_text().splitlines()
+    assert costs[0].endswith("epsilon,delta") and all(line.split(",")[-2] for line in costs[1:])
 
 
 def test_comparison_in_worker_processes_equals_the_one_in_turn(

@@ -134,6 +134,9 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
         adapter_metadata(config, sorted({int(t) for t in result.final})),
     )
     title = f"{config['method']} on {config['task']}"
+    budget = result.privacy_budget()
+    if budget and budget.get("epsilon") is not None:  # the privacy a reader must see beside it
+        title += f" (DP ε = {budget['epsilon']:.2f}, δ = {budget['delta']:.2g})"
     plots = plot_per_round(result.rounds, title, out_dir)
     segments = plot_segments(result.traffic, title, out_dir)
     plots += [segments] if segments is not None else []

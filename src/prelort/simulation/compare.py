@@ -72,27 +72,54 @@ class Comparison:
                     "aggregation_ms_per_round": 1000
                     * statistics.fmean(t["aggregation_seconds"] for t in traffic),
                     "wall_seconds": statistics.fmean(r.wall_seconds for r in results),
+                    **privacy_spent(results),
                 }
             )
         return rows
 
+    def privacy_note(self) -> str | None:
+        """The runs' client-level (ε, δ) in a few words, for titles; None without DP."""
+        spent = [privacy_spent([r]) for r in self.runs.values()]
+        epsilons = sorted({p["epsilon"] for p in spent if p.get("epsilon") is not None})
+        if not epsilons:
+            return None
+        delta = next(p["delta"] for p in spent if p.get("epsilon") is not None)
+        shown = (
+            f"{epsilons[0]:.2f}" if len(epsilons) == 1 else f"{epsilons[0]:.2f}-{epsilons[-1]:.2f}"
+        )
+        return f"client-level DP: ε = {shown} at δ = {delta:.2g}"
+
+
+def privacy_spent(results: Sequence[SimulationResult]) -> dict[str, Any]:
+    """``{"epsilon", "delta"}`` of the runs' DP after their last round (the largest ε over
+    seeds); empty without DP."""
+    budgets = [b for r in results if (b := r.privacy_budget()) and b.get("epsilon") is not None]
+    if not budgets:
+        return {}
+    worst = max(budgets, key=lambda b: b["epsilon"])
+    return {"epsilon": worst["epsilon"], "delta": worst["delta"]}
+
 
 def cost_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown: communication and server time per round, and wall time, per method."""
-    lines = [
-        "| method | MB up / round | MB down / round | aggregation ms / round | wall s / run |",
-        "|---|---|---|---|---|",
-    ]
+    """Markdown: communication and server time per round, wall time and, under DP, the (ε, δ)
+    each method's run spent, per method."""
+    dp = any(r.get("epsilon") is not None for r in rows)
+    head = "| method | MB up / round | MB down / round | aggregation ms / round | wall s / run |"
+    lines = [head + (" ε (δ) |" if dp else ""), "|---|---|---|---|---|" + ("---|" if dp else "")]
     for r in rows:
-        lines.append(
+        line = (
             f"| {r['method']} | {r['bytes_up_per_round'] / 1e6:.3f} | "
             f"{r['bytes_down_per_round'] / 1e6:.3f} | {r['aggregation_ms_per_round']:.1f} | "
             f"{r['wall_seconds']:.0f} |"
         )
+        if dp:
+            spent = r.get("epsilon")
+            line += " - |" if spent is None else f" {spent:.2f} ({r['delta']:.2g}) |"
+        lines.append(line)
     return "\n".join(lines)
 
 
-def plot_rounds(comparison: Comparison, out_dir: Path) -> list[Path]:
+def plot_rounds(comparison: Comparison, out_dir: Path, note: str | None = None) -> list[Path]:
     """One PNG per metric: the metric per round (mean over seeds), a panel per tier, a line per method."""
     import matplotlib
 
@@ -131,6 +158,8 @@ def plot_rounds(comparison: Comparison, out_dir: Path) -> list[Path]:
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(METRIC_LABELS.get(metric, metric))
         axes[0][-1].legend(fontsize=7)
+        if note:
+            fig.suptitle(note, fontsize=9)
         paths.append(save_figure(fig, out_dir / f"rounds_{metric}.png", dpi=100))
     return paths
 
@@ -191,7 +220,9 @@ def reference_note(rows: Sequence[dict[str, Any]], margin: float = 0.02) -> str:
     return "\n".join(f"- {n}" for n in notes)
 
 
-def plot_comparison(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
+def plot_comparison(
+    rows: Sequence[dict[str, Any]], out_dir: Path, note: str | None = None
+) -> list[Path]:
     """One PNG per metric: grouped bars of the final value per tier, a bar per method."""
     import matplotlib
 
@@ -216,7 +247,8 @@ def plot_comparison(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]
             ax.bar(xs, ys, width, yerr=es, capsize=3, label=method)
         ax.set_xticks(range(len(tiers)), [f"rank {t}" for t in tiers])
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-        ax.set_title(f"final {METRIC_LABELS.get(metric, metric)} per rank tier")
+        title = f"final {METRIC_LABELS.get(metric, metric)} per rank tier"
+        ax.set_title(title + (f"\n{note}" if note else ""), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.legend()
         paths.append(save_figure(fig, out_dir / f"compare_{metric}.png"))
@@ -367,7 +399,10 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
     rows = comparison.summary_rows()
     costs = comparison.cost_rows()
     note = reference_note(rows)
+    privacy = comparison.privacy_note()
     table = markdown_table(rows) + ("\n\n" + note if note else "") + "\n\n" + cost_table(costs)
+    if privacy:
+        table += f"\n\n{privacy} (RDP accountant; per run: metrics.json `privacy`)."
     atomic_write_text(out_dir / "summary.md", table + "\n")
     columns = ["method", "tier", "metric", "mean", "std", "seeds", "wall_seconds"]
     atomic_write_text(out_dir / "summary.csv", csv_text(rows, columns))
@@ -391,10 +426,12 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
                 "bytes_down_per_round",
                 "aggregation_ms_per_round",
                 "wall_seconds",
+                "epsilon",
+                "delta",
             ],
         ),
     )
-    plots = plot_comparison(rows, out_dir) + plot_rounds(comparison, out_dir)
+    plots = plot_comparison(rows, out_dir, privacy) + plot_rounds(comparison, out_dir, privacy)
     return {
         "summary_md": out_dir / "summary.md",
         "summary_csv": out_dir / "summary.csv",
