@@ -17,10 +17,10 @@ from prelort.io import atomic_write_text, write_json
 from prelort.runtime.outputs import (
     METRIC_LABELS,
     csv_text,
-    save_figure,
 )
 from prelort.runtime.result import SimulationResult
 from prelort.simulation.executors import run_in_processes, run_in_turn
+from prelort.simulation.plots import plot_comparison, plot_rounds
 
 
 @dataclass
@@ -119,51 +119,6 @@ def cost_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_rounds(comparison: Comparison, out_dir: Path, note: str | None = None) -> list[Path]:
-    """One PNG per metric: the metric per round (mean over seeds), a panel per tier, a line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    curves: dict[tuple[str, str, str], dict[int, list[float]]] = {}
-    for (method, _seed), result in comparison.runs.items():
-        for record in result.rounds:
-            for tier, metrics in record["tiers"].items():
-                for metric, value in metrics.items():
-                    curves.setdefault((metric, tier, method), {}).setdefault(
-                        record["round"], []
-                    ).append(value)
-    paths = []
-    for metric in sorted({k[0] for k in curves}):
-        tiers = sorted({k[1] for k in curves if k[0] == metric}, key=int)
-        fig, axes = plt.subplots(
-            1, len(tiers), figsize=(3.2 * len(tiers), 3.2), sharey=True, squeeze=False
-        )
-        for ax, tier in zip(axes[0], tiers, strict=True):
-            for method in comparison.methods:
-                points = curves.get((metric, tier, method))
-                if points:
-                    rounds = sorted(points)
-                    ax.plot(
-                        rounds,
-                        [statistics.fmean(points[r]) for r in rounds],
-                        marker=".",
-                        label=method,
-                    )
-            ax.set_title(f"rank {tier}")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("round")
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel(METRIC_LABELS.get(metric, metric))
-        axes[0][-1].legend(fontsize=7)
-        if note:
-            fig.suptitle(note, fontsize=9)
-        paths.append(save_figure(fig, out_dir / f"rounds_{metric}.png", dpi=100))
-    return paths
-
-
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """A table per metric: a row per method, a column per tier, cells ``mean ± std``."""
     blocks = []
@@ -218,41 +173,6 @@ def reference_note(rows: Sequence[dict[str, Any]], margin: float = 0.02) -> str:
             )
         notes.append(note)
     return "\n".join(f"- {n}" for n in notes)
-
-
-def plot_comparison(
-    rows: Sequence[dict[str, Any]], out_dir: Path, note: str | None = None
-) -> list[Path]:
-    """One PNG per metric: grouped bars of the final value per tier, a bar per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for metric in sorted({r["metric"] for r in rows}):
-        sel = [r for r in rows if r["metric"] == metric]
-        tiers = sorted({r["tier"] for r in sel})
-        methods = list(dict.fromkeys(r["method"] for r in sel))
-        width = 0.8 / len(methods)
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for m, method in enumerate(methods):
-            xs, ys, es = [], [], []
-            for i, t in enumerate(tiers):
-                match = [r for r in sel if r["method"] == method and r["tier"] == t]
-                if match:
-                    xs.append(i + (m - (len(methods) - 1) / 2) * width)
-                    ys.append(match[0]["mean"])
-                    es.append(match[0]["std"])
-            ax.bar(xs, ys, width, yerr=es, capsize=3, label=method)
-        ax.set_xticks(range(len(tiers)), [f"rank {t}" for t in tiers])
-        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-        title = f"final {METRIC_LABELS.get(metric, metric)} per rank tier"
-        ax.set_title(title + (f"\n{note}" if note else ""), fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend()
-        paths.append(save_figure(fig, out_dir / f"compare_{metric}.png"))
-    return paths
 
 
 REFERENCE = "no-adapter"
