@@ -99,6 +99,14 @@ def test_comparison_shares_partitions_and_writes_tables(tiny_bert_dir, topic_jso
 
     assert strip(reloaded.summary_rows()) == strip(comparison.summary_rows())
     assert "ε" not in table  # no DP, no privacy column
+    # every run keeps each test example's final score, so methods are compared example by example
+    examples = json.loads((config.out / "prelort-seed0" / "examples.json").read_text())["tiers"]
+    assert len(examples["4"]["accuracy"]) == 24
+    assert sum(examples["4"]["accuracy"]) / 24 == a.final["4"]["accuracy"]
+    assert "Difference in accuracy to prelort" in table and "24 test examples x 2 seed(s)" in table
+    differences = (config.out / "differences.csv").read_text().splitlines()
+    assert differences[0].startswith("method,reference,tier") and len(differences) == 1 + 3
+    assert (config.out / "differences_accuracy.png").is_file()
 
 
 def test_a_dp_comparison_states_the_privacy_it_spent(tiny_bert_dir, topic_jsonl, tmp_path):

@@ -29,6 +29,12 @@ from prelort.logs import quiet_libraries
 log = logging.getLogger("prelort")
 
 
+REFERENCE_HELP = (
+    "the method every other's paired difference (95%% bootstrap interval over examples and seeds) "
+    "is measured against [default: the recommended one where it runs, else the first]"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prelort",
@@ -105,6 +111,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 
     compare = sub.add_parser("compare", help="run several methods x seeds on identical splits")
     compare.add_argument("--methods", default="prelort,zeropad", help="comma list of methods")
+    compare.add_argument("--reference", help=REFERENCE_HELP)
     compare.add_argument("--seeds", type=int, default=1, help="seeds per method, from --seed up")
     compare.add_argument(
         "--heads",
@@ -142,6 +149,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 
     summarize = sub.add_parser("summarize", help="rebuild the tables and plots of a compare folder")
     summarize.add_argument("folder", type=Path, help="the --out folder of prelort compare")
+    summarize.add_argument("--reference", help=REFERENCE_HELP)
     summarize.set_defaults(func=cmd_summarize)
 
 

@@ -173,6 +173,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"methods: {', '.join(twice)} listed more than once")
     for m in methods:
         get_method(m)
+    if args.reference is not None and args.reference not in methods:
+        raise ConfigError(
+            f"reference: {args.reference!r} is not one of --methods ({', '.join(methods)})"
+        )
     if args.seeds < 1:
         raise ConfigError(f"seeds: must be >= 1, got {args.seeds}")
     if args.jobs < 1:
@@ -211,26 +215,32 @@ def _compare(args: argparse.Namespace, base: SimulationConfig, methods: list[str
         reference=not args.no_reference,
         jobs=args.jobs,
     )
-    _report_comparison(comparison, base.out)
+    _report_comparison(comparison, base.out, args.reference)
     print(f"wall time {time.perf_counter() - start:.1f} s")
     return 0
 
 
-def _report_comparison(comparison, out: Path) -> None:
+def _report_comparison(comparison, out: Path, reference: str | None = None) -> None:
     from prelort.simulation.compare import (
         cost_table,
         markdown_table,
         reference_note,
         write_comparison,
     )
+    from prelort.simulation.paired import difference_table, paired_differences
 
-    files = write_comparison(comparison, out)
+    if reference is not None and reference not in comparison.methods:
+        log.warning("reference: %s has no finished run here; using the default", reference)
+        reference = None
+    files = write_comparison(comparison, out, reference)
     rows = comparison.summary_rows()
     print("\nfinal metric of the global adapter per rank tier (mean ± std over seeds):\n")
     print(markdown_table(rows))
     note = reference_note(rows)
     if note:
         print("\n" + note)
+    if len(comparison.methods) > 1:
+        print("\n" + difference_table(paired_differences(comparison, out, reference)))
     print()
     print(cost_table(comparison.cost_rows()))
     print("\nwrote " + ", ".join(str(p) for p in files.values()))
@@ -240,11 +250,16 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     from prelort.simulation.compare import load_comparison
 
     comparison = load_comparison(args.folder)
+    if args.reference is not None and args.reference not in comparison.methods:
+        raise ConfigError(
+            f"reference: {args.reference!r} is not one of the compared methods "
+            f"({', '.join(comparison.methods)})"
+        )
     if comparison.unfinished:
         print(
             f"prelort summarize: left out {len(comparison.unfinished)} unfinished run(s): "
             + ", ".join(comparison.unfinished)
             + " (finish them with `prelort simulate --resume`)"
         )
-    _report_comparison(comparison, args.folder)
+    _report_comparison(comparison, args.folder, args.reference)
     return 0

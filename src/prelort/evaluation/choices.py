@@ -77,12 +77,19 @@ def choice_scores(
     return (scores + rest).cpu()
 
 
-def choice_accuracy(
+def choice_predictions(
     adapted: NestedLoRAModel, enc: EncodedSplit, pad_id: int, batch_size: int
-) -> float:
-    """Accuracy of the likeliest verbalised label."""
+) -> list[int]:
+    """The likeliest verbalised label of each example."""
     predictions: list[int] = []
     for start in range(0, len(enc), batch_size):
         idx = list(range(start, min(len(enc), start + batch_size)))
         predictions += choice_scores(adapted.model, enc, idx, pad_id).argmax(-1).tolist()
-    return accuracy(predictions, enc.labels)
+    return predictions
+
+
+def choice_accuracy(
+    adapted: NestedLoRAModel, enc: EncodedSplit, pad_id: int, batch_size: int
+) -> float:
+    """Accuracy of the likeliest verbalised label."""
+    return accuracy(choice_predictions(adapted, enc, pad_id, batch_size), enc.labels)

@@ -13,17 +13,27 @@ def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
     return sum(int(p == y) for p, y in zip(predictions, labels, strict=True)) / len(labels)
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F1 (with stemming) of predictions against references."""
+def correct(predictions: Sequence[int], labels: Sequence[int]) -> list[float]:
+    """Per example, 1.0 where the prediction equals its label (accuracy is their mean)."""
+    return [float(p == y) for p, y in zip(predictions, labels, strict=True)]
+
+
+def rouge_l_scores(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """ROUGE-L F1 (with stemming) of each prediction against its reference."""
     if len(predictions) != len(references) or not references:
         raise ValueError("rouge_l needs as many predictions as references, and at least one")
     from rouge_score import rouge_scorer  # only generation tasks need it
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    scores = [
+    return [
         scorer.score(ref, pred)["rougeL"].fmeasure
         for pred, ref in zip(predictions, references, strict=True)
     ]
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F1 (with stemming) of predictions against references."""
+    scores = rouge_l_scores(predictions, references)
     return sum(scores) / len(scores)
 
 

@@ -15,8 +15,8 @@ from prelort.adapters.inject import NestedLoRAModel
 from prelort.data.encoding import IGNORE, EncodedSplit, causal_batch, prompt_batch
 from prelort.data.tasks import CLASSIFICATION, GENERATION
 from prelort.device import to_device
-from prelort.evaluation.choices import choice_accuracy
-from prelort.evaluation.metrics import accuracy, perplexity, rouge_l
+from prelort.evaluation.choices import choice_predictions
+from prelort.evaluation.metrics import accuracy, correct, perplexity, rouge_l_scores
 from prelort.evaluation.readout import head_outputs, readout_accuracy
 
 SAMPLES = 5  # generations kept per tier (samples.json), to read beside the ROUGE-L figure
@@ -64,8 +64,10 @@ class TaskObjective:
         generation_data: EncodedSplit | None = None,
         max_new_tokens: int = 24,
         samples: list[dict[str, str]] | None = None,
+        per_example: dict[str, list[float]] | None = None,
     ) -> dict[str, float]:
-        """The metrics of the model as it stands (one tier); ``samples`` receives generations."""
+        """The metrics of the model as it stands (one tier); ``samples`` receives generations and
+        ``per_example`` each example's score per metric that is a mean over examples."""
         raise NotImplementedError
 
 
@@ -83,11 +85,15 @@ class HeadObjective(TaskObjective):
         generation_data: EncodedSplit | None = None,
         max_new_tokens: int = 24,
         samples: list[dict[str, str]] | None = None,
+        per_example: dict[str, list[float]] | None = None,
     ) -> dict[str, float]:
         pad_id = tokenizer.pad_token_id
         # One forward gives the head's predictions and the features its readout is scored on.
         outputs = head_outputs(adapted, data, range(len(data)), pad_id, batch_size)
-        metrics = {"accuracy": accuracy(outputs.logits.argmax(-1).tolist(), data.labels)}
+        predictions = outputs.logits.argmax(-1).tolist()
+        metrics = {"accuracy": accuracy(predictions, data.labels)}
+        if per_example is not None:
+            per_example["accuracy"] = correct(predictions, data.labels)
         if readout is not None:
             metrics["readout_accuracy"] = readout_accuracy(
                 adapted,
@@ -116,9 +122,13 @@ class VerbalizedObjective(TaskObjective):
         generation_data: EncodedSplit | None = None,
         max_new_tokens: int = 24,
         samples: list[dict[str, str]] | None = None,
+        per_example: dict[str, list[float]] | None = None,
     ) -> dict[str, float]:
         with adapted.autocast():
-            return {"accuracy": choice_accuracy(adapted, data, tokenizer.pad_token_id, batch_size)}
+            predictions = choice_predictions(adapted, data, tokenizer.pad_token_id, batch_size)
+        if per_example is not None:
+            per_example["accuracy"] = correct(predictions, data.labels)
+        return {"accuracy": accuracy(predictions, data.labels)}
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,7 @@ class GenerationObjective(TaskObjective):
         generation_data: EncodedSplit | None = None,
         max_new_tokens: int = 24,
         samples: list[dict[str, str]] | None = None,
+        per_example: dict[str, list[float]] | None = None,
     ) -> dict[str, float]:
         metrics = {
             "perplexity": causal_perplexity(adapted, data, tokenizer.pad_token_id, batch_size)
@@ -143,7 +154,10 @@ class GenerationObjective(TaskObjective):
             return metrics
         predictions = generate(adapted, tokenizer, generation_data, batch_size, max_new_tokens)
         references = generation_data.references or []
-        metrics["rouge_l"] = rouge_l(predictions, references)
+        scores = rouge_l_scores(predictions, references)
+        metrics["rouge_l"] = sum(scores) / len(scores)
+        if per_example is not None:
+            per_example["rouge_l"] = scores
         if samples is not None:
             samples.extend(
                 {

@@ -37,6 +37,7 @@ def evaluate_tiers(
     readout: ReadoutData | None = None,
     same_at_every_tier: bool = False,
     samples: dict[str, list[dict[str, str]]] | None = None,
+    per_example: dict[str, dict[str, list[float]]] | None = None,
 ) -> TierMetrics:
     """Metrics of the global adapter truncated at each tier rank.
 
@@ -50,6 +51,8 @@ def evaluate_tiers(
             once and report it for every tier.
         samples: filled with the first ``SAMPLES`` generations per tier (prompt, reference,
             output) when ROUGE-L is computed.
+        per_example: filled per tier with each example's score per metric (accuracy: 0/1,
+            ROUGE-L: F1), in the order of ``data``: what paired comparisons resample.
 
     Returns:
         ``{"<rank>": {"<metric>": value}}``.
@@ -60,12 +63,25 @@ def evaluate_tiers(
     for tier in tiers:
         if same_at_every_tier and results:
             results[str(tier)] = dict(next(iter(results.values())))
+            if per_example is not None:
+                per_example[str(tier)] = dict(next(iter(per_example.values())))
             continue
         adapted.set_active_rank(tier)
         kept: list[dict[str, str]] | None = [] if samples is not None else None
+        scores: dict[str, list[float]] | None = {} if per_example is not None else None
         metrics = objective.score(
-            adapted, data, tokenizer, batch_size, readout, generation_data, max_new_tokens, kept
+            adapted,
+            data,
+            tokenizer,
+            batch_size,
+            readout,
+            generation_data,
+            max_new_tokens,
+            kept,
+            scores,
         )
+        if per_example is not None and scores is not None:
+            per_example[str(tier)] = scores
         if kept:
             samples[str(tier)] = kept
         results[str(tier)] = metrics

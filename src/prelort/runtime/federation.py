@@ -111,10 +111,14 @@ class Federation:
         return secure_server_step(server, sampled, reports, mean, self.rules, left)
 
     def evaluate(
-        self, server: ServerState, samples: dict[str, list[dict[str, str]]] | None = None
+        self,
+        server: ServerState,
+        samples: dict[str, list[dict[str, str]]] | None = None,
+        per_example: dict[str, dict[str, list[float]]] | None = None,
     ) -> TierMetrics | None:
         """Metrics per tier of the global adapter after ``server.round``, on evaluated rounds;
-        ``samples`` receives some generations per tier where ROUGE-L is computed."""
+        ``samples`` receives some generations per tier where ROUGE-L is computed, and
+        ``per_example`` each test example's scores after the last round."""
         config, bench = self.config, self.bench
         last = server.round == config.rounds
         if not (last or server.round % config.eval_every == 0):
@@ -134,6 +138,7 @@ class Federation:
             readout=readout,
             same_at_every_tier=not self.method.trains_adapter and not bench.adapted.tier_heads,
             samples=samples,
+            per_example=per_example if last else None,
         )
 
     def record(

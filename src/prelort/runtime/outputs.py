@@ -13,6 +13,7 @@ from prelort.io import atomic_write_bytes, atomic_write_text, save_adapter, writ
 from prelort.runtime.checkpoint import adapter_metadata
 from prelort.runtime.result import SimulationResult
 
+EXAMPLES_NAME = "examples.json"  # each test example's final score per tier and metric
 METRIC_LABELS = {"accuracy": "accuracy", "perplexity": "perplexity", "rouge_l": "ROUGE-L"}
 
 
@@ -149,6 +150,9 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     if result.samples:
         write_json(out_dir / "samples.json", result.samples)
         files["samples"] = out_dir / "samples.json"
+    if result.examples:
+        write_json(out_dir / EXAMPLES_NAME, {"tiers": result.examples})
+        files["examples"] = out_dir / EXAMPLES_NAME
     return files
 
 

@@ -30,6 +30,8 @@ class SimulationResult:
         rank_plan: ranks from memory budgets (``prelort.budgets.budget_plan``), or None.
         environment: package versions and device (``prelort.environment``).
         samples: per tier, a few generations of the last ROUGE-L evaluation (samples.json).
+        examples: per tier and metric, each test example's final score (examples.json), in
+            the same order for every method and seed of a task: what paired comparisons resample.
     """
 
     config: dict[str, Any]
@@ -44,6 +46,7 @@ class SimulationResult:
     rank_plan: dict[str, Any] | None = None
     environment: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    examples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {

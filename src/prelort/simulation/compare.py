@@ -20,6 +20,7 @@ from prelort.runtime.outputs import (
 )
 from prelort.runtime.result import SimulationResult
 from prelort.simulation.executors import run_in_processes, run_in_turn
+from prelort.simulation.paired import difference_table, paired_differences, plot_differences
 from prelort.simulation.plots import plot_comparison, plot_rounds
 
 
@@ -314,13 +315,24 @@ def load_comparison(out_dir: Path) -> Comparison:
     return Comparison(base, methods, seeds, runs, unfinished)
 
 
-def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
-    """summary.md, summary.csv, summary.json and the comparison plots."""
+def write_comparison(
+    comparison: Comparison, out_dir: Path, reference: str | None = None
+) -> dict[str, Path]:
+    """summary.md, summary.csv, summary.json, differences.csv and the comparison plots.
+
+    Args:
+        reference: the method the others' paired differences are measured against (default: the
+            recommended one where it ran, else the first).
+    """
     rows = comparison.summary_rows()
     costs = comparison.cost_rows()
     note = reference_note(rows)
     privacy = comparison.privacy_note()
-    table = markdown_table(rows) + ("\n\n" + note if note else "") + "\n\n" + cost_table(costs)
+    diffs = (
+        paired_differences(comparison, out_dir, reference) if len(comparison.methods) > 1 else []
+    )
+    table = markdown_table(rows) + ("\n\n" + note if note else "")
+    table += ("\n\n" + difference_table(diffs) if diffs else "") + "\n\n" + cost_table(costs)
     if privacy:
         table += f"\n\n{privacy} (RDP accountant; per run: metrics.json `privacy`)."
     atomic_write_text(out_dir / "summary.md", table + "\n")
@@ -334,8 +346,14 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
             "seeds": comparison.seeds,
             "rows": rows,
             "costs": costs,
+            "differences": [d.to_row() for d in diffs],
         },
     )
+    if diffs:
+        columns = [*diffs[0].to_row()]
+        atomic_write_text(
+            out_dir / "differences.csv", csv_text([d.to_row() for d in diffs], columns)
+        )
     atomic_write_text(
         out_dir / "costs.csv",
         csv_text(
@@ -352,6 +370,7 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
         ),
     )
     plots = plot_comparison(rows, out_dir, privacy) + plot_rounds(comparison, out_dir, privacy)
+    plots += plot_differences(diffs, out_dir) if diffs else []
     return {
         "summary_md": out_dir / "summary.md",
         "summary_csv": out_dir / "summary.csv",

@@ -1,0 +1,194 @@
+"""Which differences between methods are real: paired bootstrap intervals over examples and seeds.
+
+Every method of a comparison is scored on the same test examples (one subset per task, seeded) and,
+for a seed, from the same partitions, ranks and initial adapter. So the difference between two
+methods is measured example by example: for each tier and metric, ``D[s, i]`` is method minus
+reference on example i under seed s. Its mean is resampled ``RESAMPLES`` times, drawing examples and
+seeds with replacement (the same draw for both methods: paired), and the 2.5 and 97.5 percentiles
+give the 95 % interval. A difference is *separated* only where that interval excludes zero.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from prelort.runtime.outputs import EXAMPLES_NAME, METRIC_LABELS, save_figure
+
+if TYPE_CHECKING:
+    from prelort.simulation.compare import Comparison
+
+RESAMPLES = 2000
+LEVEL = 0.95
+BOOTSTRAP_SEED = 0  # the same resamples every time a comparison is summarised
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``method`` minus ``reference`` on one tier's metric: the mean and its 95 % interval."""
+
+    method: str
+    reference: str
+    tier: int
+    metric: str
+    mean: float
+    low: float
+    high: float
+    examples: int
+    seeds: int
+
+    @property
+    def separated(self) -> bool:
+        """The interval excludes zero: the difference is not resampling noise."""
+        return self.low > 0 or self.high < 0
+
+    def to_row(self) -> dict[str, Any]:
+        return {**self.__dict__, "separated": self.separated}
+
+
+def paired_interval(
+    diffs: torch.Tensor, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float, float]:
+    """Mean of ``diffs`` (seeds, examples) and its bootstrap interval at ``LEVEL``.
+
+    Each resample draws seeds and examples with replacement and averages the drawn cells.
+    """
+    seeds, examples = diffs.shape
+    generator = torch.Generator().manual_seed(seed)
+    drawn_seeds = torch.randint(seeds, (resamples, seeds), generator=generator)
+    drawn_examples = torch.randint(examples, (resamples, examples), generator=generator)
+    per_seed = diffs.double()[drawn_seeds]  # (B, seeds, examples)
+    picked = per_seed.gather(2, drawn_examples[:, None, :].expand(-1, seeds, -1))
+    means = picked.mean(dim=(1, 2))  # (B,)
+    tail = (1 - LEVEL) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64))
+    return float(diffs.double().mean()), float(low), float(high)
+
+
+def run_examples(run_dir: Path) -> dict[str, dict[str, list[float]]] | None:
+    """A finished run's per-example final scores (``examples.json``), or None if it has none."""
+    path = run_dir / EXAMPLES_NAME
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))["tiers"]
+
+
+def default_reference(methods: Sequence[str]) -> str:
+    """The recommended method where it runs, else the first one."""
+    from prelort.aggregation.registry import methods as registered
+
+    recommended = [n for n, m in registered().items() if m.group == "recommended"]
+    return next((m for m in methods if m in recommended), methods[0])
+
+
+def paired_differences(
+    comparison: Comparison, out_dir: Path, reference: str | None = None
+) -> list[Difference]:
+    """Every other method's difference to ``reference`` per tier and per-example metric.
+
+    Only seeds both methods finished with per-example scores count; a method without any is
+    left out.
+    """
+    reference = reference or default_reference(comparison.methods)
+    scores = {
+        (label, seed): run_examples(out_dir / f"{label}-seed{seed}")
+        for label, seed in comparison.runs
+    }
+    out: list[Difference] = []
+    for method in comparison.methods:
+        if method == reference:
+            continue
+        seeds = [
+            s for s in comparison.seeds if scores.get((method, s)) and scores.get((reference, s))
+        ]
+        if not seeds:
+            continue
+        first = scores[(method, seeds[0])]
+        for tier in sorted(first, key=int):
+            for metric in sorted(first[tier]):
+                rows = [
+                    torch.tensor(scores[(method, s)][tier][metric])
+                    - torch.tensor(scores[(reference, s)][tier][metric])
+                    for s in seeds
+                ]
+                mean, low, high = paired_interval(torch.stack(rows))
+                out.append(
+                    Difference(
+                        method,
+                        reference,
+                        int(tier),
+                        metric,
+                        mean,
+                        low,
+                        high,
+                        len(rows[0]),
+                        len(seeds),
+                    )
+                )
+    return out
+
+
+def difference_table(diffs: Sequence[Difference]) -> str:
+    """Markdown: a table per metric, a row per method, a column per tier; ``*`` marks separated."""
+    if not diffs:
+        return ""
+    blocks = []
+    for metric in sorted({d.metric for d in diffs}):
+        sel = [d for d in diffs if d.metric == metric]
+        tiers = sorted({d.tier for d in sel})
+        first = sel[0]
+        lines = [
+            f"Difference in {METRIC_LABELS.get(metric, metric)} to {first.reference}, 95 % paired "
+            f"bootstrap interval over {first.examples} test examples x {first.seeds} seed(s) "
+            f"({RESAMPLES} resamples); * = the interval excludes 0:",
+            "",
+            "| method | " + " | ".join(f"rank {t}" for t in tiers) + " |",
+            "|---|" + "---|" * len(tiers),
+        ]
+        for method in dict.fromkeys(d.method for d in sel):
+            cells = []
+            for t in tiers:
+                d = next((d for d in sel if d.method == method and d.tier == t), None)
+                cells.append(
+                    "-"
+                    if d is None
+                    else f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]{' *' if d.separated else ''}"
+                )
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def plot_differences(diffs: Sequence[Difference], out_dir: Path) -> list[Path]:
+    """One PNG per metric: each method's difference to the reference per tier, with its interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for metric in sorted({d.metric for d in diffs}):
+        sel = [d for d in diffs if d.metric == metric]
+        tiers = sorted({d.tier for d in sel})
+        methods = list(dict.fromkeys(d.method for d in sel))
+        width = 0.8 / len(methods)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for m, method in enumerate(methods):
+            points = [d for t in tiers for d in sel if d.method == method and d.tier == t]
+            xs = [tiers.index(d.tier) + (m - (len(methods) - 1) / 2) * width for d in points]
+            ys = [d.mean for d in points]
+            errors = [[d.mean - d.low for d in points], [d.high - d.mean for d in points]]
+            ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3, label=method)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(tiers)), [f"rank {t}" for t in tiers])
+        ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} minus {sel[0].reference}")
+        ax.set_title("paired differences, 95 % bootstrap intervals", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+        paths.append(save_figure(fig, out_dir / f"differences_{metric}.png"))
+    return paths

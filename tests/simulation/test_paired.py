@@ -1,0 +1,41 @@
+"""Paired bootstrap intervals: exact where the answer is known, and from a comparison's runs."""
+
+import torch
+
+from prelort.simulation.paired import Difference, difference_table, paired_interval
+
+
+def test_a_constant_difference_has_a_point_interval():
+    mean, low, high = paired_interval(torch.full((3, 50), 0.2, dtype=torch.float64))
+    assert abs(mean - 0.2) < 1e-12 and abs(low - 0.2) < 1e-12 and abs(high - 0.2) < 1e-12
+
+
+def test_noise_around_zero_is_not_separated_and_a_shift_is():
+    g = torch.Generator().manual_seed(0)
+    noise = (
+        torch.randint(0, 2, (3, 300), generator=g).double()
+        - torch.randint(0, 2, (3, 300), generator=g).double()
+    )
+    mean, low, high = paired_interval(noise)
+    assert low < 0 < high and low <= mean <= high
+    shifted = noise.clone()
+    shifted[:, :60] = 1.0  # one method gets 60 more examples right in every seed
+    _, low, high = paired_interval(shifted)
+    assert low > 0
+
+
+def test_the_interval_narrows_with_more_examples():
+    g = torch.Generator().manual_seed(1)
+    wide = paired_interval(torch.randn(2, 50, generator=g))
+    narrow = paired_interval(torch.randn(2, 2000, generator=g))
+    assert (narrow[2] - narrow[1]) < (wide[2] - wide[1]) / 3
+
+
+def test_the_table_marks_separated_differences():
+    diffs = [
+        Difference("a", "ref", 2, "accuracy", 0.05, 0.01, 0.09, 300, 3),
+        Difference("a", "ref", 4, "accuracy", 0.01, -0.02, 0.04, 300, 3),
+    ]
+    table = difference_table(diffs)
+    assert "+0.050 [+0.010, +0.090] *" in table and "+0.010 [-0.020, +0.040] |" in table
+    assert "300 test examples x 3 seed(s)" in table
