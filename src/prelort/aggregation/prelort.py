@@ -6,8 +6,8 @@ client says nothing about components 2..R, so it must not pull them towards zero
 does. A segment no participating client covers keeps its previous global value.
 
 Per rank index this is the average over the clients holding that index, the rule of FjORD's
-nested (ordered-dropout) averaging and of RBLA; the segments only group indices with equal
-contributor sets.
+nested (ordered-dropout) averaging, of RBLA and of FediLoRA (``fedilora.py``, which zeroes the
+indices nobody of the round holds); the segments only group indices with equal contributor sets.
 """
 
 from __future__ import annotations
