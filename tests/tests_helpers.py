@@ -51,3 +51,15 @@ def secure_mean(updates, global_state):
     total = sum(u.num_examples for u in updates)
     shares = [secure_share(u, global_state) for u in updates]
     return weighted_sum(shares, [u.num_examples / total for u in updates])
+
+
+def lora_update(client, rank, examples, seed, in_features, out_features):
+    """A client update of random factors A (rank, in) and B (out, rank), one module ``m``."""
+    from prelort.aggregation import ClientUpdate
+
+    g = torch.Generator().manual_seed(seed)
+    state = {
+        "m.lora_a": torch.randn(rank, in_features, generator=g),
+        "m.lora_b": torch.randn(out_features, rank, generator=g),
+    }
+    return ClientUpdate(client, state, rank, examples)

@@ -3,21 +3,16 @@ segment-wise rule: equal when the round covers every rank index, different when 
 
 import torch
 
-from prelort.aggregation import ClientUpdate, aggregate_segmentwise, get_method
+from prelort.aggregation import aggregate_segmentwise, get_method
 from prelort.aggregation.fedilora import aggregate_fedilora, fedilora_from_sums
 from prelort.aggregation.privacy import segment_sensitivity
-from tests_helpers import secure_mean
+from tests_helpers import lora_update, secure_mean
 
 IN, OUT, R = 6, 5, 8
 
 
 def update(client, rank, examples, seed):
-    g = torch.Generator().manual_seed(seed)
-    state = {
-        "m.lora_a": torch.randn(rank, IN, generator=g),
-        "m.lora_b": torch.randn(OUT, rank, generator=g),
-    }
-    return ClientUpdate(client, state, rank, examples)
+    return lora_update(client, rank, examples, seed, IN, OUT)
 
 
 def previous():

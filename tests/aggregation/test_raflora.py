@@ -3,20 +3,16 @@
 import pytest
 import torch
 
-from prelort.aggregation import ClientUpdate, get_method
+from prelort.aggregation import get_method
 from prelort.aggregation.raflora import aggregate_raflora, holder_weights
 from prelort.errors import MethodUnsupported
+from tests_helpers import lora_update
 
 IN, OUT, R, SCALE = 7, 6, 4, 0.5
 
 
 def update(client, rank, examples, seed):
-    g = torch.Generator().manual_seed(seed)
-    state = {
-        "m.lora_a": torch.randn(rank, IN, generator=g),
-        "m.lora_b": torch.randn(OUT, rank, generator=g),
-    }
-    return ClientUpdate(client, state, rank, examples)
+    return lora_update(client, rank, examples, seed, IN, OUT)
 
 
 def zeros():

@@ -2,20 +2,16 @@
 
 import torch
 
-from prelort.aggregation import AggregationContext, ClientUpdate, get_method
+from prelort.aggregation import AggregationContext, get_method
 from prelort.aggregation.raflora import aggregate_raflora
 from prelort.aggregation.rblora import aggregate_rblora, rank_balanced_weights
+from tests_helpers import lora_update
 
 IN, OUT, R, SCALE = 7, 6, 4, 0.5
 
 
 def update(client, rank, examples, seed):
-    g = torch.Generator().manual_seed(seed)
-    state = {
-        "m.lora_a": torch.randn(rank, IN, generator=g),
-        "m.lora_b": torch.randn(OUT, rank, generator=g),
-    }
-    return ClientUpdate(client, state, rank, examples)
+    return lora_update(client, rank, examples, seed, IN, OUT)
 
 
 def zeros():

@@ -20,17 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from prelort.adapters.state import LORA_A, LORA_B, AdapterState, is_lora_key, lora_modules
-from prelort.aggregation.base import (
-    AggregateFn,
-    ClientUpdate,
-    average_dense,
-    check_updates,
-    divided_by_holders,
-    example_weights,
-    prefix_sums,
-)
+from prelort.adapters.state import AdapterState, is_lora_key
+from prelort.aggregation.base import AggregateFn, ClientUpdate
 from prelort.aggregation.method import AggregationContext, FromSums, Method, Sensitivity
+from prelort.aggregation.prelort import aggregate_segmentwise
 from prelort.aggregation.privacy import segment_sensitivity
 from prelort.aggregation.registry import register
 from prelort.aggregation.secure import segmentwise_from_sums
@@ -40,6 +33,9 @@ def aggregate_fedilora(
     global_state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]
 ) -> AdapterState:
     """Per rank index, the example-weighted average over the updates holding it; zero if none.
+
+    PreLort's segment-wise rule from a global adapter whose factors are zero: what it keeps for
+    an index nobody holds is then FediLoRA's zero padding.
 
     Args:
         global_state: the rank-R global adapter, A (R, in) and B (out, R) per module.
@@ -51,19 +47,7 @@ def aggregate_fedilora(
     Raises:
         AdapterError: no updates, or an update that does not fit the global adapter.
     """
-    check_updates(global_state, updates)
-    out = average_dense(global_state, updates)
-    sums, held = prefix_sums(global_state, updates, example_weights(updates))
-    for module in lora_modules(global_state):
-        key_a, key_b = module + LORA_A, module + LORA_B
-        out[key_a], out[key_b] = divided_by_holders(
-            torch.zeros_like(global_state[key_a]),  # a level nobody holds is zero-padded
-            torch.zeros_like(global_state[key_b]),
-            sums[key_a],
-            sums[key_b],
-            held,
-        )
-    return out
+    return aggregate_segmentwise(zeroed_factors(global_state), updates)
 
 
 def fedilora_from_sums(
@@ -72,8 +56,12 @@ def fedilora_from_sums(
     resolution: float = 0.0,
 ) -> AdapterState:
     """FediLoRA's rule from the summed secure shares: PreLort's division, unheld levels zero."""
-    zeroed = {k: torch.zeros_like(v) if is_lora_key(k) else v for k, v in global_state.items()}
-    return segmentwise_from_sums(zeroed, total, resolution)
+    return segmentwise_from_sums(zeroed_factors(global_state), total, resolution)
+
+
+def zeroed_factors(state: Mapping[str, torch.Tensor]) -> AdapterState:
+    """``state`` with every LoRA factor zero (heads unchanged)."""
+    return {k: torch.zeros_like(v) if is_lora_key(k) else v for k, v in state.items()}
 
 
 @dataclass(frozen=True)

@@ -63,18 +63,30 @@ def aggregate_components(
     max_rank = check_updates(global_state, updates)
     out = average_dense(global_state, updates)
     for module in lora_modules(global_state):
-        b_cat = torch.cat(
-            [
-                scale * u.state[module + LORA_B].double() * w[None, :]  # (out, r_k)
-                for u, w in zip(updates, weights, strict=True)
-            ],
-            dim=1,
-        )  # (out, sum r_k)
-        a_cat = torch.cat([u.state[module + LORA_A].double() for u in updates])  # (sum r_k, in)
+        b_cat, a_cat = weighted_stack(updates, module, weights, scale)
         out[module + LORA_A], out[module + LORA_B] = refactorised(
             global_state[module + LORA_A], b_cat, a_cat, max_rank, scale
         )
     return out
+
+
+def weighted_stack(
+    updates: Sequence[ClientUpdate], module: str, weights: Sequence[torch.Tensor], scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Bcat, Acat)`` with ``Bcat @ Acat = sum_k sum_i weights[k][i] s b_{k,i} a_{k,i}^T``.
+
+    Returns:
+        Bcat (out, sum r_k) and Acat (sum r_k, in), float64.
+    """
+    b_cat = torch.cat(
+        [
+            scale * u.state[module + LORA_B].double() * w[None, :]  # (out, r_k)
+            for u, w in zip(updates, weights, strict=True)
+        ],
+        dim=1,
+    )
+    a_cat = torch.cat([u.state[module + LORA_A].double() for u in updates])  # (sum r_k, in)
+    return b_cat, a_cat
 
 
 def aggregate_raflora(

@@ -27,7 +27,7 @@ from prelort.adapters.state import LORA_A, LORA_B, AdapterState, lora_modules
 from prelort.aggregation.base import AggregateFn, ClientUpdate, average_dense, check_updates
 from prelort.aggregation.flexlora import low_rank_svd
 from prelort.aggregation.method import AggregationContext, Method
-from prelort.aggregation.raflora import holder_weights
+from prelort.aggregation.raflora import holder_weights, weighted_stack
 from prelort.aggregation.registry import register
 
 
@@ -81,14 +81,7 @@ def aggregate_rblora(
     out = average_dense(global_state, updates)
     for module in lora_modules(global_state):
         key_a, key_b = module + LORA_A, module + LORA_B
-        b_cat = torch.cat(
-            [
-                scale * u.state[key_b].double() * w[None, :]  # (out, r_k)
-                for u, w in zip(updates, weights, strict=True)
-            ],
-            dim=1,
-        )  # (out, sum r_k)
-        a_cat = torch.cat([u.state[key_a].double() for u in updates])  # (sum r_k, in)
+        b_cat, a_cat = weighted_stack(updates, module, weights, scale)  # (out, Σr), (Σr, in)
         u_, s, vh = low_rank_svd(b_cat, a_cat, max_rank)  # (out, k), (k,), (k, in)
         k = s.shape[0]
         new_a = torch.zeros_like(global_state[key_a], dtype=torch.float64)  # (R, in)
