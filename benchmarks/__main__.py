@@ -27,6 +27,7 @@ BENCHMARKS = {
 }
 HEADLINES = (
     "agg_prelort_vs_memcpy",
+    "agg_recommended_vs_memcpy",
     "agg_flexlora_vs_prelort",
     "nested_sample_step_vs_plain",
     "nested_all_step_vs_plain",

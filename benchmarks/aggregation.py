@@ -221,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         seconds = run_case(shapes, ladder, clients, args.repeats, args.dense_modules)
         if (shapes is LLM_7B or args.quick) and max(ladder) == 64 and clients == 100:
             headline["agg_prelort_vs_memcpy"] = seconds["prelort"] / seconds["memcpy"]
+            headline["agg_recommended_vs_memcpy"] = seconds["prelort-ordered-a"] / seconds["memcpy"]
             headline["agg_flexlora_vs_prelort"] = seconds["flexlora"] / seconds["prelort"]
     return headline
 

@@ -5,6 +5,7 @@ import torch
 
 from prelort.adapters.norms import update_norm
 from prelort.aggregation import (
+    AggregationContext,
     ClientUpdate,
     aggregate_flexlora,
     aggregate_flora,
@@ -14,6 +15,7 @@ from prelort.aggregation import (
 )
 from prelort.aggregation.flexlora import low_rank_svd
 from prelort.aggregation.hetlora import tail_size
+from prelort.errors import MethodUnsupported
 
 IN, OUT, R, SCALE = 7, 5, 4, 0.5
 
@@ -119,3 +121,28 @@ def test_fedit_ranks_and_registry():
         "prelort-agg",
         "prelort-train",
     } <= set(methods())
+
+
+def test_lowest_alone_averages_only_the_lowest_rank_clients():
+    method = get_method("lowest-alone")
+    rule = method.rule(AggregationContext((2, 4), SCALE, client_ranks=(2, 4, 2)))
+    updates = [random_update(0, 2, 10, 1), random_update(1, 4, 30, 2), random_update(2, 2, 30, 3)]
+    out = rule(global_state(), updates)
+    low = updates[0], updates[2]
+    for key in ("m.lora_a", "m.lora_b", "head.w"):
+        expected = (0.25 * low[0].state[key] + 0.75 * low[1].state[key]).double()
+        got = out[key][:2] if key == "m.lora_a" else out[key]
+        got = got[:, :2] if key == "m.lora_b" else got
+        torch.testing.assert_close(got.double(), expected)
+    assert out["m.lora_a"][2:].eq(0).all()  # nobody of the lowest rank holds components 2..3
+    # a round that samples no lowest-rank client leaves the global adapter as it was
+    before = global_state()
+    kept = rule(before, [updates[1]])
+    assert all(torch.equal(kept[k], before[k]) for k in before)
+    # the others train nothing of the adapter; secure aggregation and DP are refused
+    assert method.local_objective(4, (2, 4, 2), (2, 4)).trains_adapter is False
+    assert method.local_objective(2, (2, 4, 2), (2, 4)).trains_adapter is True
+    with pytest.raises(MethodUnsupported):
+        method.secure_rule()
+    with pytest.raises(MethodUnsupported):
+        method.sensitivity()

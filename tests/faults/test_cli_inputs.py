@@ -75,6 +75,11 @@ CASES = [
     ("unknown-optimizer", ["simulate", "--optimizer", "adam"], "optimizer"),
     ("unknown-classifier", ["simulate", "--classifier", "bogus"], "classifier"),
     ("readout-negative", ["simulate", "--readout-examples", "-1"], "readout_examples"),
+    (
+        "calibration-examples-negative",
+        ["simulate", "--calibration-examples", "-5"],
+        "calibration_examples",
+    ),
     ("seed-negative", ["simulate", "--seed", "-1"], "seed"),
     ("seed-huge", ["simulate", "--seed", str(2**40)], "seed"),
     ("generation-with-encoder", ["simulate", "--task", "bbc-headlines", *GOOD], "causal"),

@@ -324,6 +324,26 @@ def test_calibration_setting_adds_the_calibrated_accuracy_of_every_tier(
         tiny(tiny_bert_dir, topic_jsonl, tmp_path / "x", calibration="ncm")
 
 
+def test_calibration_examples_caps_the_round_by_each_clients_share(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    from prelort.runtime.calibrate import calibrate, calibration_rows
+    from prelort.runtime.federation import prepare_federation
+
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "cap", calibration_examples=48)
+    fed = prepare_federation(config, build_workbench(config))
+    sizes = [len(r) for r in fed.plan.client_rows]  # 64 each: 192 training examples
+    chosen = [calibration_rows(fed, c) for c in range(len(sizes))]
+    assert [len(c) for c in chosen] == [round(48 * n / sum(sizes)) for n in sizes]
+    for client, rows in enumerate(chosen):
+        assert set(rows) <= set(fed.plan.client_rows[client])  # a client reads only its own rows
+    assert chosen == [calibration_rows(fed, c) for c in range(len(sizes))]  # seeded
+    everything = prepare_federation(config.replace(calibration_examples=0), fed.bench)
+    assert calibration_rows(everything, 0) == list(fed.plan.client_rows[0])
+    calibration = calibrate(fed, fed.initial.global_state)
+    assert set(calibration.examples.values()) == {48}
+
+
 @pytest.mark.parametrize(("method", "head"), [("prelort", "per-tier"), ("zeropad", "shared")])
 def test_secure_aggregation_in_process_equals_the_plain_run(
     tiny_bert_dir, topic_jsonl, tmp_path, method, head

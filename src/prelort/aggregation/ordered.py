@@ -29,7 +29,6 @@ import torch
 
 from prelort.adapters.state import LORA_A, LORA_B, AdapterState, lora_modules
 from prelort.aggregation.base import AggregateFn, ClientUpdate
-from prelort.aggregation.flexlora import low_rank_svd
 from prelort.aggregation.method import AggregationContext, FromSums
 from prelort.aggregation.prelort import PreLort, aggregate_segmentwise
 from prelort.aggregation.registry import register
@@ -37,6 +36,14 @@ from prelort.aggregation.secure import segmentwise_from_sums
 
 # Singular values at or below this fraction of the largest are treated as absent components.
 NULL_TOLERANCE = 1e-6
+
+
+def _principal_frame(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvectors (R, k) and the square roots of the eigenvalues (k,) of a factor's Gram matrix,
+    dropping the directions the factor does not span (a segment nobody has trained: B = 0)."""
+    eigenvalues, vectors = torch.linalg.eigh(gram)  # ascending
+    keep = eigenvalues > NULL_TOLERANCE**2 * eigenvalues[-1].clamp_min(1e-300)
+    return vectors[:, keep], eigenvalues[keep].sqrt()
 
 
 def svd_ordered(state: Mapping[str, torch.Tensor], split: str = "balanced") -> AdapterState:
@@ -54,25 +61,37 @@ def svd_ordered(state: Mapping[str, torch.Tensor], split: str = "balanced") -> A
         An adapter with the same keys, shapes and products ``B @ A`` (up to float rounding),
         whose prefix of every rank r is the best rank-r approximation of the product;
         components beyond the product's rank have their previous A row and a zero B column.
+
+    The SVD of ``B @ A`` comes from the two R x R Gram matrices (float64, so their eigenvalues
+    are exact to far below the null tolerance): with ``B^T B = V_b L_b V_b^T`` and
+    ``A A^T = V_a L_a V_a^T``, the core ``L_b^1/2 V_b^T V_a L_a^1/2 = U S W^T`` gives
+    ``B @ A = (B V_b L_b^-1/2 U) S (W^T L_a^-1/2 V_a^T A)``. So each factor is read twice and
+    multiplied once by an R x R matrix in its own dtype: four passes of matrix products, where
+    a QR of each factor in float64 cost several times more (docs/PERFORMANCE.md).
     """
+    if split not in ("balanced", "fixed-a"):
+        raise ValueError(f"split: unknown {split!r}; choose balanced or fixed-a")
     out: AdapterState = dict(state)
     for module in lora_modules(state):
         key_a, key_b = module + LORA_A, module + LORA_B
-        a, b = state[key_a].double(), state[key_b].double()  # (R, in), (out, R)
-        u, s, vh = low_rank_svd(b, a, a.shape[0])  # (out, k), (k,), (k, in)
+        a, b = state[key_a], state[key_b]  # (R, in), (out, R)
+        frame_b, root_b = _principal_frame((b.T @ b).double())  # (R, kb), (kb,)
+        frame_a, root_a = _principal_frame((a @ a.T).double())  # (R, ka), (ka,)
+        core = root_b[:, None] * (frame_b.T @ frame_a) * root_a[None, :]  # (kb, ka)
+        u, s, wh = torch.linalg.svd(core, full_matrices=False)
         k = int((s > NULL_TOLERANCE * s.max().clamp_min(1e-300)).sum()) if s.numel() else 0
         if split == "balanced":
             left = right = s[:k].sqrt()
-        elif split == "fixed-a":
-            row_norm = a.norm() / a.shape[0] ** 0.5  # RMS row norm of A before the change of basis
+        else:
+            row_norm = a.double().norm() / a.shape[0] ** 0.5  # A's RMS row norm before the change
             right = torch.full_like(s[:k], float(row_norm))
             left = s[:k] / right
-        else:
-            raise ValueError(f"split: unknown {split!r}; choose balanced or fixed-a")
+        to_b = (frame_b / root_b[None, :]) @ u[:, :k] * left[None, :]  # (R, k)
+        to_a = right[:, None] * wh[:k] @ (frame_a / root_a[None, :]).T  # (k, R)
         new_a, new_b = a.clone(), torch.zeros_like(b)
-        new_a[:k] = right[:, None] * vh[:k]  # (k, in)
-        new_b[:, :k] = u[:, :k] * left[None, :]  # (out, k)
-        out[key_a], out[key_b] = new_a.to(state[key_a].dtype), new_b.to(state[key_b].dtype)
+        new_a[:k] = to_a.to(a.dtype) @ a  # (k, in)
+        new_b[:, :k] = b @ to_b.to(b.dtype)  # (out, k)
+        out[key_a], out[key_b] = new_a, new_b
     return out
 
 

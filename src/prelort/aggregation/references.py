@@ -1,9 +1,11 @@
-"""Reference rows of every comparison: homogeneous FedIT at the smallest or the largest rank, and
-the frozen base (only a classifier head learns).
+"""Reference rows of every comparison: homogeneous FedIT at the smallest or the largest rank, the
+lowest-rank clients federated alone, and the frozen base (only a classifier head learns).
 
 FedIT (Zhang et al., 2024) is FedAvg of LoRA adapters of one rank; with every client at one rank
 zero-padding is exactly that average. ``fedit-min`` is what the weakest client's budget imposes
-on everyone; ``fedit-max`` is the oracle every client could not afford.
+on everyone; ``fedit-max`` is the oracle every client could not afford. ``lowest-alone`` is what
+the lowest-rank clients get without the others, the row PreLort's central claim is read against:
+low-rank clients gain from what high-rank clients learn.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prelort.adapters.state import AdapterState
-from prelort.aggregation.base import ClientUpdate
+from prelort.aggregation.base import AggregateFn, ClientUpdate
+from prelort.aggregation.method import AggregationContext, FromSums, Sensitivity
 from prelort.aggregation.registry import register
-from prelort.aggregation.zeropad import ZeroPad
+from prelort.aggregation.zeropad import ZeroPad, aggregate_zeropad
 from prelort.errors import MethodUnsupported
-from prelort.training.objective import LocalObjective
+from prelort.training.objective import PLAIN, LocalObjective
 
 FROZEN = LocalObjective(trains_adapter=False)
 
@@ -29,6 +32,35 @@ class FedIT(ZeroPad):
 
     def client_ranks(self, ranks: Sequence[int]) -> list[int]:
         return [max(ranks) if self.largest else min(ranks)] * len(ranks)
+
+
+@dataclass(frozen=True)
+class LowestAlone(ZeroPad):
+    """Only the clients of the federation's lowest rank: FedAvg of their adapters. The other
+    clients' adapters stay frozen and their updates are left out of every average, so the
+    global adapter is what the lowest-rank clients would reach on their own data alone."""
+
+    def rule(self, context: AggregationContext) -> AggregateFn:
+        lowest = min(context.client_ranks or context.ladder)
+
+        def aggregate(global_state, updates: Sequence[ClientUpdate]) -> AdapterState:
+            kept = [u for u in updates if u.rank == lowest]
+            return aggregate_zeropad(global_state, kept) if kept else dict(global_state)
+
+        return aggregate
+
+    def secure_rule(self) -> FromSums:
+        raise MethodUnsupported(
+            "secure_aggregation: lowest-alone leaves clients out by rank, which the secure sums hide"
+        )
+
+    def sensitivity(self) -> Sensitivity:
+        raise MethodUnsupported("dp_clip: lowest-alone is a reference row; run it without DP")
+
+    def local_objective(
+        self, rank: int, client_ranks: Sequence[int], ladder: Sequence[int]
+    ) -> LocalObjective:
+        return PLAIN if rank == min(client_ranks) else FROZEN
 
 
 @dataclass(frozen=True)
@@ -58,6 +90,12 @@ register(
         "homogeneous FedIT: every client at the largest rank (oracle)",
         group="reference",
         largest=True,
+    ),
+    LowestAlone(
+        "lowest-alone",
+        "reference: the lowest-rank clients federated alone (FedIT at their rank; the others "
+        "left out), what PreLort's low tier is read against",
+        group="reference",
     ),
     NoAdapter(
         "no-adapter",

@@ -110,7 +110,11 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     flower.set_defaults(func=cmd_flower)
 
     compare = sub.add_parser("compare", help="run several methods x seeds on identical splits")
-    compare.add_argument("--methods", default="prelort,zeropad", help="comma list of methods")
+    compare.add_argument(
+        "--methods",
+        default="prelort-ordered-a,prelort,zeropad",
+        help="comma list of methods [default: the recommended one, the paper's rule, zero-padding]",
+    )
     compare.add_argument("--reference", help=REFERENCE_HELP)
     compare.add_argument("--seeds", type=int, default=1, help="seeds per method, from --seed up")
     compare.add_argument(
@@ -158,8 +162,9 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
     merge = sub.add_parser("aggregate", help="merge PEFT LoRA adapters of different ranks into one")
     merge.add_argument(
         "--method",
-        default="prelort",
-        help="any method of `prelort methods`, or fedavg (adapters of one rank) [default: prelort]",
+        default="prelort-ordered-a",
+        help="any method of `prelort methods`, or fedavg (adapters of one rank) "
+        "[default: prelort-ordered-a, the recommended one]",
     )
     merge.add_argument(
         "--weights", help="comma list, one positive weight per adapter [default: equal]"

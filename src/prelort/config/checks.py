@@ -89,6 +89,11 @@ def check_training(config: SimulationConfig) -> None:
 
 def check_evaluation(config: SimulationConfig) -> None:
     _positive(config, "eval_every", "eval_examples", "max_new_tokens")
+    if config.calibration_examples < 0:
+        raise ConfigError(
+            f"calibration_examples: must be >= 0 (0: every example), got "
+            f"{config.calibration_examples}"
+        )
     if config.readout_examples < 0:
         raise ConfigError(f"readout_examples: must be >= 0, got {config.readout_examples}")
     if config.generate_examples < 0:

@@ -73,8 +73,9 @@ class SimulationConfig:
 
     method: str = setting(
         concern="federation",
-        default="prelort",
-        help="federated method (prelort methods lists them).",
+        default="prelort-ordered-a",
+        help="federated method: prelort-ordered-a (recommended: PreLort's rule, the adapter then "
+        "kept in singular-value order), prelort (the paper's rule), or any of `prelort methods`.",
     )
     task: str = setting(
         concern="data",
@@ -187,6 +188,12 @@ class SimulationConfig:
         choices=CALIBRATION_CHOICES,
         default="none",
         help="lda also scores each tier, after the last round, with a head refitted from every client's class statistics (calibrated_accuracy; see prelort calibrate), or none.",
+    )
+    calibration_examples: int = setting(
+        concern="evaluation",
+        default=0,
+        help="training examples the calibration round reads, over all clients, each client its "
+        "share by examples (a seeded draw); 0: every example. A ceiling on the round's cost.",
     )
     nested: str | None = setting(
         concern="training",

@@ -60,6 +60,20 @@ def linear_head_names(fed: Federation) -> tuple[str, str]:
     return weight, next(n for n in names if n.endswith("bias"))
 
 
+def calibration_rows(fed: Federation, client: int) -> list[int]:
+    """The training rows a client computes its statistics on: all of them, or its share (by
+    examples) of ``calibration_examples``, drawn with a seed of the run and the client."""
+    rows = list(fed.plan.client_rows[client])
+    ceiling = fed.config.calibration_examples
+    total = sum(len(r) for r in fed.plan.client_rows)
+    if ceiling == 0 or total <= ceiling or not rows:
+        return rows
+    keep = max(1, round(ceiling * len(rows) / total))
+    draw = torch.Generator().manual_seed(fed.config.seed * 100_003 + client)
+    order = torch.randperm(len(rows), generator=draw)[:keep]
+    return sorted(rows[i] for i in order.tolist())
+
+
 @torch.inference_mode()
 def client_statistics(
     fed: Federation, global_state: AdapterState, client: int, tiers: list[int]
@@ -69,7 +83,7 @@ def client_statistics(
     A method that trains no adapter has the same features at every tier: they are computed once.
     """
     adapted, data = fed.bench.adapted, fed.bench.train
-    rows = list(fed.plan.client_rows[client])
+    rows = calibration_rows(fed, client)
     labels = torch.tensor([data.labels[i] for i in rows])
     stats: dict[int, ClassStatistics] = {}
     for tier in tiers:
