@@ -298,6 +298,11 @@ def test_calibrate_refits_a_head_per_tier_from_client_statistics(
         f"classifier.{p}@{t}" for p in ("weight", "bias") for t in (1, 2, 4)
     }
     assert meta["head"] == "per-tier"
+    capped = tmp_path / "capped"
+    assert main(["calibrate", str(config.out), "--examples", "48", "--out", str(capped)]) == 0
+    report = json.loads((capped / "calibration.json").read_text())
+    assert report["calibration_examples"] == 48
+    assert {row["examples"] for row in report["tiers"].values()} == {48}
     assert main(["calibrate", str(config.out), "--holders-only"]) == 0
     holders = json.loads((config.out / "calibrated-lda-holders" / "calibration.json").read_text())
     assert [holders["tiers"][t]["clients"] for t in ("1", "2", "4")] == [3, 2, 1]

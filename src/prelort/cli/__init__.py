@@ -148,6 +148,12 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="a client computes statistics only at the tiers up to its own rank",
     )
+    calibrate.add_argument(
+        "--examples",
+        type=int,
+        help="training examples the round reads over all clients, each its share (0: all) "
+        "[default: the run's calibration_examples]",
+    )
     calibrate.add_argument("--out", type=Path, help="[default: RUN/calibrated-lda]")
     calibrate.set_defaults(func=cmd_calibrate)
 

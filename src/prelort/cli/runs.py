@@ -126,16 +126,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             raise ConfigError(f"run: {path} not found; give the --out folder of a finished run")
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     config = config_from_mapping(metrics["config"])
+    if args.examples is not None:
+        config = config_from_mapping({**config.to_dict(), "calibration_examples": args.examples})
     state, _ = load_adapter(adapter_path)
     name = "calibrated-lda-holders" if args.holders_only else "calibrated-lda"
     out = args.out or args.run / name
     fed = prepare_federation(config, build_workbench(config))
+    start = time.perf_counter()
     calibration, tiers = calibrated_tiers(fed, state, holders_only=args.holders_only)
+    seconds = time.perf_counter() - start
     ladder = config.ranks.ladder
     before = metrics.get("final", {}).get("tiers", {})
     report = {
         "run": str(args.run),
         "holders_only": args.holders_only,
+        "calibration_examples": config.calibration_examples,
+        "seconds": round(seconds, 1),
         "tiers": {
             str(t): {
                 "accuracy": tiers[str(t)]["accuracy"],
