@@ -329,6 +329,34 @@ def test_calibration_setting_adds_the_calibrated_accuracy_of_every_tier(
         tiny(tiny_bert_dir, topic_jsonl, tmp_path / "x", calibration="ncm")
 
 
+def test_calibration_auto_runs_where_a_run_can_take_it_and_keeps_the_heads(
+    tiny_bert_dir, tiny_llama_dir, topic_jsonl, headline_jsonl, tmp_path
+):
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "auto", calibration="auto", rounds=1)
+    result = run_simulation(config, progress=False)
+    assert all("calibrated_accuracy" in result.final[t] for t in ("1", "2", "4"))
+    files = write_outputs(result, config.out)
+    state, meta = load_adapter(files["calibrated"])
+    assert meta["head"] == "per-tier"
+    assert {k for k in state if "@" in k} == {
+        f"classifier.{p}@{t}" for p in ("weight", "bias") for t in (1, 2, 4)
+    }
+    # where the calibration would not keep the run's guarantees or has no head to refit: none
+    for name, settings in (
+        ("secure", {"secure_aggregation": True}),
+        ("dp", {"dp_clip": 1.0, "dp_noise": 0.1}),
+    ):
+        run = tiny(
+            tiny_bert_dir, topic_jsonl, tmp_path / name, calibration="auto", rounds=1, **settings
+        )
+        assert "calibrated_accuracy" not in run_simulation(run, progress=False).final["4"]
+    generation = tiny(
+        tiny_llama_dir, headline_jsonl, tmp_path / "gen", calibration="auto", rounds=1
+    )
+    result = run_simulation(generation, progress=False)
+    assert not result.calibrated_state and "calibrated" not in write_outputs(result, generation.out)
+
+
 def test_calibration_examples_caps_the_round_by_each_clients_share(
     tiny_bert_dir, topic_jsonl, tmp_path
 ):

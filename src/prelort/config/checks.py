@@ -139,7 +139,7 @@ def check_secure_aggregation(config: SimulationConfig) -> None:
         raise ConfigError(
             "secure_aggregation: needs wire_dtype float32 (SecAgg+ sends quantised integers)"
         )
-    if config.calibration != "none":
+    if config.calibration == "lda":
         raise ConfigError(
             "secure_aggregation: not with calibration; the calibration round sends each "
             "client's class statistics in the clear"

@@ -186,8 +186,11 @@ class SimulationConfig:
     calibration: str = setting(
         concern="evaluation",
         choices=CALIBRATION_CHOICES,
-        default="none",
-        help="lda also scores each tier, after the last round, with a head refitted from every client's class statistics (calibrated_accuracy; see prelort calibrate), or none.",
+        default="auto",
+        help="after the last round, refit each tier's head in closed form (LDA) from every "
+        "client's class statistics, one forward-only round (see prelort calibrate): lda, none, "
+        "or auto (lda where a run can take it: a linear classifier head, no secure aggregation, "
+        "no DP). Reported as calibrated_accuracy; calibrated.safetensors keeps the heads.",
     )
     calibration_examples: int = setting(
         concern="evaluation",

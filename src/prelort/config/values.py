@@ -20,7 +20,7 @@ PARTITION_CHOICES = ("iid", "dirichlet", "pathological")
 NESTED_CHOICES = ("all", "sample", "split", "off")
 HEAD_CHOICES = ("per-tier", "shared")
 OPTIMIZER_CHOICES = ("adamw", "sgd")
-CALIBRATION_CHOICES = ("none", "lda")
+CALIBRATION_CHOICES = ("auto", "lda", "none")
 CLASSIFIER_CHOICES = ("auto", "head", "verbalized")
 QUANTIZE_CHOICES = ("none", "4bit", "8bit")
 

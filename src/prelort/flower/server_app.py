@@ -23,7 +23,7 @@ from prelort.flower.codec import to_arrays
 from prelort.flower.secure import SecurePrefixStrategy, run_secure_rounds
 from prelort.flower.settings import config_from_run_config
 from prelort.flower.strategy import PrefixNestedStrategy, query_partitions
-from prelort.runtime.calibrate import evaluate_calibration
+from prelort.runtime.calibrate import calibrates, evaluate_calibration
 from prelort.runtime.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from prelort.runtime.outputs import format_round, write_outputs, write_progress
 from prelort.runtime.result import SimulationResult
@@ -110,12 +110,12 @@ def run_server(
                 grid, to_arrays(server.global_state), num_rounds=remaining, timeout=timeout
             )
         final = strategy.server
-    calibrated = None
-    if config.calibration == "lda" and result.final:
+    calibration = calibrated = None
+    if calibrates(fed) and result.final:
         nodes = {p: n for n, p in partitions.items()}
         calibration = calibration_round(grid, fed, final.global_state, nodes, timeout)
         calibrated = evaluate_calibration(fed, calibration)
-    finish_run(result, final, start, calibrated)
+    finish_run(result, final, start, calibrated, calibration)
     write_outputs(result, out)
     return result
 

@@ -40,6 +40,27 @@ class Calibration:
     clients: dict[int, int]
 
 
+def calibrates(fed: Federation) -> bool:
+    """Whether the run ends with a calibration round (``calibration``: ``lda``, or ``auto`` where
+    the run has a linear classifier head and neither secure aggregation nor client-level DP,
+    whose guarantees the clear-text class statistics would not keep).
+
+    Raises:
+        ConfigError: ``lda`` for a run whose head LDA cannot replace.
+    """
+    config = fed.config
+    if config.calibration == "lda":
+        linear_head_names(fed)
+        return True
+    if config.calibration == "none" or config.secure_aggregation or config.dp_clip is not None:
+        return False
+    try:
+        linear_head_names(fed)
+    except ConfigError:
+        return False
+    return True
+
+
 def linear_head_names(fed: Federation) -> tuple[str, str]:
     """(weight name, bias name) of the classifier's final linear layer, the head LDA replaces.
 

@@ -125,6 +125,9 @@ def write_progress(result: SimulationResult, out_dir: Path) -> None:
     atomic_write_text(out_dir / "metrics.csv", csv_text(rows, ["round", "tier", "metric", "value"]))
 
 
+CALIBRATED_NAME = "calibrated.safetensors"  # the final adapter with the calibration round's heads
+
+
 def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     """Every file of a finished run; returns them by kind."""
     write_progress(result, out_dir)
@@ -146,6 +149,10 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
         "metrics_csv": out_dir / "metrics.csv",
         "adapter": out_dir / "adapter.safetensors",
     }
+    if result.calibrated_state:
+        files["calibrated"] = out_dir / CALIBRATED_NAME
+        metadata = adapter_metadata(config, sorted({int(t) for t in result.final}))
+        save_adapter(files["calibrated"], result.calibrated_state, {**metadata, "head": "per-tier"})
     files.update({f"plot_{p.stem}": p for p in plots})
     if result.samples:
         write_json(out_dir / "samples.json", result.samples)

@@ -32,6 +32,8 @@ class SimulationResult:
         samples: per tier, a few generations of the last ROUGE-L evaluation (samples.json).
         examples: per tier and metric, each test example's final score (examples.json), in
             the same order for every method and seed of a task: what paired comparisons resample.
+        calibrated_state: the final adapter with one LDA head per tier, when the calibration
+            round ran (calibrated.safetensors); empty otherwise.
     """
 
     config: dict[str, Any]
@@ -47,6 +49,7 @@ class SimulationResult:
     environment: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     examples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    calibrated_state: AdapterState = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {

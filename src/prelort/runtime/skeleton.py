@@ -15,7 +15,7 @@ from prelort.config import SimulationConfig
 from prelort.evaluation.tiers import TierMetrics
 from prelort.federation.records import RoundRecord
 from prelort.federation.server import RoundOutcome, ServerState
-from prelort.runtime.calibrate import linear_head_names, record_calibrated
+from prelort.runtime.calibrate import Calibration, calibrates, record_calibrated
 from prelort.runtime.checkpoint import Checkpoint, check_task_unchanged
 from prelort.runtime.federation import Federation, prepare_federation, resumed_server
 from prelort.runtime.result import SimulationResult
@@ -44,8 +44,7 @@ def start_run(
     if resume is not None:
         check_task_unchanged(resume, config.task)
     fed = prepare_federation(config, bench, client_ranks, rank_plan)
-    if config.calibration == "lda":
-        linear_head_names(fed)  # refuse a head LDA cannot replace before any training
+    calibrates(fed)  # refuse an explicit lda the head cannot take, before any training
     result = fed.new_result()
     server = fed.initial if resume is None else resumed_server(resume, result, config.rounds)
     return fed, result, server
@@ -72,15 +71,19 @@ def finish_run(
     final: ServerState,
     start: float,
     calibrated: TierMetrics | None = None,
+    calibration: Calibration | None = None,
 ) -> SimulationResult:
     """The result with the final adapter, the calibration round's metrics and the wall time.
 
     Args:
         start: ``time.perf_counter()`` when the run started.
-        calibrated: each tier's metrics with its LDA head (``calibration = "lda"``), if run.
+        calibrated: each tier's metrics with its LDA head, if the calibration round ran.
+        calibration: that round's heads, kept as ``result.calibrated_state``.
     """
     if calibrated is not None and result.final:
         record_calibrated(result.final, calibrated)
+    if calibration is not None:
+        result.calibrated_state = calibration.state
     result.global_state = final.global_state
     result.wall_seconds = time.perf_counter() - start
     return result

@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from prelort.config import SimulationConfig
-from prelort.runtime.calibrate import calibrated_tiers
+from prelort.runtime.calibrate import calibrated_tiers, calibrates
 from prelort.runtime.checkpoint import Checkpoint
 from prelort.runtime.outputs import format_round
 from prelort.runtime.result import SimulationResult
@@ -88,9 +88,9 @@ def run_simulation(
         if on_round is not None:
             on_round(result)
     bar.close()
-    calibrated = None
-    if config.calibration == "lda" and result.final:
+    calibration = calibrated = None
+    if calibrates(fed) and result.final:
         calibration_start = time.perf_counter()
-        calibrated = calibrated_tiers(fed, server.global_state)[1]
+        calibration, calibrated = calibrated_tiers(fed, server.global_state)
         phases["calibrate"] = time.perf_counter() - calibration_start
-    return finish_run(result, server, start, calibrated)
+    return finish_run(result, server, start, calibrated, calibration)
