@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 run: setup
-	$(VENV)/bin/prelort compare --config configs/default.toml --methods prelort,prelort-ordered-a,zeropad --jobs 4 --overwrite
+	$(VENV)/bin/prelort compare --config configs/default.toml --methods prelort-ordered-a,prelort,zeropad --jobs 4 --overwrite
 
 test: setup
 	$(PY) -m pytest -q

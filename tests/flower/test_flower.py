@@ -142,8 +142,10 @@ def _wait_for_no_flower_processes(before: int, seconds: float = 20.0) -> int:
     return _flower_processes()
 
 
-def _tiny_flags(model_dir, task, out, rounds: int) -> list[str]:
+def _tiny_flags(model_dir, task, out, rounds: int, calibration: str = "none") -> list[str]:
+    """The command line of ``tiny``'s settings."""
     return [
+        *("--method", "prelort", "--calibration", calibration),
         *("--model", str(model_dir), "--task", str(task), "--ranks", "1,2,4", "--clients", "3"),
         *("--rounds", str(rounds), "--local-steps", "3", "--batch-size", "8", "--lr", "0.005"),
         *("--eval-examples", "24", "--partition", "iid", "--max-length", "32", "--out", str(out)),
@@ -159,9 +161,8 @@ def test_prelort_flower_runs_three_nodes_over_the_network_like_the_simulation(
     before = _flower_processes()
     out = tmp_path / "deployed"
     command = [sys.executable, "-m", "prelort.cli", "flower", "--nodes", "3"]
-    command += ["--calibration", "lda"]  # the calibration round runs over the network too
-    done = subprocess.run(
-        command + _tiny_flags(tiny_bert_dir, topic_jsonl, out, rounds=2),
+    done = subprocess.run(  # with the calibration round, which runs over the network too
+        command + _tiny_flags(tiny_bert_dir, topic_jsonl, out, rounds=2, calibration="lda"),
         capture_output=True,
         text=True,
         timeout=540,
