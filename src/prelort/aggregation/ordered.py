@@ -62,12 +62,12 @@ def svd_ordered(state: Mapping[str, torch.Tensor], split: str = "balanced") -> A
         whose prefix of every rank r is the best rank-r approximation of the product;
         components beyond the product's rank have their previous A row and a zero B column.
 
-    The SVD of ``B @ A`` comes from the two R x R Gram matrices (float64, so their eigenvalues
-    are exact to far below the null tolerance): with ``B^T B = V_b L_b V_b^T`` and
-    ``A A^T = V_a L_a V_a^T``, the core ``L_b^1/2 V_b^T V_a L_a^1/2 = U S W^T`` gives
-    ``B @ A = (B V_b L_b^-1/2 U) S (W^T L_a^-1/2 V_a^T A)``. So each factor is read twice and
-    multiplied once by an R x R matrix in its own dtype: four passes of matrix products, where
-    a QR of each factor in float64 cost several times more (docs/PERFORMANCE.md).
+    The SVD of ``B @ A`` comes from the two R x R Gram matrices (computed in the factors' dtype,
+    decomposed in float64): with ``B^T B = V_b L_b V_b^T`` and ``A A^T = V_a L_a V_a^T``, the core
+    ``L_b^1/2 V_b^T V_a L_a^1/2 = U S W^T`` gives
+    ``B @ A = (B V_b L_b^-1/2 U) S (W^T L_a^-1/2 V_a^T A)``. Each factor is read once for its Gram
+    matrix and once for its product with an R x R matrix: where a float64 QR of each factor cost
+    4-9x more (``python -m benchmarks.ordered_refactor``).
     """
     if split not in ("balanced", "fixed-a"):
         raise ValueError(f"split: unknown {split!r}; choose balanced or fixed-a")
@@ -75,23 +75,26 @@ def svd_ordered(state: Mapping[str, torch.Tensor], split: str = "balanced") -> A
     for module in lora_modules(state):
         key_a, key_b = module + LORA_A, module + LORA_B
         a, b = state[key_a], state[key_b]  # (R, in), (out, R)
+        gram_a = (a @ a.T).double()  # (R, R)
         frame_b, root_b = _principal_frame((b.T @ b).double())  # (R, kb), (kb,)
-        frame_a, root_a = _principal_frame((a @ a.T).double())  # (R, ka), (ka,)
+        frame_a, root_a = _principal_frame(gram_a)  # (R, ka), (ka,)
         core = root_b[:, None] * (frame_b.T @ frame_a) * root_a[None, :]  # (kb, ka)
         u, s, wh = torch.linalg.svd(core, full_matrices=False)
         k = int((s > NULL_TOLERANCE * s.max().clamp_min(1e-300)).sum()) if s.numel() else 0
+        rank = a.shape[0]
         if split == "balanced":
             left = right = s[:k].sqrt()
         else:
-            row_norm = a.double().norm() / a.shape[0] ** 0.5  # A's RMS row norm before the change
-            right = torch.full_like(s[:k], float(row_norm))
+            row_norm = (gram_a.trace() / rank).sqrt()  # A's RMS row norm before the change
+            right = row_norm.expand(k)
             left = s[:k] / right
-        to_b = (frame_b / root_b[None, :]) @ u[:, :k] * left[None, :]  # (R, k)
-        to_a = right[:, None] * wh[:k] @ (frame_a / root_a[None, :]).T  # (k, R)
-        new_a, new_b = a.clone(), torch.zeros_like(b)
-        new_a[:k] = to_a.to(a.dtype) @ a  # (k, in)
-        new_b[:, :k] = b @ to_b.to(b.dtype)  # (out, k)
-        out[key_a], out[key_b] = new_a, new_b
+        # One R x R matrix per factor: components beyond k get B = 0 and keep their A row.
+        to_b = torch.zeros(rank, rank, dtype=torch.float64, device=b.device)
+        to_b[:, :k] = (frame_b / root_b[None, :]) @ u[:, :k] * left[None, :]
+        to_a = torch.eye(rank, dtype=torch.float64, device=a.device)
+        to_a[:k] = right[:, None] * wh[:k] @ (frame_a / root_a[None, :]).T
+        out[key_a] = to_a.to(a.dtype) @ a  # (R, in)
+        out[key_b] = b @ to_b.to(b.dtype)  # (out, R)
     return out
 
 
