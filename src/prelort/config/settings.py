@@ -194,10 +194,10 @@ class SimulationConfig:
     )
     calibration_examples: int = setting(
         concern="evaluation",
-        default=1000,
+        default=2000,
         help="training examples the calibration round reads, over all clients, each client its "
         "share by examples (a seeded draw); 0: every example. A ceiling on the round's cost "
-        "(on Reuters R8, 1,000 of 6,140 gave the same heads within 1 point).",
+        "(measured: docs/RESULTS.md section 10).",
     )
     nested: str | None = setting(
         concern="training",
