@@ -13,10 +13,21 @@ import time
 
 import torch
 
-from benchmarks import aggregation, client_step, evaluation, gpu, memory, scale, throughput, wire
+from benchmarks import (
+    aggregation,
+    client_step,
+    evaluation,
+    gpu,
+    memory,
+    ordered_refactor,
+    scale,
+    throughput,
+    wire,
+)
 
 BENCHMARKS = {
     "aggregation": aggregation,
+    "ordered_refactor": ordered_refactor,
     "client_step": client_step,
     "evaluation": evaluation,
     "wire": wire,

@@ -11,11 +11,11 @@ measured side by side in one run, with their ratio and the largest difference of
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
 
+from benchmarks.aggregation import best_seconds
 from prelort.adapters.state import LORA_A, LORA_B, AdapterState
 from prelort.aggregation.flexlora import low_rank_svd
 from prelort.aggregation.ordered import svd_ordered
@@ -32,13 +32,9 @@ def qr_ordered(state: AdapterState) -> AdapterState:
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> float:
+    """Best of ``repeats`` after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return best_seconds(fn, repeats)
 
 
 def random_state(size: int, rank: int) -> AdapterState:
