@@ -95,7 +95,7 @@ def calibration_rows(fed: Federation, client: int) -> list[int]:
     return sorted(rows[i] for i in order.tolist())
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: set_state below must leave the model trainable afterwards
 def client_statistics(
     fed: Federation, global_state: AdapterState, client: int, tiers: list[int]
 ) -> dict[int, ClassStatistics]:
@@ -162,19 +162,24 @@ def calibrate(
 
 
 def evaluate_calibration(fed: Federation, calibration: Calibration) -> TierMetrics:
-    """Every tier evaluated with its own LDA head (the model keeps per-tier heads afterwards)."""
-    bench, ladder = fed.bench, fed.config.ranks.ladder
-    bench.adapted.use_tier_heads(ladder)
-    return evaluate_tiers(
-        bench.adapted,
-        calibration.state,
-        ladder,
-        bench.objective,
-        bench.test,
-        bench.tokenizer,
-        # no adapter: every tier's statistics, so its LDA head, are the same
-        same_at_every_tier=not fed.method.trains_adapter,
-    )
+    """Every tier evaluated with its own LDA head; the model's head mode is restored after, so
+    the workbench can serve another run (``prelort compare`` reuses it)."""
+    adapted, ladder = fed.bench.adapted, fed.config.ranks.ladder
+    before = sorted(adapted.tier_heads) or None
+    adapted.use_tier_heads(ladder)
+    try:
+        return evaluate_tiers(
+            adapted,
+            calibration.state,
+            ladder,
+            fed.bench.objective,
+            fed.bench.test,
+            fed.bench.tokenizer,
+            # no adapter: every tier's statistics, so its LDA head, are the same
+            same_at_every_tier=not fed.method.trains_adapter,
+        )
+    finally:
+        adapted.use_tier_heads(before)
 
 
 def calibrated_tiers(
