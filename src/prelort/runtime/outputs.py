@@ -132,11 +132,8 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     """Every file of a finished run; returns them by kind."""
     write_progress(result, out_dir)
     config = result.config
-    save_adapter(
-        out_dir / "adapter.safetensors",
-        result.global_state,
-        adapter_metadata(config, sorted({int(t) for t in result.final})),
-    )
+    metadata = adapter_metadata(config, sorted({int(t) for t in result.final}))
+    save_adapter(out_dir / "adapter.safetensors", result.global_state, metadata)
     title = f"{config['method']} on {config['task']}"
     budget = result.privacy_budget()
     if budget and budget.get("epsilon") is not None:  # the privacy a reader must see beside it
@@ -151,7 +148,6 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     }
     if result.calibrated_state:
         files["calibrated"] = out_dir / CALIBRATED_NAME
-        metadata = adapter_metadata(config, sorted({int(t) for t in result.final}))
         save_adapter(files["calibrated"], result.calibrated_state, {**metadata, "head": "per-tier"})
     files.update({f"plot_{p.stem}": p for p in plots})
     if result.samples:
