@@ -1,6 +1,7 @@
 """End-to-end federations on tiny random models (seconds each)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -62,6 +63,10 @@ def test_generation_federation_reports_perplexity_and_rouge(
 
     files = write_outputs(result, config.out)
     assert files["samples"].name == "samples.json"
+    # perplexity is one corpus-level ratio; each example's mean NLL is what a paired interval resamples
+    nll = result.examples["4"]["nll"]
+    assert len(nll) == config.eval_examples and all(v > 0 for v in nll)
+    assert min(nll) <= math.log(final["perplexity"]) <= max(nll)
 
 
 def test_learning_happens(tiny_bert_dir, topic_jsonl, tmp_path):

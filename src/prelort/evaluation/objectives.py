@@ -147,9 +147,14 @@ class GenerationObjective(TaskObjective):
         samples: list[dict[str, str]] | None = None,
         per_example: dict[str, list[float]] | None = None,
     ) -> dict[str, float]:
+        nll = [] if per_example is not None else None
         metrics = {
-            "perplexity": causal_perplexity(adapted, data, tokenizer.pad_token_id, batch_size)
+            "perplexity": causal_perplexity(
+                adapted, data, tokenizer.pad_token_id, batch_size, per_example_nll=nll
+            )
         }
+        if per_example is not None and nll is not None:
+            per_example["nll"] = nll
         if generation_data is None or not len(generation_data):
             return metrics
         predictions = generate(adapted, tokenizer, generation_data, batch_size, max_new_tokens)
@@ -187,9 +192,18 @@ def _chunks(n: int, size: int):
 
 @torch.inference_mode()
 def causal_perplexity(
-    adapted: NestedLoRAModel, data: EncodedSplit, pad_id: int, batch_size: int
+    adapted: NestedLoRAModel,
+    data: EncodedSplit,
+    pad_id: int,
+    batch_size: int,
+    per_example_nll: list[float] | None = None,
 ) -> float:
-    """Perplexity of the reference targets given their prompts."""
+    """Perplexity of the reference targets given their prompts (one corpus-level figure).
+
+    ``per_example_nll`` receives each example's mean NLL per target token: perplexity is a ratio
+    over the whole corpus, so it has no per-example score, while differences of these means can be
+    resampled example by example (``prelort.simulation.paired``).
+    """
     total, count = 0.0, 0
     for idx in _chunks(len(data), batch_size):
         batch = to_device(causal_batch(data, idx, pad_id), adapted.device)
@@ -198,11 +212,14 @@ def causal_perplexity(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
         labels = batch["labels"][:, 1:]  # token t is predicted at position t - 1
-        nll = F.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="sum"
+        token_nll = F.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
         )
-        total += float(nll)
-        count += int((labels != IGNORE).sum())
+        targets = (labels != IGNORE).sum(dim=1)
+        total += float(token_nll.sum())
+        count += int(targets.sum())
+        if per_example_nll is not None:
+            per_example_nll += (token_nll.sum(dim=1) / targets.clamp(min=1)).tolist()
     return perplexity(total, count)
 
 

@@ -14,7 +14,12 @@ from prelort.runtime.checkpoint import adapter_metadata
 from prelort.runtime.result import SimulationResult
 
 EXAMPLES_NAME = "examples.json"  # each test example's final score per tier and metric
-METRIC_LABELS = {"accuracy": "accuracy", "perplexity": "perplexity", "rouge_l": "ROUGE-L"}
+METRIC_LABELS = {
+    "accuracy": "accuracy",
+    "perplexity": "perplexity",
+    "rouge_l": "ROUGE-L",
+    "nll": "NLL per target token (nats)",
+}
 
 
 def metric_rows(rounds: Iterable[RoundRecord]) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 RESAMPLES = 2000
 LEVEL = 0.95
 BOOTSTRAP_SEED = 0  # the same resamples every time a comparison is summarised
+LOWER_IS_BETTER = frozenset({"nll"})  # per-example metrics where a negative difference is a gain
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def difference_table(diffs: Sequence[Difference]) -> str:
         lines = [
             f"Difference in {METRIC_LABELS.get(metric, metric)} to {first.reference}, 95 % paired "
             f"bootstrap interval over {first.examples} test examples x {first.seeds} seed(s) "
-            f"({RESAMPLES} resamples); * = the interval excludes 0:",
+            f"({RESAMPLES} resamples); * = the interval excludes 0"
+            f"{'; lower is better' if metric in LOWER_IS_BETTER else ''}:",
             "",
             "| method | " + " | ".join(f"rank {t}" for t in tiers) + " |",
             "|---|" + "---|" * len(tiers),
