@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from pathlib import Path
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -79,6 +80,18 @@ def base_dtype(setting: str, device: torch.device, packaged_default: torch.dtype
     if device.type == "cuda":
         return torch.bfloat16
     return packaged_default or torch.float32
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX); None: unknown.
+
+    Without it a bf16 base is emulated and can be slower than fp32 on the CPU.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return None  # not Linux: cannot tell
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def uses_autocast(device: torch.device, dtype: torch.dtype) -> bool:
