@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from pathlib import Path
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import torch
 
