@@ -121,6 +121,12 @@ CASES = [
     ("compare-bad-heads", ["compare", "--heads", "bogus"], "heads"),
     ("compare-unknown-method", ["compare", "--methods", "prelort,nope"], "method"),
     (
+        "compare-reference-absent",
+        ["compare", "--methods", "prelort", "--reference", "x"],
+        "reference",
+    ),
+    ("compare-reference-empty", ["compare", "--reference", " , "], "reference"),
+    (
         "export-missing",
         ["export", "--rank", "2", "--out", "{out}", "{dir}/none.safetensors"],
         "none.safetensors",

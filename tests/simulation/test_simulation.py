@@ -112,6 +112,16 @@ def test_comparison_shares_partitions_and_writes_tables(tiny_bert_dir, topic_jso
     differences = (config.out / "differences.csv").read_text().splitlines()
     assert differences[0].startswith("method,reference,tier") and len(differences) == 1 + 3
     assert (config.out / "differences_accuracy.png").is_file()
+    # several references, each in turn: the claim table (e.g. fedit-min, lowest-alone, fedit-max)
+    write_comparison(comparison, config.out, ["prelort", "zeropad"])
+    rows = (config.out / "differences.csv").read_text().splitlines()[1:]
+    assert sorted({r.split(",")[1] for r in rows}) == ["prelort", "zeropad"] and len(rows) == 6
+    table = (config.out / "summary.md").read_text()
+    assert (
+        "Difference in accuracy to prelort" in table
+        and "Difference in accuracy to zeropad" in table
+    )
+    assert (config.out / "differences_accuracy_vs_zeropad.png").is_file()
 
 
 def test_a_dp_comparison_states_the_privacy_it_spent(tiny_bert_dir, topic_jsonl, tmp_path):

@@ -31,7 +31,9 @@ log = logging.getLogger("prelort")
 
 REFERENCE_HELP = (
     "the method every other's paired difference (95%% bootstrap interval over examples and seeds) "
-    "is measured against [default: the recommended one where it runs, else the first]"
+    "is measured against, or several, comma-separated, each in turn (e.g. "
+    "fedit-min,lowest-alone,fedit-max: the paper's claim) [default: the recommended one where it "
+    "runs, else the first]"
 )
 
 

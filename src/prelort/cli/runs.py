@@ -179,10 +179,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"methods: {', '.join(twice)} listed more than once")
     for m in methods:
         get_method(m)
-    if args.reference is not None and args.reference not in methods:
-        raise ConfigError(
-            f"reference: {args.reference!r} is not one of --methods ({', '.join(methods)})"
-        )
+    _check_references(args.reference, methods, "--methods")
     if args.seeds < 1:
         raise ConfigError(f"seeds: must be >= 1, got {args.seeds}")
     if args.jobs < 1:
@@ -221,12 +218,27 @@ def _compare(args: argparse.Namespace, base: SimulationConfig, methods: list[str
         reference=not args.no_reference,
         jobs=args.jobs,
     )
-    _report_comparison(comparison, base.out, args.reference)
+    _report_comparison(comparison, base.out, _references(args.reference))
     print(f"wall time {time.perf_counter() - start:.1f} s")
     return 0
 
 
-def _report_comparison(comparison, out: Path, reference: str | None = None) -> None:
+def _references(value: str | None) -> list[str]:
+    """``--reference a,b``: each method named, in order, without blanks."""
+    return [r.strip() for r in (value or "").split(",") if r.strip()]
+
+
+def _check_references(value: str | None, methods: list[str], where: str) -> None:
+    missing = [r for r in _references(value) if r not in methods]
+    if value is not None and not _references(value):
+        raise ConfigError("reference: name at least one method")
+    if missing:
+        raise ConfigError(
+            f"reference: {', '.join(map(repr, missing))} not one of {where} ({', '.join(methods)})"
+        )
+
+
+def _report_comparison(comparison, out: Path, references: list[str] | None = None) -> None:
     from prelort.simulation.compare import (
         cost_table,
         markdown_table,
@@ -235,10 +247,11 @@ def _report_comparison(comparison, out: Path, reference: str | None = None) -> N
     )
     from prelort.simulation.paired import difference_table, paired_differences
 
-    if reference is not None and reference not in comparison.methods:
-        log.warning("reference: %s has no finished run here; using the default", reference)
-        reference = None
-    files = write_comparison(comparison, out, reference)
+    finished = [r for r in references or [] if r in comparison.methods]
+    for r in set(references or []) - set(finished):
+        log.warning("reference: %s has no finished run here; left out", r)
+    references = finished or None  # None: the recommended method where it ran
+    files = write_comparison(comparison, out, references)
     rows = comparison.summary_rows()
     print("\nfinal metric of the global adapter per rank tier (mean ± std over seeds):\n")
     print(markdown_table(rows))
@@ -246,7 +259,7 @@ def _report_comparison(comparison, out: Path, reference: str | None = None) -> N
     if note:
         print("\n" + note)
     if len(comparison.methods) > 1:
-        print("\n" + difference_table(paired_differences(comparison, out, reference)))
+        print("\n" + difference_table(paired_differences(comparison, out, references)))
     print()
     print(cost_table(comparison.cost_rows()))
     print("\nwrote " + ", ".join(str(p) for p in files.values()))
@@ -256,16 +269,12 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     from prelort.simulation.compare import load_comparison
 
     comparison = load_comparison(args.folder)
-    if args.reference is not None and args.reference not in comparison.methods:
-        raise ConfigError(
-            f"reference: {args.reference!r} is not one of the compared methods "
-            f"({', '.join(comparison.methods)})"
-        )
+    _check_references(args.reference, comparison.methods, "the compared methods")
     if comparison.unfinished:
         print(
             f"prelort summarize: left out {len(comparison.unfinished)} unfinished run(s): "
             + ", ".join(comparison.unfinished)
             + " (finish them with `prelort simulate --resume`)"
         )
-    _report_comparison(comparison, args.folder, args.reference)
+    _report_comparison(comparison, args.folder, _references(args.reference))
     return 0

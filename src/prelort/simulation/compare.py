@@ -316,20 +316,20 @@ def load_comparison(out_dir: Path) -> Comparison:
 
 
 def write_comparison(
-    comparison: Comparison, out_dir: Path, reference: str | None = None
+    comparison: Comparison, out_dir: Path, references: Sequence[str] | None = None
 ) -> dict[str, Path]:
     """summary.md, summary.csv, summary.json, differences.csv and the comparison plots.
 
     Args:
-        reference: the method the others' paired differences are measured against (default: the
-            recommended one where it ran, else the first).
+        references: the methods the others' paired differences are measured against, each in
+            turn (default: the recommended one where it ran, else the first).
     """
     rows = comparison.summary_rows()
     costs = comparison.cost_rows()
     note = reference_note(rows)
     privacy = comparison.privacy_note()
     diffs = (
-        paired_differences(comparison, out_dir, reference) if len(comparison.methods) > 1 else []
+        paired_differences(comparison, out_dir, references) if len(comparison.methods) > 1 else []
     )
     table = markdown_table(rows) + ("\n\n" + note if note else "")
     table += ("\n\n" + difference_table(diffs) if diffs else "") + "\n\n" + cost_table(costs)

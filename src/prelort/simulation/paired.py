@@ -88,49 +88,52 @@ def default_reference(methods: Sequence[str]) -> str:
 
 
 def paired_differences(
-    comparison: Comparison, out_dir: Path, reference: str | None = None
+    comparison: Comparison, out_dir: Path, references: Sequence[str] | None = None
 ) -> list[Difference]:
-    """Every other method's difference to ``reference`` per tier and per-example metric.
+    """Every other method's difference to each of ``references`` per tier and per-example metric.
 
-    Only seeds both methods finished with per-example scores count; a method without any is
-    left out.
+    ``references`` defaults to the recommended method where it ran. Several references give the
+    paper's claim table in one pass (e.g. FedIT at the lowest rank, the lowest-rank clients alone,
+    FedIT at the top rank). Only seeds both methods finished with per-example scores count; a
+    method without any is left out.
     """
-    reference = reference or default_reference(comparison.methods)
+    references = list(references or [default_reference(comparison.methods)])
     scores = {
         (label, seed): run_examples(out_dir / f"{label}-seed{seed}")
         for label, seed in comparison.runs
     }
     out: list[Difference] = []
-    for method in comparison.methods:
-        if method == reference:
-            continue
-        seeds = [
-            s for s in comparison.seeds if scores.get((method, s)) and scores.get((reference, s))
-        ]
-        if not seeds:
-            continue
-        first = scores[(method, seeds[0])]
-        for tier in sorted(first, key=int):
-            for metric in sorted(first[tier]):
-                rows = [
-                    torch.tensor(scores[(method, s)][tier][metric])
-                    - torch.tensor(scores[(reference, s)][tier][metric])
-                    for s in seeds
-                ]
-                mean, low, high = paired_interval(torch.stack(rows))
-                out.append(
-                    Difference(
-                        method,
-                        reference,
-                        int(tier),
-                        metric,
-                        mean,
-                        low,
-                        high,
-                        len(rows[0]),
-                        len(seeds),
-                    )
+    for reference in references:
+        for method in comparison.methods:
+            if method != reference:
+                out += _differences(comparison.seeds, scores, method, reference)
+    return out
+
+
+def _differences(
+    seeds: Sequence[int],
+    scores: dict[tuple[str, int], dict[str, dict[str, list[float]]] | None],
+    method: str,
+    reference: str,
+) -> list[Difference]:
+    shared = [s for s in seeds if scores.get((method, s)) and scores.get((reference, s))]
+    if not shared:
+        return []
+    out = []
+    first, ref_first = scores[(method, shared[0])], scores[(reference, shared[0])]
+    for tier in sorted(set(first) & set(ref_first), key=int):
+        for metric in sorted(set(first[tier]) & set(ref_first[tier])):
+            rows = [
+                torch.tensor(scores[(method, s)][tier][metric])
+                - torch.tensor(scores[(reference, s)][tier][metric])
+                for s in shared
+            ]
+            mean, low, high = paired_interval(torch.stack(rows))
+            out.append(
+                Difference(
+                    method, reference, int(tier), metric, mean, low, high, len(rows[0]), len(shared)
                 )
+            )
     return out
 
 
@@ -139,8 +142,8 @@ def difference_table(diffs: Sequence[Difference]) -> str:
     if not diffs:
         return ""
     blocks = []
-    for metric in sorted({d.metric for d in diffs}):
-        sel = [d for d in diffs if d.metric == metric]
+    for reference, metric in _groups(diffs):
+        sel = [d for d in diffs if d.metric == metric and d.reference == reference]
         tiers = sorted({d.tier for d in sel})
         first = sel[0]
         lines = [
@@ -174,8 +177,9 @@ def plot_differences(diffs: Sequence[Difference], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
-    for metric in sorted({d.metric for d in diffs}):
-        sel = [d for d in diffs if d.metric == metric]
+    first_reference = diffs[0].reference if diffs else None
+    for reference, metric in _groups(diffs):
+        sel = [d for d in diffs if d.metric == metric and d.reference == reference]
         tiers = sorted({d.tier for d in sel})
         methods = list(dict.fromkeys(d.method for d in sel))
         width = 0.8 / len(methods)
@@ -192,5 +196,15 @@ def plot_differences(diffs: Sequence[Difference], out_dir: Path) -> list[Path]:
         ax.set_title("paired differences, 95 % bootstrap intervals", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
-        paths.append(save_figure(fig, out_dir / f"differences_{metric}.png"))
+        # the first reference keeps the plain name; each further one is named after itself
+        suffix = "" if reference == first_reference else f"_vs_{reference}"
+        paths.append(save_figure(fig, out_dir / f"differences_{metric}{suffix}.png"))
     return paths
+
+
+def _groups(diffs: Sequence[Difference]) -> list[tuple[str, str]]:
+    """(reference, metric) pairs in the references' order, metrics sorted within each."""
+    references = list(dict.fromkeys(d.reference for d in diffs))
+    return [
+        (r, m) for r in references for m in sorted({d.metric for d in diffs if d.reference == r})
+    ]
