@@ -1,0 +1,82 @@
+"""The paper's rule, re-ordered once before serving: a finished run's adapter scored after one change of basis.
+
+    python -m benchmarks.ordered_once RUN [RUN ...] --out FOLDER [--split fixed-a]
+
+``prelort-ordered-a`` re-factorises the global adapter in singular-value order after *every* round, so
+the next round trains from the ordered factors. Re-ordering only the *final* adapter keeps the paper's
+training untouched (its rank-R product, and so its top tier, exactly) and makes every lower tier the best
+approximation of that product. For each finished run (a ``<method>-seed<S>`` folder) this scores the
+re-ordered adapter at every tier on the run's own test examples and writes
+``FOLDER/<method>-ordered-once-seed<S>/`` (metrics.json, examples.json), so that ``prelort summarize``
+compares it, example by example, with the runs it sits beside (docs/RESULTS.md section 12).
+
+For a classifier head the trained head was fitted to the unordered tiers' features; read the
+calibrated accuracy (``prelort calibrate``) rather than the head's there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from prelort.aggregation.ordered import svd_ordered
+from prelort.config import config_from_mapping
+from prelort.evaluation.tiers import evaluate_tiers
+from prelort.io import load_adapter, write_json
+from prelort.runtime.outputs import EXAMPLES_NAME
+from prelort.runtime.workbench import build_workbench
+
+
+def score_ordered(run: Path, out: Path, split: str) -> dict:
+    """Re-order ``run``'s final adapter, score every tier, write ``out``; returns the tiers' metrics."""
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    config = config_from_mapping(metrics["config"])
+    state, _ = load_adapter(run / "adapter.safetensors")
+    bench = build_workbench(config)
+    per_example: dict[str, dict[str, list[float]]] = {}
+    start = time.perf_counter()
+    tiers = evaluate_tiers(
+        bench.adapted,
+        svd_ordered(state, split),
+        config.ranks.ladder,
+        bench.objective,
+        bench.test,
+        bench.tokenizer,
+        generation_data=bench.generation,
+        max_new_tokens=config.max_new_tokens,
+        per_example=per_example,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / "metrics.json",
+        {
+            **metrics,
+            "final": {"tiers": tiers},
+            "ordered_once": {"source": str(run), "split": split},
+            "wall_seconds": round(time.perf_counter() - start, 1),
+        },
+    )
+    write_json(out / EXAMPLES_NAME, {"tiers": per_example})
+    return tiers
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="finished <method>-seed<S> run folders")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--split", default="fixed-a", choices=["fixed-a", "balanced"])
+    args = parser.parse_args(argv)
+    for run in args.runs:
+        method, _, seed = run.resolve().name.rpartition("-seed")
+        target = args.out / f"{method}-ordered-once-seed{seed}"
+        tiers = score_ordered(run, target, args.split)
+        shown = "  ".join(
+            f"r{t}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) for t, m in tiers.items()
+        )
+        print(f"{target}: {shown}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
