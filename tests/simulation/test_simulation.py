@@ -406,3 +406,20 @@ def test_secure_aggregation_in_process_equals_the_plain_run(
     for key, value in plain.global_state.items():
         torch.testing.assert_close(secure.global_state[key], value, rtol=0, atol=1e-5)
     assert [t["ranks"] for t in secure.traffic] == [t["ranks"] for t in plain.traffic]
+
+
+def test_train_dtype_runs_the_steps_in_bf16_and_scores_in_the_base_precision(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "bf16", train_dtype="bfloat16")
+    bench = build_workbench(config)
+    layer = next(iter(bench.adapted.layers.values()))
+    x = torch.randn(2, layer.base.in_features)
+    with bench.adapted.train_autocast():
+        assert layer(x).dtype == torch.bfloat16  # the training step's matmuls
+    with bench.adapted.autocast():
+        assert layer(x).dtype == torch.float32  # evaluation, readout and calibration
+    assert layer.base.weight.dtype == torch.float32  # the base is kept as it was loaded
+    result = run_simulation(config, progress=False)
+    assert all(math.isfinite(r["train_loss"]) for r in result.rounds)
+    assert all(v.dtype == torch.float32 for v in result.global_state.values())

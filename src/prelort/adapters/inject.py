@@ -70,6 +70,8 @@ class NestedLoRAModel:
         active_tier: the tier whose head the model uses now (None with a shared head).
         autocast_dtype: forwards run under autocast to this dtype (a 16-bit base on a GPU), or
             None (``prelort.models.Placement``).
+        train_autocast_dtype: training steps run under autocast to this dtype instead (the
+            ``train_dtype`` setting: a 16-bit step over a base kept in fp32), or None.
     """
 
     model: nn.Module
@@ -80,6 +82,7 @@ class NestedLoRAModel:
     tier_heads: dict[int, dict[str, nn.Parameter]] = field(default_factory=dict)
     active_tier: int | None = None
     autocast_dtype: torch.dtype | None = None
+    train_autocast_dtype: torch.dtype | None = None
 
     @property
     def device(self) -> torch.device:
@@ -89,6 +92,10 @@ class NestedLoRAModel:
     def autocast(self) -> contextlib.AbstractContextManager:
         """The precision context of a forward: autocast over a 16-bit GPU base, else nothing."""
         return autocast(self.device, self.autocast_dtype)
+
+    def train_autocast(self) -> contextlib.AbstractContextManager:
+        """The precision context of a training step: ``train_autocast_dtype`` where set."""
+        return autocast(self.device, self.train_autocast_dtype or self.autocast_dtype)
 
     def set_active_rank(self, rank: int) -> None:
         """Truncate every nested layer to its first ``rank`` components (and use that tier's head)."""

@@ -23,6 +23,7 @@ from prelort.config.values import (
     OPTIMIZER_CHOICES,
     PARTITION_CHOICES,
     QUANTIZE_CHOICES,
+    TRAIN_DTYPE_CHOICES,
     WIRE_DTYPE_CHOICES,
     RankSpec,
 )
@@ -304,6 +305,16 @@ class SimulationConfig:
         choices=DTYPE_CHOICES,
         default="auto",
         help="base model dtype: auto (bf16 on CUDA, fp32 on the CPU, the packaged model's own choice), float32, bfloat16, float16; adapters and their optimizer state are fp32 whatever this is.",
+        workbench=True,
+    )
+    train_dtype: str = setting(
+        concern="model",
+        choices=TRAIN_DTYPE_CHOICES,
+        default="auto",
+        help="precision of the training steps: auto (that of dtype), or bfloat16 / float16: the "
+        "training forwards and backwards run under autocast to it while the frozen base keeps "
+        "dtype, so evaluation, the readout and the calibration round keep dtype's precision "
+        "(a bf16 base on the CPU costs the LDA heads 1-2 points; docs/PERFORMANCE.md section 6).",
         workbench=True,
     )
     device: str = setting(

@@ -125,7 +125,7 @@ def looped_backward(
     step_loss = 0.0
     for r in ranks:
         adapted.set_active_rank(r)
-        with adapted.autocast():
+        with adapted.train_autocast():
             loss = adapted.model(**batch).loss
         loss = loss / len(ranks) if shares is None else loss * shares[r]
         step_loss += float(loss.detach())
@@ -146,7 +146,7 @@ def masked_backward(
     weighs by its share of them. Both ``stacked_backward`` and ``split_backward`` are this.
     """
     with adapted.row_truncations(row_ranks):
-        with adapted.autocast():
+        with adapted.train_autocast():
             loss = adapted.model(**batch).loss
         # inside the masks: gradient checkpointing recomputes the forward during the backward
         (loss + objective.penalty(adapted, rank)).backward()
@@ -192,7 +192,7 @@ def split_backward(
     for r in groups:
         rows = torch.tensor([n for n, rr in enumerate(row_ranks) if rr == r], device=adapted.device)
         adapted.set_active_rank(r)
-        with adapted.autocast():
+        with adapted.train_autocast():
             loss = adapted.model(**{k: v[rows] for k, v in batch.items()}).loss
         loss = loss * (len(rows) / len(row_ranks) if shares is None else shares[r])
         step_loss += float(loss.detach())
