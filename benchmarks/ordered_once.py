@@ -10,8 +10,9 @@ re-ordered adapter at every tier on the run's own test examples and writes
 ``FOLDER/<method>-ordered-once-seed<S>/`` (metrics.json, examples.json), so that ``prelort summarize``
 compares it, example by example, with the runs it sits beside (docs/RESULTS.md section 12).
 
-For a classifier head the trained head was fitted to the unordered tiers' features; read the
-calibrated accuracy (``prelort calibrate``) rather than the head's there.
+For a classifier head the trained head was fitted to the unordered tiers' features, so its accuracy
+understates the re-ordered tiers: read ``readout_accuracy`` (a readout refitted on each tier's
+features, reported here as in every run) or calibrate the folder (``prelort calibrate``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from prelort.aggregation.ordered import svd_ordered
 from prelort.config import config_from_mapping
+from prelort.evaluation.objectives import ReadoutData
 from prelort.evaluation.tiers import evaluate_tiers
 from prelort.io import load_adapter, write_json
 from prelort.runtime.outputs import EXAMPLES_NAME
@@ -36,6 +38,9 @@ def score_ordered(run: Path, out: Path, split: str) -> dict:
     state, _ = load_adapter(run / "adapter.safetensors")
     bench = build_workbench(config)
     per_example: dict[str, dict[str, list[float]]] = {}
+    readout = None
+    if bench.readout_rows:
+        readout = ReadoutData(bench.train, bench.readout_rows, bench.task.num_labels)
     start = time.perf_counter()
     tiers = evaluate_tiers(
         bench.adapted,
@@ -46,6 +51,7 @@ def score_ordered(run: Path, out: Path, split: str) -> dict:
         bench.tokenizer,
         generation_data=bench.generation,
         max_new_tokens=config.max_new_tokens,
+        readout=readout,
         per_example=per_example,
     )
     out.mkdir(parents=True, exist_ok=True)
