@@ -86,7 +86,7 @@ def merge_adapters(
         ClientUpdate(k, a.state, a.rank, w)
         for k, (a, w) in enumerate(zip(adapters, weights, strict=True))
     ]
-    return chosen.merge(updates, partial(_zeros, adapters), rank)
+    return chosen.served(chosen.merge(updates, partial(_zeros, adapters), rank))
 
 
 def aggregate_folders(

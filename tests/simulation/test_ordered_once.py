@@ -24,3 +24,33 @@ def test_the_reordered_adapter_keeps_the_top_tier_and_is_summarised_beside_its_r
     examples = json.loads((out / "examples.json").read_text())["tiers"]
     assert len(examples[top]["nll"]) == config.eval_examples
     assert set(load_comparison(tmp_path / "cmp").methods) == {"prelort", "prelort-ordered-once"}
+
+
+def test_the_method_trains_as_prelort_and_serves_the_reordered_adapter(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    import torch
+
+    from prelort.aggregation.ordered import svd_ordered
+    from prelort.io import load_adapter
+    from prelort.runtime.checkpoint import load_checkpoint
+
+    runs = {}
+    for method in ("prelort", "prelort-ordered-once"):
+        config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / method, method=method, rounds=2)
+        result = run_simulation(config, progress=False, checkpoint_dir=config.out)
+        runs[method] = (config, result)
+        write_outputs(runs[method][1], config.out)
+    (paper_config, paper), (once_config, once) = runs["prelort"], runs["prelort-ordered-once"]
+    # training and aggregation are the paper's: the server state it checkpoints is prelort's
+    checkpoint = load_checkpoint(once_config.out)
+    for key, value in paper.global_state.items():
+        assert torch.equal(checkpoint.global_state[key], value), key
+    # what it serves, saves and scores is that state re-ordered
+    served, _ = load_adapter(once_config.out / "adapter.safetensors")
+    expected = svd_ordered(paper.global_state, "fixed-a")
+    for key, value in expected.items():
+        assert torch.allclose(served[key], value, atol=1e-6), key
+    # the top tier is the same product; the shared head reads it alike (up to float rounding)
+    top = str(max(paper_config.ranks.ladder))
+    assert abs(once.final[top]["accuracy"] - paper.final[top]["accuracy"]) <= 1 / 24

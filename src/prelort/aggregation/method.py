@@ -99,6 +99,12 @@ class Method:
             "prelort, zeropad or another averaging method)"
         )
 
+    def served(self, state: Mapping[str, torch.Tensor]) -> AdapterState:
+        """The adapter a run serves from the server's ``state``: what every evaluation scores and
+        the calibration round, ``adapter.safetensors`` and ``prelort export`` read. The server
+        keeps training from ``state`` itself (the checkpoint). Default: ``state`` unchanged."""
+        return dict(state)
+
     def initial_state(self, fresh_state: Mapping[str, torch.Tensor]) -> AdapterState:
         """The server's state before round 1, from the fresh rank-R adapter."""
         return dict(fresh_state)

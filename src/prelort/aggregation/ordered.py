@@ -136,7 +136,31 @@ class Ordered(PreLort):
         return partial(ordered_from_sums, split=self.split)
 
 
+@dataclass(frozen=True)
+class OrderedOnce(PreLort):
+    """PreLort's training and aggregation, unchanged; what it serves is re-ordered.
+
+    The server keeps the paper's own factors between rounds, so the high-rank clients' segments
+    are trained only by them, as the paper intends; every tier it evaluates, calibrates, saves
+    and exports is a prefix of ``svd_ordered`` of that state: the top tier the paper's own
+    product, each lower one that product's best approximation. A post-processing of the
+    aggregate, so it keeps PreLort's secure-aggregation and DP support.
+    """
+
+    split: str = "fixed-a"
+
+    def served(self, state: Mapping[str, torch.Tensor]) -> AdapterState:
+        return svd_ordered(state, self.split)
+
+
 register(
+    OrderedOnce(
+        "prelort-ordered-once",
+        "PreLort as the paper trains it, served in SVD order: every tier a prefix of the "
+        "re-factorised product (the top tier the paper's, each lower one its best approximation)",
+        group="candidate",
+        nested="all",
+    ),
     Ordered(
         "prelort-ordered-a",
         "PreLort + SVD order, LoRA's factor convention: as prelort-ordered, but A's rows keep "

@@ -27,6 +27,8 @@ GROUPS: dict[str, str] = {
     "peer": "nearest peers (rank-wise aggregation rules of 2025-2026)",
     "reference": "references",
     "ablation": "ablations",
+    "candidate": "candidate (measured ahead of the recommended one on one task so far; "
+    "docs/RESULTS.md section 12)",
     "experimental": "experimental (measured no better than the recommended one)",
 }
 

@@ -113,9 +113,11 @@ def run_server(
     calibration = calibrated = None
     if calibrates(fed) and result.final:
         nodes = {p: n for n, p in partitions.items()}
-        calibration = calibration_round(grid, fed, final.global_state, nodes, timeout)
+        calibration = calibration_round(
+            grid, fed, fed.method.served(final.global_state), nodes, timeout
+        )
         calibrated = evaluate_calibration(fed, calibration)
-    finish_run(result, final, start, calibrated, calibration)
+    finish_run(result, fed.method.served(final.global_state), start, calibrated, calibration)
     write_outputs(result, out)
     return result
 

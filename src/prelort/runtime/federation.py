@@ -128,7 +128,7 @@ class Federation:
             readout = ReadoutData(bench.train, bench.readout_rows, bench.task.num_labels)
         return evaluate_tiers(
             bench.adapted,
-            server.global_state,
+            self.method.served(server.global_state),
             config.ranks.ladder,
             bench.objective,
             bench.test,

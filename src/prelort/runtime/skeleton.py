@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from prelort.adapters.state import AdapterState
 from prelort.config import SimulationConfig
 from prelort.evaluation.tiers import TierMetrics
 from prelort.federation.records import RoundRecord
@@ -68,7 +69,7 @@ def close_round(
 
 def finish_run(
     result: SimulationResult,
-    final: ServerState,
+    served: AdapterState,
     start: float,
     calibrated: TierMetrics | None = None,
     calibration: Calibration | None = None,
@@ -76,6 +77,7 @@ def finish_run(
     """The result with the final adapter, the calibration round's metrics and the wall time.
 
     Args:
+        served: the adapter the run serves (``Method.served`` of the server's final state).
         start: ``time.perf_counter()`` when the run started.
         calibrated: each tier's metrics with its LDA head, if the calibration round ran.
         calibration: that round's heads, kept as ``result.calibrated_state``.
@@ -84,6 +86,6 @@ def finish_run(
         record_calibrated(result.final, calibrated)
     if calibration is not None:
         result.calibrated_state = calibration.state
-    result.global_state = final.global_state
+    result.global_state = dict(served)
     result.wall_seconds = time.perf_counter() - start
     return result

@@ -91,6 +91,8 @@ def run_simulation(
     calibration = calibrated = None
     if calibrates(fed) and result.final:
         calibration_start = time.perf_counter()
-        calibration, calibrated = calibrated_tiers(fed, server.global_state)
+        calibration, calibrated = calibrated_tiers(fed, fed.method.served(server.global_state))
         phases["calibrate"] = time.perf_counter() - calibration_start
-    return finish_run(result, server, start, calibrated, calibration)
+    return finish_run(
+        result, fed.method.served(server.global_state), start, calibrated, calibration
+    )
