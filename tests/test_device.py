@@ -82,7 +82,7 @@ def test_the_measured_batch_is_the_longest_rows():
 def test_a_bf16_base_on_a_cpu_without_native_bf16_is_warned_about(monkeypatch, caplog):
     import prelort.models as models
 
-    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("prelort.device.cpu_has_native_bf16", lambda: False)
     with caplog.at_level("WARNING", logger=models.log.name):
         models.placement_for("minilm-l6", "cpu", "bfloat16")
         models.placement_for("minilm-l6", "cpu", "float32")
@@ -90,7 +90,7 @@ def test_a_bf16_base_on_a_cpu_without_native_bf16_is_warned_about(monkeypatch, c
         "dtype: a bfloat16 base on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated "
         "and may train slower than --dtype float32"
     ]
-    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("prelort.device.cpu_has_native_bf16", lambda: True)
     caplog.clear()
     models.placement_for("minilm-l6", "cpu", "bfloat16")
     assert not caplog.records

@@ -94,6 +94,11 @@ def cpu_has_native_bf16() -> bool | None:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def emulates_bf16(device: torch.device, dtype: torch.dtype | None) -> bool:
+    """A bf16 computation on a CPU known to lack native bf16: worth a warning."""
+    return device.type == "cpu" and dtype == torch.bfloat16 and cpu_has_native_bf16() is False
+
+
 def uses_autocast(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether forwards run under autocast: a 16-bit base on a GPU.
 

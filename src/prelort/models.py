@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prelort.device import CPU, base_dtype, cpu_has_native_bf16, resolve_device, uses_autocast
+from prelort.device import CPU, base_dtype, emulates_bf16, resolve_device, uses_autocast
 from prelort.errors import ModelError
 from prelort.io import make_staging_dir
 
@@ -197,7 +197,7 @@ def placement_for(
     torch_dtype = base_dtype(dtype, where, AUTO_DTYPE.get(name))
     if quantize != "none" and dtype == "auto":
         torch_dtype = torch.bfloat16  # QLoRA: the unquantized rest of the base in bf16 as well
-    if where.type == "cpu" and torch_dtype == torch.bfloat16 and cpu_has_native_bf16() is False:
+    if emulates_bf16(where, torch_dtype):
         log.warning(
             "dtype: a bfloat16 base on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated "
             "and may train slower than --dtype float32"

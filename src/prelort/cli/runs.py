@@ -229,9 +229,10 @@ def _references(value: str | None) -> list[str]:
 
 
 def _check_references(value: str | None, methods: list[str], where: str) -> None:
-    missing = [r for r in _references(value) if r not in methods]
-    if value is not None and not _references(value):
+    named = _references(value)
+    if value is not None and not named:
         raise ConfigError("reference: name at least one method")
+    missing = [r for r in named if r not in methods]
     if missing:
         raise ConfigError(
             f"reference: {', '.join(map(repr, missing))} not one of {where} ({', '.join(methods)})"
@@ -239,30 +240,17 @@ def _check_references(value: str | None, methods: list[str], where: str) -> None
 
 
 def _report_comparison(comparison, out: Path, references: list[str] | None = None) -> None:
-    from prelort.simulation.compare import (
-        cost_table,
-        markdown_table,
-        reference_note,
-        write_comparison,
-    )
-    from prelort.simulation.paired import difference_table, paired_differences
+    from prelort.simulation.compare import write_comparison
 
     finished = [r for r in references or [] if r in comparison.methods]
     for r in set(references or []) - set(finished):
         log.warning("reference: %s has no finished run here; left out", r)
     references = finished or None  # None: the recommended method where it ran
     files = write_comparison(comparison, out, references)
-    rows = comparison.summary_rows()
+    # summary.md holds the tables, the note and the paired differences (bootstrapped once, there)
     print("\nfinal metric of the global adapter per rank tier (mean ± std over seeds):\n")
-    print(markdown_table(rows))
-    note = reference_note(rows)
-    if note:
-        print("\n" + note)
-    if len(comparison.methods) > 1:
-        print("\n" + difference_table(paired_differences(comparison, out, references)))
-    print()
-    print(cost_table(comparison.cost_rows()))
-    print("\nwrote " + ", ".join(str(p) for p in files.values()))
+    print(files["summary_md"].read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(str(p) for p in files.values()))
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:

@@ -147,14 +147,14 @@ class GenerationObjective(TaskObjective):
         samples: list[dict[str, str]] | None = None,
         per_example: dict[str, list[float]] | None = None,
     ) -> dict[str, float]:
-        nll = [] if per_example is not None else None
+        nll: list[float] | None = None
+        if per_example is not None:
+            nll = per_example["nll"] = []
         metrics = {
             "perplexity": causal_perplexity(
                 adapted, data, tokenizer.pad_token_id, batch_size, per_example_nll=nll
             )
         }
-        if per_example is not None and nll is not None:
-            per_example["nll"] = nll
         if generation_data is None or not len(generation_data):
             return metrics
         predictions = generate(adapted, tokenizer, generation_data, batch_size, max_new_tokens)

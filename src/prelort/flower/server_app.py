@@ -111,13 +111,12 @@ def run_server(
             )
         final = strategy.server
     calibration = calibrated = None
+    served = fed.method.served(final.global_state)
     if calibrates(fed) and result.final:
         nodes = {p: n for n, p in partitions.items()}
-        calibration = calibration_round(
-            grid, fed, fed.method.served(final.global_state), nodes, timeout
-        )
+        calibration = calibration_round(grid, fed, served, nodes, timeout)
         calibrated = evaluate_calibration(fed, calibration)
-    finish_run(result, fed.method.served(final.global_state), start, calibrated, calibration)
+    finish_run(result, served, start, calibrated, calibration)
     write_outputs(result, out)
     return result
 

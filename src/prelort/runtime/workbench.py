@@ -17,7 +17,7 @@ from prelort.adapters.inject import NestedLoRAModel, inject_nested_lora
 from prelort.config import SimulationConfig
 from prelort.data.encoding import EncodedSplit, encode_split, verbalized_task
 from prelort.data.tasks import CLASSIFICATION, GENERATION, FileFields, TaskData, load_task
-from prelort.device import cpu_has_native_bf16
+from prelort.device import base_dtype, emulates_bf16
 from prelort.errors import ConfigError
 from prelort.evaluation.objectives import GENERATIVE, HEAD, VERBALIZED, TaskObjective
 from prelort.io import file_sha256
@@ -25,7 +25,6 @@ from prelort.models import is_causal_lm, load_model, placement_for
 
 log = logging.getLogger(__name__)
 
-HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}  # train_dtype's autocast targets
 EVAL_SUBSET_SEED = 0  # one test subset, and one set of readout rows, for every method and seed
 
 
@@ -122,11 +121,9 @@ def build_workbench(config: SimulationConfig) -> Workbench:
         head_dtype=torch.float32 if placement.autocast_dtype is not None else None,
     )
     adapted.autocast_dtype = placement.autocast_dtype
-    adapted.train_autocast_dtype = (
-        HALF[config.train_dtype] if config.train_dtype != "auto" else None
-    )
-    on_cpu = placement.device.type == "cpu"
-    if adapted.train_autocast_dtype == torch.bfloat16 and on_cpu and cpu_has_native_bf16() is False:
+    if config.train_dtype != "auto":
+        adapted.train_autocast_dtype = base_dtype(config.train_dtype, placement.device)
+    if emulates_bf16(placement.device, adapted.train_autocast_dtype):
         log.warning(
             "train_dtype: bfloat16 steps on a CPU without native bf16 (AVX512-BF16 or AMX) "
             "are emulated and may be slower than train_dtype auto"

@@ -89,10 +89,9 @@ def run_simulation(
             on_round(result)
     bar.close()
     calibration = calibrated = None
+    served = fed.method.served(server.global_state)
     if calibrates(fed) and result.final:
         calibration_start = time.perf_counter()
-        calibration, calibrated = calibrated_tiers(fed, fed.method.served(server.global_state))
+        calibration, calibrated = calibrated_tiers(fed, served)
         phases["calibrate"] = time.perf_counter() - calibration_start
-    return finish_run(
-        result, fed.method.served(server.global_state), start, calibrated, calibration
-    )
+    return finish_run(result, served, start, calibrated, calibration)
