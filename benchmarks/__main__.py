@@ -42,6 +42,7 @@ HEADLINES = (
     "agg_flexlora_vs_prelort",
     "nested_sample_step_vs_plain",
     "nested_all_step_vs_plain",
+    "eval_bf16_vs_fp32",
     "memory_100_vs_1_clients",
     "clients_1000_minutes",
     "gpu_parity_max_abs_diff",

@@ -1,10 +1,13 @@
-"""Evaluation: every tier one after another against every tier in one stacked pass.
+"""Evaluation: every tier one after another against every tier in one stacked pass; and the
+scoring forwards in fp32 against bf16 autocast (``eval_dtype``).
 
 The global adapter is scored at each of the 4 tiers on the same test rows. ``one after another``
 is what ``evaluate_tiers`` does (a forward per tier); ``stacked`` runs the tiers as masked copies
 of the batch in one forward (``NestedLoRAModel.truncations``, as the ``all`` training step does).
 Both give the same logits (the maximum difference is printed); timed in turns, best of the
-repeats.
+repeats. The second table times ``head_outputs`` (what evaluation, the readout and the
+calibration round run) at the top tier with ``eval_dtype`` auto and bfloat16, with the largest
+difference of the head's input features relative to their largest magnitude.
 
     python -m benchmarks.evaluation [--quick]
 """
@@ -20,6 +23,7 @@ import torch
 from benchmarks.client_step import LADDER
 from prelort.config import config_from_mapping
 from prelort.data.encoding import classification_batch
+from prelort.evaluation.readout import head_outputs
 from prelort.runtime.workbench import build_workbench
 
 
@@ -74,7 +78,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
             f"| {shape} | {best[False]:.3f} | {best[True]:.3f} | {best[True] / best[False]:.2f} "
             f"| {diff:.1e} |"
         )
-    return {}
+    return {"eval_bf16_vs_fp32": scoring_precision(bench, sizes, repeats)}
+
+
+def scoring_precision(bench, sizes: Sequence[int], repeats: int) -> float:
+    """Print fp32 against bf16-autocast scoring; return the bf16 / fp32 time of the largest batch."""
+    adapted, pad = bench.adapted, bench.tokenizer.pad_token_id
+    adapted.set_active_rank(LADDER[-1])
+    print(
+        "\n| scoring rows | eval_dtype auto (fp32) s | bfloat16 s | bf16 / fp32 | max rel feature diff |"
+    )
+    print("|---|---|---|---|---|")
+    ratio = float("nan")
+    for rows in sizes:
+        best, features = {}, {}
+        for _ in range(repeats):
+            for dtype in (None, torch.bfloat16):
+                adapted.eval_autocast_dtype = dtype
+                begin = time.perf_counter()
+                features[dtype] = head_outputs(adapted, bench.test, range(rows), pad, rows).features
+                best[dtype] = min(best.get(dtype, float("inf")), time.perf_counter() - begin)
+        adapted.eval_autocast_dtype = None
+        diff = (features[None] - features[torch.bfloat16]).abs().max() / features[None].abs().max()
+        ratio = best[torch.bfloat16] / best[None]
+        print(
+            f"| {rows} | {best[None]:.3f} | {best[torch.bfloat16]:.3f} | {ratio:.2f} | {diff:.1e} |"
+        )
+    return ratio
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def test_the_workbench_key_follows_every_field_marked_workbench():
     base = SimulationConfig()
     changed = {
         "task": "rotten-tomatoes", "model": "smollm2-135m", "dtype": "float32",
-        "device": "cpu", "train_dtype": "bfloat16", "quantize": "4bit", "gradient_checkpointing": True, "max_length": 99,
+        "device": "cpu", "train_dtype": "bfloat16", "eval_dtype": "bfloat16", "quantize": "4bit", "gradient_checkpointing": True, "max_length": 99,
         "max_rank": 32, "alpha": 3.0, "target_modules": ("query",), "lora_dropout": 0.1,
         "eval_examples": 7, "generate_examples": 3, "classifier": "head", "readout_examples": 5,
         "text_field": "t", "label_field": "l", "instruction_field": "i", "response_field": "r",

@@ -330,11 +330,22 @@ def test_calibration_setting_adds_the_calibrated_accuracy_of_every_tier(
     tiny_bert_dir, tiny_llama_dir, topic_jsonl, headline_jsonl, tmp_path
 ):
     from prelort.errors import ConfigError
+    from prelort.runtime.calibrate import Calibration, evaluate_calibration
+    from prelort.runtime.federation import prepare_federation
 
     config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "run", calibration="lda")
     result = run_simulation(config, progress=False)
     assert all(0 <= result.final[t]["calibrated_accuracy"] <= 1 for t in ("1", "2", "4"))
     assert all("calibrated_accuracy" not in r["tiers"]["4"] for r in result.rounds[:-1])
+    # scored on the final evaluation's test features: what a forward pass of its own gives
+    assert {t: tuple(x.shape) for t, x in result.head_inputs.items()} == {
+        t: (24, 32) for t in ("1", "2", "4")
+    }
+    fed = prepare_federation(config, build_workbench(config))
+    fresh = evaluate_calibration(fed, Calibration(result.calibrated_state, {}, {}))
+    assert {t: m["accuracy"] for t, m in fresh.items()} == {
+        t: m["calibrated_accuracy"] for t, m in result.final.items()
+    }
     generation = tiny(
         tiny_llama_dir, headline_jsonl, tmp_path / "llm", calibration="lda", rounds=50
     )
@@ -423,3 +434,25 @@ def test_train_dtype_runs_the_steps_in_bf16_and_scores_in_the_base_precision(
     result = run_simulation(config, progress=False)
     assert all(math.isfinite(r["train_loss"]) for r in result.rounds)
     assert all(v.dtype == torch.float32 for v in result.global_state.values())
+
+
+def test_eval_dtype_scores_in_bf16_and_keeps_the_scores_close(tiny_bert_dir, topic_jsonl, tmp_path):
+    fp32 = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "fp32", calibration="lda")
+    bench = build_workbench(fp32.replace(eval_dtype="bfloat16"))
+    layer = next(iter(bench.adapted.layers.values()))
+    x = torch.randn(2, layer.base.in_features)
+    with bench.adapted.autocast():
+        assert layer(x).dtype == torch.bfloat16  # evaluation, readout and calibration
+    with bench.adapted.train_autocast():
+        assert layer(x).dtype == torch.float32  # training steps keep train_dtype (auto)
+    assert layer.base.weight.dtype == torch.float32
+    plain = run_simulation(fp32, progress=False)
+    half = run_simulation(
+        fp32.replace(eval_dtype="bfloat16", out=str(tmp_path / "bf16")), progress=False
+    )
+    for key, value in plain.global_state.items():  # training is untouched by eval_dtype
+        torch.testing.assert_close(half.global_state[key], value, rtol=0, atol=0)
+    print("HALF", half.final)
+    for tier, metrics in plain.final.items():
+        for name in ("accuracy", "calibrated_accuracy", "readout_accuracy"):
+            assert abs(half.final[tier][name] - metrics[name]) <= 0.25, (tier, name)

@@ -72,6 +72,8 @@ class NestedLoRAModel:
             None (``prelort.models.Placement``).
         train_autocast_dtype: training steps run under autocast to this dtype instead (the
             ``train_dtype`` setting: a 16-bit step over a base kept in fp32), or None.
+        eval_autocast_dtype: scoring forwards run under autocast to this dtype instead (the
+            ``eval_dtype`` setting), or None.
     """
 
     model: nn.Module
@@ -83,6 +85,7 @@ class NestedLoRAModel:
     active_tier: int | None = None
     autocast_dtype: torch.dtype | None = None
     train_autocast_dtype: torch.dtype | None = None
+    eval_autocast_dtype: torch.dtype | None = None
 
     @property
     def device(self) -> torch.device:
@@ -90,8 +93,9 @@ class NestedLoRAModel:
         return next(iter(self.layers.values())).lora_a.device
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """The precision context of a forward: autocast over a 16-bit GPU base, else nothing."""
-        return autocast(self.device, self.autocast_dtype)
+        """The precision context of a scoring forward: ``eval_autocast_dtype`` where set, else
+        autocast over a 16-bit GPU base, else nothing."""
+        return autocast(self.device, self.eval_autocast_dtype or self.autocast_dtype)
 
     def train_autocast(self) -> contextlib.AbstractContextManager:
         """The precision context of a training step: ``train_autocast_dtype`` where set."""

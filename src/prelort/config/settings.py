@@ -313,8 +313,18 @@ class SimulationConfig:
         default="auto",
         help="precision of the training steps: auto (that of dtype), or bfloat16 / float16: the "
         "training forwards and backwards run under autocast to it while the frozen base keeps "
-        "dtype, so evaluation, the readout and the calibration round keep dtype's precision "
+        "dtype, so the scoring forwards keep dtype's precision unless eval_dtype says otherwise "
         "(a bf16 base on the CPU costs the LDA heads 1-2 points; docs/PERFORMANCE.md section 6).",
+        workbench=True,
+    )
+    eval_dtype: str = setting(
+        concern="model",
+        choices=TRAIN_DTYPE_CHOICES,
+        default="auto",
+        help="precision of the scoring forwards (evaluation, the readout, the calibration round): "
+        "auto (that of dtype), or bfloat16 / float16 under autocast over the base kept in dtype; "
+        "residuals and norms stay in dtype, so the features the heads read are not those of a "
+        "16-bit base (measured on the CPU: LDA heads unchanged; docs/PERFORMANCE.md section 6).",
         workbench=True,
     )
     device: str = setting(

@@ -65,9 +65,11 @@ class TaskObjective:
         max_new_tokens: int = 24,
         samples: list[dict[str, str]] | None = None,
         per_example: dict[str, list[float]] | None = None,
+        features: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, float]:
-        """The metrics of the model as it stands (one tier); ``samples`` receives generations and
-        ``per_example`` each example's score per metric that is a mean over examples."""
+        """The metrics of the model as it stands (one tier); ``samples`` receives generations,
+        ``per_example`` each example's score per metric that is a mean over examples, and
+        ``features`` (head objective) ``"head_input"``: the (n, hidden) features the head read."""
         raise NotImplementedError
 
 
@@ -86,12 +88,15 @@ class HeadObjective(TaskObjective):
         max_new_tokens: int = 24,
         samples: list[dict[str, str]] | None = None,
         per_example: dict[str, list[float]] | None = None,
+        features: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, float]:
         pad_id = tokenizer.pad_token_id
         # One forward gives the head's predictions and the features its readout is scored on.
         outputs = head_outputs(adapted, data, range(len(data)), pad_id, batch_size)
         predictions = outputs.logits.argmax(-1).tolist()
         metrics = {"accuracy": accuracy(predictions, data.labels)}
+        if features is not None:
+            features["head_input"] = outputs.features
         if per_example is not None:
             per_example["accuracy"] = correct(predictions, data.labels)
         if readout is not None:
@@ -123,6 +128,7 @@ class VerbalizedObjective(TaskObjective):
         max_new_tokens: int = 24,
         samples: list[dict[str, str]] | None = None,
         per_example: dict[str, list[float]] | None = None,
+        features: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, float]:
         with adapted.autocast():
             predictions = choice_predictions(adapted, data, tokenizer.pad_token_id, batch_size)
@@ -146,6 +152,7 @@ class GenerationObjective(TaskObjective):
         max_new_tokens: int = 24,
         samples: list[dict[str, str]] | None = None,
         per_example: dict[str, list[float]] | None = None,
+        features: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, float]:
         nll: list[float] | None = None
         if per_example is not None:

@@ -38,6 +38,7 @@ def evaluate_tiers(
     same_at_every_tier: bool = False,
     samples: dict[str, list[dict[str, str]]] | None = None,
     per_example: dict[str, dict[str, list[float]]] | None = None,
+    features: dict[str, torch.Tensor] | None = None,
 ) -> TierMetrics:
     """Metrics of the global adapter truncated at each tier rank.
 
@@ -53,6 +54,8 @@ def evaluate_tiers(
             output) when ROUGE-L is computed.
         per_example: filled per tier with each example's score per metric (accuracy: 0/1,
             ROUGE-L: F1), in the order of ``data``: what paired comparisons resample.
+        features: filled per tier with the (n, hidden) head inputs of ``data`` (head objective):
+            what the calibration round's heads are then scored on without another forward.
 
     Returns:
         ``{"<rank>": {"<metric>": value}}``.
@@ -65,10 +68,13 @@ def evaluate_tiers(
             results[str(tier)] = dict(next(iter(results.values())))
             if per_example is not None:
                 per_example[str(tier)] = dict(next(iter(per_example.values())))
+            if features:
+                features[str(tier)] = next(iter(features.values()))
             continue
         adapted.set_active_rank(tier)
         kept: list[dict[str, str]] | None = [] if samples is not None else None
         scores: dict[str, list[float]] | None = {} if per_example is not None else None
+        inputs: dict[str, torch.Tensor] | None = {} if features is not None else None
         metrics = objective.score(
             adapted,
             data,
@@ -79,10 +85,13 @@ def evaluate_tiers(
             max_new_tokens,
             kept,
             scores,
+            inputs,
         )
         if per_example is not None and scores is not None:
             per_example[str(tier)] = scores
         if kept:
             samples[str(tier)] = kept
+        if inputs:
+            features[str(tier)] = inputs["head_input"]
         results[str(tier)] = metrics
     return results

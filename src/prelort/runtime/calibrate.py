@@ -20,8 +20,9 @@ from prelort.adapters.heads import head_key
 from prelort.adapters.state import AdapterState, is_head_key, set_state, slice_to_rank
 from prelort.aggregation.lda import ClassStatistics, lda_head, sum_statistics
 from prelort.errors import ConfigError
+from prelort.evaluation.metrics import accuracy
 from prelort.evaluation.readout import head_features, head_module
-from prelort.evaluation.tiers import TierMetrics, evaluate_tiers
+from prelort.evaluation.tiers import TierMetrics
 from prelort.runtime.federation import Federation
 
 
@@ -161,33 +162,58 @@ def calibrate(
     return fit_calibration(fed, global_state, per_tier)
 
 
-def evaluate_calibration(fed: Federation, calibration: Calibration) -> TierMetrics:
-    """Every tier evaluated with its own LDA head; the model's head mode is restored after, so
-    the workbench can serve another run (``prelort compare`` reuses it)."""
-    adapted, ladder = fed.bench.adapted, fed.config.ranks.ladder
+def evaluate_calibration(
+    fed: Federation,
+    calibration: Calibration,
+    head_inputs: Mapping[str, torch.Tensor] | None = None,
+) -> TierMetrics:
+    """Every tier's test accuracy with its own LDA head.
+
+    ``head_inputs``: the test features per tier that the final evaluation already computed for
+    the same adapter (``SimulationResult.head_inputs``); a tier without them gets a forward pass.
+
+    The head is applied in float64 to the features the tier's forward gives: LDA weights are
+    large and their logits nearly cancel against the bias, which a 16-bit head matmul (under
+    ``eval_dtype``) would lose. The model's head mode is restored after, so the workbench can
+    serve another run (``prelort compare`` reuses it).
+    """
+    adapted, test, ladder = fed.bench.adapted, fed.bench.test, fed.config.ranks.ladder
+    weight_name, bias_name = linear_head_names(fed)
     before = sorted(adapted.tier_heads) or None
-    adapted.use_tier_heads(ladder)
+    adapted.use_tier_heads(ladder)  # calibration.state holds one head per tier
+    results: TierMetrics = {}
     try:
-        return evaluate_tiers(
-            adapted,
-            calibration.state,
-            ladder,
-            fed.bench.objective,
-            fed.bench.test,
-            fed.bench.tokenizer,
-            # no adapter: every tier's statistics, so its LDA head, are the same
-            same_at_every_tier=not fed.method.trains_adapter,
-        )
+        set_state(adapted, calibration.state)
+        for tier in ladder:
+            if results and not fed.method.trains_adapter:  # the same features at every tier
+                results[str(tier)] = dict(next(iter(results.values())))
+                continue
+            if head_inputs and str(tier) in head_inputs:
+                features = head_inputs[str(tier)]
+            else:
+                adapted.set_active_rank(tier)
+                features = head_features(
+                    adapted, test, range(len(test)), fed.bench.tokenizer.pad_token_id, 32
+                )
+            weight = calibration.state[head_key(weight_name, tier)].double()
+            bias = calibration.state[head_key(bias_name, tier)].double()
+            predictions = (features.double() @ weight.T + bias).argmax(-1).tolist()
+            results[str(tier)] = {"accuracy": accuracy(predictions, test.labels)}
     finally:
         adapted.use_tier_heads(before)
+    return results
 
 
 def calibrated_tiers(
-    fed: Federation, global_state: AdapterState, holders_only: bool = False
+    fed: Federation,
+    global_state: AdapterState,
+    holders_only: bool = False,
+    head_inputs: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[Calibration, TierMetrics]:
-    """Calibrate, then evaluate every tier with its own LDA head."""
+    """Calibrate, then evaluate every tier with its own LDA head (``head_inputs``: see
+    ``evaluate_calibration``)."""
     calibration = calibrate(fed, global_state, holders_only)
-    return calibration, evaluate_calibration(fed, calibration)
+    return calibration, evaluate_calibration(fed, calibration, head_inputs)
 
 
 def record_calibrated(final: TierMetrics, calibrated: TierMetrics) -> None:

@@ -115,10 +115,12 @@ class Federation:
         server: ServerState,
         samples: dict[str, list[dict[str, str]]] | None = None,
         per_example: dict[str, dict[str, list[float]]] | None = None,
+        features: dict[str, torch.Tensor] | None = None,
     ) -> TierMetrics | None:
         """Metrics per tier of the global adapter after ``server.round``, on evaluated rounds;
         ``samples`` receives some generations per tier where ROUGE-L is computed, and
-        ``per_example`` each test example's scores after the last round."""
+        ``per_example`` and ``features`` each test example's scores and head inputs after the
+        last round."""
         config, bench = self.config, self.bench
         last = server.round == config.rounds
         if not (last or server.round % config.eval_every == 0):
@@ -139,6 +141,7 @@ class Federation:
             same_at_every_tier=not self.method.trains_adapter and not bench.adapted.tier_heads,
             samples=samples,
             per_example=per_example if last else None,
+            features=features if last else None,
         )
 
     def record(

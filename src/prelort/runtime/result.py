@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from prelort.adapters.state import AdapterState
 from prelort.aggregation.budget import ACCOUNTANT
 from prelort.evaluation.tiers import TierMetrics
@@ -34,6 +36,8 @@ class SimulationResult:
             the same order for every method and seed of a task: what paired comparisons resample.
         calibrated_state: the final adapter with one LDA head per tier, when the calibration
             round ran (calibrated.safetensors); empty otherwise.
+        head_inputs: per tier, the test examples' head inputs after the last round (head
+            objective), which the calibration round's heads are scored on; not written.
     """
 
     config: dict[str, Any]
@@ -50,6 +54,7 @@ class SimulationResult:
     samples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     examples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     calibrated_state: AdapterState = field(default_factory=dict)
+    head_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -63,7 +63,7 @@ def close_round(
     Returns:
         The round's metric record, or None on a round that was not evaluated.
     """
-    tiers = fed.evaluate(outcome.server, result.samples, result.examples)
+    tiers = fed.evaluate(outcome.server, result.samples, result.examples, result.head_inputs)
     return fed.record(result, outcome, tiers, round_seconds, checkpoint_dir)
 
 

@@ -123,11 +123,19 @@ def build_workbench(config: SimulationConfig) -> Workbench:
     adapted.autocast_dtype = placement.autocast_dtype
     if config.train_dtype != "auto":
         adapted.train_autocast_dtype = base_dtype(config.train_dtype, placement.device)
-    if emulates_bf16(placement.device, adapted.train_autocast_dtype):
-        log.warning(
-            "train_dtype: bfloat16 steps on a CPU without native bf16 (AVX512-BF16 or AMX) "
-            "are emulated and may be slower than train_dtype auto"
-        )
+    if config.eval_dtype != "auto":
+        adapted.eval_autocast_dtype = base_dtype(config.eval_dtype, placement.device)
+    for name, dtype in (
+        ("train_dtype", adapted.train_autocast_dtype),
+        ("eval_dtype", adapted.eval_autocast_dtype),
+    ):
+        if emulates_bf16(placement.device, dtype):
+            log.warning(
+                "%s: bfloat16 forwards on a CPU without native bf16 (AVX512-BF16 or AMX) are "
+                "emulated and may be slower than %s auto",
+                name,
+                name,
+            )
     readout_rows = _subset(len(train), config.readout_examples) if objective.trains_head else []
     log.info(
         "workbench: task %s (%s train, %d test), model %s on %s (%s%s), %d nested layers of rank %d",
