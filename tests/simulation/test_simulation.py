@@ -436,6 +436,22 @@ def test_train_dtype_runs_the_steps_in_bf16_and_scores_in_the_base_precision(
     assert all(v.dtype == torch.float32 for v in result.global_state.values())
 
 
+def test_16_bit_steps_or_scoring_on_a_cpu_without_native_bf16_are_warned_about(
+    tiny_bert_dir, topic_jsonl, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr("prelort.device.cpu_has_native_bf16", lambda: False)
+    config = tiny(
+        tiny_bert_dir, topic_jsonl, tmp_path, train_dtype="bfloat16", eval_dtype="bfloat16"
+    )
+    with caplog.at_level("WARNING", logger="prelort.runtime.workbench"):
+        build_workbench(config)
+        build_workbench(config.replace(train_dtype="auto", eval_dtype="float16"))
+    warned = [
+        r.getMessage().partition(":")[0] for r in caplog.records if "native bf16" in r.getMessage()
+    ]
+    assert warned == ["train_dtype", "eval_dtype"]
+
+
 def test_eval_dtype_scores_in_bf16_and_keeps_the_scores_close(tiny_bert_dir, topic_jsonl, tmp_path):
     fp32 = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "fp32", calibration="lda")
     bench = build_workbench(fp32.replace(eval_dtype="bfloat16"))
