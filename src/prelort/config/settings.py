@@ -314,7 +314,7 @@ class SimulationConfig:
         help="precision of the training steps: auto (that of dtype), or bfloat16 / float16: the "
         "training forwards and backwards run under autocast to it while the frozen base keeps "
         "dtype, so the scoring forwards keep dtype's precision unless eval_dtype says otherwise "
-        "(a bf16 base on the CPU costs the LDA heads 1-2 points; docs/PERFORMANCE.md section 6).",
+        "(docs/PERFORMANCE.md section 6).",
         workbench=True,
     )
     eval_dtype: str = setting(
