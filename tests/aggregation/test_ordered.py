@@ -97,6 +97,18 @@ def test_the_fixed_a_split_keeps_the_product_and_gives_every_a_row_one_norm():
     assert (norm_b[:-1] >= norm_b[1:] - 1e-6).all()  # B carries the decreasing singular values
 
 
+def test_the_unit_a_split_keeps_the_product_and_makes_a_orthonormal():
+    state = random_state(torch.Generator().manual_seed(7))
+    out = svd_ordered(state, "unit-a")
+    torch.testing.assert_close(product(out), product(state), rtol=1e-5, atol=1e-5)
+    a = out["m.lora_a"].double()
+    torch.testing.assert_close(a @ a.T, torch.eye(R, dtype=torch.float64), rtol=0, atol=1e-5)
+    fixed = svd_ordered(state, "fixed-a")  # the same basis, only A's scale differs
+    rms = state["m.lora_a"].double().norm() / R**0.5
+    torch.testing.assert_close(fixed["m.lora_a"].double(), rms * a, rtol=1e-4, atol=1e-5)
+    assert get_method("prelort-ordered-u").split == "unit-a"
+
+
 def test_the_fixed_a_method_orders_its_secure_sums_with_the_fixed_a_split():
     g = torch.Generator().manual_seed(6)
     global_state = random_state(g)

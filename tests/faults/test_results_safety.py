@@ -45,6 +45,16 @@ def test_summarize_refuses_mixed_runs_and_names_unfinished_ones(
     older = {k: v for k, v in data["config"].items() if k not in ("wire_dtype", "dp_noise")}
     metrics.write_text(json.dumps({**data, "config": older}))  # a run of an earlier version
     assert load_comparison(config.out).runs  # missing settings are their defaults
+    # a calibration ceiling changes nothing in runs without calibration (tiny's default)...
+    metrics.write_text(
+        json.dumps({**data, "config": {**data["config"], "calibration_examples": 7}})
+    )
+    assert load_comparison(config.out).runs
+    # ...and matters where they calibrate
+    calibrating = {**data["config"], "calibration_examples": 7, "calibration": "lda"}
+    metrics.write_text(json.dumps({**data, "config": calibrating}))
+    with pytest.raises(DataError, match="runs differ in calibration"):
+        load_comparison(config.out)
     data["config"]["task"] = "other.jsonl"
     metrics.write_text(json.dumps(data))
     with pytest.raises(DataError, match="runs differ in task"):

@@ -46,6 +46,9 @@ def _principal_frame(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return vectors[:, keep], eigenvalues[keep].sqrt()
 
 
+SPLITS = ("balanced", "fixed-a", "unit-a")
+
+
 def svd_ordered(state: Mapping[str, torch.Tensor], split: str = "balanced") -> AdapterState:
     """The same adapter with every module's components in decreasing singular-value order.
 
@@ -56,6 +59,9 @@ def svd_ordered(state: Mapping[str, torch.Tensor], split: str = "balanced") -> A
             B carries ``S``; LoRA's own convention (A a fixed-scale projection, B the magnitude),
             under which an AdamW step on B moves a weak component's product as much as a strong
             one's, where the balanced split gives it a small A row and so a small step.
+            ``unit-a``: A's rows orthonormal, B carries ``S`` (RB-LoRA's ``A = V^T``,
+            ``B = U S``): as fixed-a with a row norm of one, so an AdamW step on B moves the
+            product by the step itself, not by the step times A's norm.
 
     Returns:
         An adapter with the same keys, shapes and products ``B @ A`` (up to float rounding),
@@ -69,8 +75,8 @@ def svd_ordered(state: Mapping[str, torch.Tensor], split: str = "balanced") -> A
     matrix and once for its product with an R x R matrix: where a float64 QR of each factor cost
     4-9x more (``python -m benchmarks.ordered_refactor``).
     """
-    if split not in ("balanced", "fixed-a"):
-        raise ValueError(f"split: unknown {split!r}; choose balanced or fixed-a")
+    if split not in SPLITS:
+        raise ValueError(f"split: unknown {split!r}; choose one of {', '.join(SPLITS)}")
     out: AdapterState = dict(state)
     for module in lora_modules(state):
         key_a, key_b = module + LORA_A, module + LORA_B
@@ -85,7 +91,11 @@ def svd_ordered(state: Mapping[str, torch.Tensor], split: str = "balanced") -> A
         if split == "balanced":
             left = right = s[:k].sqrt()
         else:
-            row_norm = (gram_a.trace() / rank).sqrt()  # A's RMS row norm before the change
+            row_norm = (  # fixed-a: A's RMS row norm before the change
+                (gram_a.trace() / rank).sqrt()
+                if split == "fixed-a"
+                else torch.ones((), dtype=s.dtype)
+            )
             right = row_norm.expand(k)
             left = s[:k] / right
         # One R x R matrix per factor: components beyond k get B = 0 and keep their A row.
@@ -168,6 +178,14 @@ register(
         group="recommended",
         nested="all",
         split="fixed-a",
+    ),
+    Ordered(
+        "prelort-ordered-u",
+        "PreLort + SVD order, RB-LoRA's factor convention: as prelort-ordered-a, but A's rows "
+        "orthonormal (unit norm), B carries the singular values",
+        group="experimental",
+        nested="all",
+        split="unit-a",
     ),
     Ordered(
         "prelort-ordered",

@@ -251,12 +251,22 @@ def run_comparison(
 # Settings that may differ between the runs of one comparison: what it varies, and the evaluation
 # cadence (final metrics do not depend on it).
 VARIED_SETTINGS = ("method", "seed", "out", "head", "nested", "head_lr", "eval_every")
+# Settings that change nothing while another setting has the given value: runs may differ in them then.
+INERT_WHEN = {"calibration_examples": ("calibration", "none")}
 # A run written by an earlier version lacks the settings added since: it ran with their defaults.
 SETTING_DEFAULTS = {
     f.name: f.default
     for f in dataclasses.fields(SimulationConfig)
     if f.default is not dataclasses.MISSING
 }
+
+
+def _inert(key: str, *configs: dict) -> bool:
+    """Whether ``key`` changed nothing in any of ``configs`` (``INERT_WHEN``)."""
+    if key not in INERT_WHEN:
+        return False
+    switch, value = INERT_WHEN[key]
+    return all(c.get(switch, SETTING_DEFAULTS.get(switch)) == value for c in configs)
 
 
 def load_comparison(out_dir: Path) -> Comparison:
@@ -285,7 +295,7 @@ def load_comparison(out_dir: Path) -> Comparison:
         for key in sorted(set(config) | set(data["config"])):
             default = SETTING_DEFAULTS.get(key)
             ours, theirs = config.get(key, default), data["config"].get(key, default)
-            if key in VARIED_SETTINGS or ours == theirs:
+            if key in VARIED_SETTINGS or ours == theirs or _inert(key, config, data["config"]):
                 continue
             raise DataError(
                 f"{out_dir}: runs differ in {key}: {ours!r} in {first}, "
