@@ -341,6 +341,11 @@ def test_calibration_setting_adds_the_calibrated_accuracy_of_every_tier(
     assert {t: tuple(x.shape) for t, x in result.head_inputs.items()} == {
         t: (24, 32) for t in ("1", "2", "4")
     }
+    for tier, metrics in result.final.items():  # per example too, for paired intervals
+        scores = result.examples[tier]["calibrated_accuracy"]
+        assert len(scores) == 24 and sum(scores) / 24 == pytest.approx(
+            metrics["calibrated_accuracy"]
+        )
     fed = prepare_federation(config, build_workbench(config))
     fresh = evaluate_calibration(fed, Calibration(result.calibrated_state, {}, {}))
     assert {t: m["accuracy"] for t, m in fresh.items()} == {

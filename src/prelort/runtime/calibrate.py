@@ -20,7 +20,7 @@ from prelort.adapters.heads import head_key
 from prelort.adapters.state import AdapterState, is_head_key, set_state, slice_to_rank
 from prelort.aggregation.lda import ClassStatistics, lda_head, sum_statistics
 from prelort.errors import ConfigError
-from prelort.evaluation.metrics import accuracy
+from prelort.evaluation.metrics import accuracy, correct
 from prelort.evaluation.readout import head_features, head_module
 from prelort.evaluation.tiers import TierMetrics
 from prelort.runtime.federation import Federation
@@ -166,11 +166,14 @@ def evaluate_calibration(
     fed: Federation,
     calibration: Calibration,
     head_inputs: Mapping[str, torch.Tensor] | None = None,
+    per_example: dict[str, dict[str, list[float]]] | None = None,
 ) -> TierMetrics:
     """Every tier's test accuracy with its own LDA head.
 
     ``head_inputs``: the test features per tier that the final evaluation already computed for
     the same adapter (``SimulationResult.head_inputs``); a tier without them gets a forward pass.
+    ``per_example``: receives each test example's ``calibrated_accuracy`` (0/1) per tier, beside
+    the final evaluation's scores (``SimulationResult.examples``), for paired comparisons.
 
     The head is applied in float64 to the features the tier's forward gives: LDA weights are
     large and their logits nearly cancel against the bias, which a 16-bit head matmul (under
@@ -182,14 +185,17 @@ def evaluate_calibration(
     before = sorted(adapted.tier_heads) or None
     adapted.use_tier_heads(ladder)  # calibration.state holds one head per tier
     results: TierMetrics = {}
+    scores: dict[str, list[float]] = {}
     try:
         set_state(adapted, calibration.state)
         for tier in ladder:
+            key = str(tier)
             if results and not fed.method.trains_adapter:  # the same features at every tier
-                results[str(tier)] = dict(next(iter(results.values())))
+                first = next(iter(results))
+                results[key], scores[key] = dict(results[first]), scores[first]
                 continue
-            if head_inputs and str(tier) in head_inputs:
-                features = head_inputs[str(tier)]
+            if head_inputs and key in head_inputs:
+                features = head_inputs[key]
             else:
                 adapted.set_active_rank(tier)
                 features = head_features(
@@ -198,9 +204,13 @@ def evaluate_calibration(
             weight = calibration.state[head_key(weight_name, tier)].double()
             bias = calibration.state[head_key(bias_name, tier)].double()
             predictions = (features.double() @ weight.T + bias).argmax(-1).tolist()
-            results[str(tier)] = {"accuracy": accuracy(predictions, test.labels)}
+            results[key] = {"accuracy": accuracy(predictions, test.labels)}
+            scores[key] = correct(predictions, test.labels)
     finally:
         adapted.use_tier_heads(before)
+    if per_example is not None:
+        for key, tier_scores in scores.items():
+            per_example.setdefault(key, {})["calibrated_accuracy"] = tier_scores
     return results
 
 
@@ -209,11 +219,12 @@ def calibrated_tiers(
     global_state: AdapterState,
     holders_only: bool = False,
     head_inputs: Mapping[str, torch.Tensor] | None = None,
+    per_example: dict[str, dict[str, list[float]]] | None = None,
 ) -> tuple[Calibration, TierMetrics]:
-    """Calibrate, then evaluate every tier with its own LDA head (``head_inputs``: see
-    ``evaluate_calibration``)."""
+    """Calibrate, then evaluate every tier with its own LDA head (``head_inputs`` and
+    ``per_example``: see ``evaluate_calibration``)."""
     calibration = calibrate(fed, global_state, holders_only)
-    return calibration, evaluate_calibration(fed, calibration, head_inputs)
+    return calibration, evaluate_calibration(fed, calibration, head_inputs, per_example)
 
 
 def record_calibrated(final: TierMetrics, calibrated: TierMetrics) -> None:

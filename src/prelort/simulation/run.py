@@ -92,6 +92,8 @@ def run_simulation(
     served = fed.method.served(server.global_state)
     if calibrates(fed) and result.final:
         calibration_start = time.perf_counter()
-        calibration, calibrated = calibrated_tiers(fed, served, head_inputs=result.head_inputs)
+        calibration, calibrated = calibrated_tiers(
+            fed, served, head_inputs=result.head_inputs, per_example=result.examples
+        )
         phases["calibrate"] = time.perf_counter() - calibration_start
     return finish_run(result, served, start, calibrated, calibration)
