@@ -66,6 +66,8 @@ def test_flower_simulation_equals_the_in_process_simulation(
     assert all("calibrated_accuracy" in m for m in reference.final.values()) == (
         calibration == "lda"
     )
+    examples = json.loads((config.out / "examples.json").read_text())["tiers"]
+    assert examples == reference.examples  # per example, the calibrated heads' scores included
     assert [t["ranks"] for t in metrics["traffic"]] == [t["ranks"] for t in reference.traffic]
     assert metrics["client_ranks"] == reference.client_ranks
     assert (config.out / "checkpoint.safetensors").is_file()
