@@ -10,6 +10,10 @@ re-ordered adapter at every tier on the run's own test examples and writes
 ``FOLDER/<method>-ordered-once-seed<S>/`` (metrics.json, examples.json), so that ``prelort summarize``
 compares it, example by example, with the runs it sits beside (docs/RESULTS.md section 12).
 
+``--split as-is`` scores the adapter unchanged, and ``--eval-dtype`` overrides the scoring precision: a
+run scored under one ``eval_dtype`` re-scored under another, so that ``prelort summarize`` can set it beside
+runs scored so (its training, and so its adapter, untouched).
+
 For a classifier head the trained head was fitted to the unordered tiers' features, so its accuracy
 understates the re-ordered tiers: read ``readout_accuracy`` (a readout refitted on each tier's
 features, reported here as in every run) or calibrate the folder (``prelort calibrate``).
@@ -31,10 +35,14 @@ from prelort.runtime.outputs import EXAMPLES_NAME
 from prelort.runtime.workbench import build_workbench
 
 
-def score_ordered(run: Path, out: Path, split: str) -> dict:
-    """Re-order ``run``'s final adapter, score every tier, write ``out``; returns the tiers' metrics."""
+def score_ordered(run: Path, out: Path, split: str, eval_dtype: str | None = None) -> dict:
+    """Re-order ``run``'s final adapter (``split``; ``as-is``: unchanged), score every tier (under
+    ``eval_dtype`` if given), write ``out``; returns the tiers' metrics."""
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     config = config_from_mapping(metrics["config"])
+    if eval_dtype is not None:
+        config = config.replace(eval_dtype=eval_dtype)
+        metrics["config"] = {**metrics["config"], "eval_dtype": eval_dtype}
     state, _ = load_adapter(run / "adapter.safetensors")
     bench = build_workbench(config)
     per_example: dict[str, dict[str, list[float]]] = {}
@@ -44,7 +52,7 @@ def score_ordered(run: Path, out: Path, split: str) -> dict:
     start = time.perf_counter()
     tiers = evaluate_tiers(
         bench.adapted,
-        svd_ordered(state, split),
+        state if split == "as-is" else svd_ordered(state, split),
         config.ranks.ladder,
         bench.objective,
         bench.test,
@@ -60,7 +68,7 @@ def score_ordered(run: Path, out: Path, split: str) -> dict:
         {
             **metrics,
             "final": {"tiers": tiers},
-            "ordered_once": {"source": str(run), "split": split},
+            "ordered_once": {"source": str(run), "split": split, "eval_dtype": eval_dtype},
             "wall_seconds": round(time.perf_counter() - start, 1),
         },
     )
@@ -72,12 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="finished <method>-seed<S> run folders")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--split", default="fixed-a", choices=["fixed-a", "balanced"])
+    parser.add_argument("--split", default="fixed-a", choices=["fixed-a", "balanced", "as-is"])
+    parser.add_argument("--eval-dtype", choices=["auto", "bfloat16", "float16"])
     args = parser.parse_args(argv)
     for run in args.runs:
         method, _, seed = run.resolve().name.rpartition("-seed")
-        target = args.out / f"{method}-ordered-once-seed{seed}"
-        tiers = score_ordered(run, target, args.split)
+        suffix = "" if args.split == "as-is" else "-ordered-once"
+        target = args.out / f"{method}{suffix}-seed{seed}"
+        tiers = score_ordered(run, target, args.split, args.eval_dtype)
         shown = "  ".join(
             f"r{t}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) for t, m in tiers.items()
         )

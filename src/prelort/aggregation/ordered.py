@@ -183,7 +183,7 @@ register(
         "prelort-ordered-u",
         "PreLort + SVD order, RB-LoRA's factor convention: as prelort-ordered-a, but A's rows "
         "orthonormal (unit norm), B carries the singular values",
-        group="experimental",
+        group="candidate",
         nested="all",
         split="unit-a",
     ),
