@@ -11,6 +11,7 @@ from prelort.config.files import (
 )
 from prelort.config.settings import CONCERNS, SimulationConfig, setting
 from prelort.config.values import (
+    AUTOCAST_DTYPE_CHOICES,
     CALIBRATION_CHOICES,
     CLASSIFIER_CHOICES,
     DTYPE_CHOICES,
@@ -20,7 +21,6 @@ from prelort.config.values import (
     OPTIMIZER_CHOICES,
     PARTITION_CHOICES,
     QUANTIZE_CHOICES,
-    TRAIN_DTYPE_CHOICES,
     WIRE_DTYPE_CHOICES,
     BudgetSpec,
     RankSpec,
@@ -41,7 +41,7 @@ __all__ = [
     "OPTIMIZER_CHOICES",
     "PARTITION_CHOICES",
     "QUANTIZE_CHOICES",
-    "TRAIN_DTYPE_CHOICES",
+    "AUTOCAST_DTYPE_CHOICES",
     "WIRE_DTYPE_CHOICES",
     "BudgetSpec",
     "RankSpec",

@@ -14,6 +14,7 @@ from typing import Any
 
 from prelort.config.checks import validate
 from prelort.config.values import (
+    AUTOCAST_DTYPE_CHOICES,
     CALIBRATION_CHOICES,
     CLASSIFIER_CHOICES,
     DTYPE_CHOICES,
@@ -23,7 +24,6 @@ from prelort.config.values import (
     OPTIMIZER_CHOICES,
     PARTITION_CHOICES,
     QUANTIZE_CHOICES,
-    TRAIN_DTYPE_CHOICES,
     WIRE_DTYPE_CHOICES,
     RankSpec,
 )
@@ -309,7 +309,7 @@ class SimulationConfig:
     )
     train_dtype: str = setting(
         concern="model",
-        choices=TRAIN_DTYPE_CHOICES,
+        choices=AUTOCAST_DTYPE_CHOICES,
         default="auto",
         help="precision of the training steps: auto (that of dtype), or bfloat16 / float16: the "
         "training forwards and backwards run under autocast to it while the frozen base keeps "
@@ -319,7 +319,7 @@ class SimulationConfig:
     )
     eval_dtype: str = setting(
         concern="model",
-        choices=TRAIN_DTYPE_CHOICES,
+        choices=AUTOCAST_DTYPE_CHOICES,
         default="auto",
         help="precision of the scoring forwards (evaluation, the readout, the calibration round): "
         "auto (that of dtype), or bfloat16 / float16 under autocast over the base kept in dtype; "
