@@ -70,3 +70,26 @@ def test_reset_gives_back_rank_r(tiny_bert):
     set_state(adapted, slice_to_rank(get_state(adapted), 1))  # a rank-1 client's adapter
     adapted.reset_parameters(torch.Generator().manual_seed(0))
     assert all(layer.rank == 4 and layer.active_rank == 4 for layer in adapted.layers.values())
+
+
+def test_set_state_without_heads_loads_the_adapter_and_keeps_the_models_head(tiny_bert):
+    adapted = inject_nested_lora(tiny_bert, max_rank=4, alpha=8.0, train_head=True)
+    adapted.reset_parameters(torch.Generator().manual_seed(0))
+    shared = get_state(adapted)
+    # a calibrated state: other factors, and one head per tier, which the model lacks
+    calibrated = {k: v + 1.0 for k, v in shared.items() if not k.startswith("classifier")}
+    for tier in (2, 4):
+        for name in ("classifier.weight", "classifier.bias"):
+            calibrated[head_key(name, tier)] = torch.zeros_like(shared[name])
+    with pytest.raises(AdapterError, match="head parameters"):
+        set_state(adapted, calibrated)
+    set_state(adapted, calibrated, heads=False)
+    loaded = get_state(adapted)
+    for key, value in calibrated.items():
+        if "@" not in key:
+            assert torch.equal(loaded[key], value), key
+    assert {k for k in loaded if k.startswith("classifier")} == {
+        "classifier.weight",
+        "classifier.bias",
+    }
+    assert torch.equal(loaded["classifier.weight"], shared["classifier.weight"])

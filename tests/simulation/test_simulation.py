@@ -312,7 +312,7 @@ def test_calibrate_refits_a_head_per_tier_from_client_statistics(
     assert {k for k in state if "@" in k} == {
         f"classifier.{p}@{t}" for p in ("weight", "bias") for t in (1, 2, 4)
     }
-    assert meta["head"] == "per-tier"
+    assert meta["head"] == "per-tier" and meta["calibration"] == "calibrated-lda"
     capped = tmp_path / "capped"
     assert main(["calibrate", str(config.out), "--examples", "48", "--out", str(capped)]) == 0
     report = json.loads((capped / "calibration.json").read_text())

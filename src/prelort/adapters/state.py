@@ -150,11 +150,15 @@ def head_items(adapted: NestedLoRAModel) -> dict[str, torch.nn.Parameter]:
     }
 
 
-def set_state(adapted: NestedLoRAModel, state: Mapping[str, torch.Tensor]) -> None:
+def set_state(
+    adapted: NestedLoRAModel, state: Mapping[str, torch.Tensor], heads: bool = True
+) -> None:
     """Load a state of any rank <= R into the model; its layers then hold exactly that rank.
 
     A shared head must be complete; per-tier heads may be a subset (a rank-r client receives the
-    tiers up to r), the others keep their values.
+    tiers up to r), the others keep their values. ``heads=False`` loads the adapter only and
+    leaves the model's heads as they are, whatever heads ``state`` carries (the features a head
+    reads do not depend on it).
 
     Raises:
         AdapterError: missing or unknown keys, or shapes that do not fit.
@@ -170,18 +174,18 @@ def set_state(adapted: NestedLoRAModel, state: Mapping[str, torch.Tensor]) -> No
     rank = state_rank(state)
     if rank > adapted.max_rank:
         raise AdapterError(f"adapter rank {rank} is above the global max_rank {adapted.max_rank}")
-    heads = head_items(adapted)
-    dense = {k for k in state if is_head_key(k)}
-    if not dense <= set(heads) or (not adapted.tier_heads and dense != set(heads)):
+    model_heads = head_items(adapted) if heads else {}
+    dense = {k for k in state if is_head_key(k)} if heads else set()
+    if not dense <= set(model_heads) or (not adapted.tier_heads and dense != set(model_heads)):
         raise AdapterError(
-            f"head parameters do not match: state has {sorted(dense)}, model has {sorted(heads)}"
+            f"head parameters do not match: state has {sorted(dense)}, model has {sorted(model_heads)}"
         )
     for name, layer in adapted.layers.items():
         layer.set_factors(state[name + LORA_A], state[name + LORA_B])
         layer.set_merged(state.get(name + MERGED))
     with torch.no_grad():
         for key in dense:
-            p = heads[key]
+            p = model_heads[key]
             if tuple(state[key].shape) != tuple(p.shape):
                 raise AdapterError(
                     f"head {key!r}: shape {tuple(state[key].shape)} != {tuple(p.shape)}"

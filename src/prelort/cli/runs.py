@@ -114,10 +114,10 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from prelort.io import load_adapter, save_adapter, write_json
+    from prelort.io import load_adapter, write_json
     from prelort.runtime.calibrate import calibrated_tiers
-    from prelort.runtime.checkpoint import adapter_metadata
     from prelort.runtime.federation import prepare_federation
+    from prelort.runtime.outputs import save_calibrated
     from prelort.runtime.workbench import build_workbench
 
     metrics_path, adapter_path = args.run / "metrics.json", args.run / "adapter.safetensors"
@@ -154,8 +154,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         },
     }
     out.mkdir(parents=True, exist_ok=True)
-    meta = {**adapter_metadata(config.to_dict(), list(ladder)), "head": "per-tier"}
-    save_adapter(out / "adapter.safetensors", calibration.state, {**meta, "calibration": name})
+    save_calibrated(
+        out / "adapter.safetensors",
+        calibration.state,
+        config.to_dict(),
+        list(ladder),
+        calibration=name,
+    )
     write_json(out / "calibration.json", report)
     print("| rank tier | LDA head | federated head | readout | examples |")
     print("|---|---|---|---|---|")

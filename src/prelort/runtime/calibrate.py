@@ -177,37 +177,34 @@ def evaluate_calibration(
 
     The head is applied in float64 to the features the tier's forward gives: LDA weights are
     large and their logits nearly cancel against the bias, which a 16-bit head matmul (under
-    ``eval_dtype``) would lose. The model's head mode is restored after, so the workbench can
-    serve another run (``prelort compare`` reuses it).
+    ``eval_dtype``) would lose; so the model's own head is never used, nor changed.
     """
     adapted, test, ladder = fed.bench.adapted, fed.bench.test, fed.config.ranks.ladder
     weight_name, bias_name = linear_head_names(fed)
-    before = sorted(adapted.tier_heads) or None
-    adapted.use_tier_heads(ladder)  # calibration.state holds one head per tier
     results: TierMetrics = {}
     scores: dict[str, list[float]] = {}
-    try:
-        set_state(adapted, calibration.state)
-        for tier in ladder:
-            key = str(tier)
-            if results and not fed.method.trains_adapter:  # the same features at every tier
-                first = next(iter(results))
-                results[key], scores[key] = dict(results[first]), scores[first]
-                continue
-            if head_inputs and key in head_inputs:
-                features = head_inputs[key]
-            else:
-                adapted.set_active_rank(tier)
-                features = head_features(
-                    adapted, test, range(len(test)), fed.bench.tokenizer.pad_token_id, 32
-                )
-            weight = calibration.state[head_key(weight_name, tier)].double()
-            bias = calibration.state[head_key(bias_name, tier)].double()
-            predictions = (features.double() @ weight.T + bias).argmax(-1).tolist()
-            results[key] = {"accuracy": accuracy(predictions, test.labels)}
-            scores[key] = correct(predictions, test.labels)
-    finally:
-        adapted.use_tier_heads(before)
+    loaded = False
+    for tier in ladder:
+        key = str(tier)
+        if results and not fed.method.trains_adapter:  # the same features at every tier
+            first = next(iter(results))
+            results[key], scores[key] = dict(results[first]), scores[first]
+            continue
+        if head_inputs and key in head_inputs:
+            features = head_inputs[key]
+        else:
+            if not loaded:
+                set_state(adapted, calibration.state, heads=False)
+                loaded = True
+            adapted.set_active_rank(tier)
+            features = head_features(
+                adapted, test, range(len(test)), fed.bench.tokenizer.pad_token_id, 32
+            )
+        weight = calibration.state[head_key(weight_name, tier)].double()
+        bias = calibration.state[head_key(bias_name, tier)].double()
+        predictions = (features.double() @ weight.T + bias).argmax(-1).tolist()
+        results[key] = {"accuracy": accuracy(predictions, test.labels)}
+        scores[key] = correct(predictions, test.labels)
     if per_example is not None:
         for key, tier_scores in scores.items():
             per_example.setdefault(key, {})["calibrated_accuracy"] = tier_scores

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from prelort.adapters.state import AdapterState
 from prelort.federation.records import RoundRecord, TrafficRecord
 from prelort.io import atomic_write_bytes, atomic_write_text, save_adapter, write_json
 from prelort.runtime.checkpoint import adapter_metadata
@@ -133,12 +134,22 @@ def write_progress(result: SimulationResult, out_dir: Path) -> None:
 CALIBRATED_NAME = "calibrated.safetensors"  # the final adapter with the calibration round's heads
 
 
+def save_calibrated(
+    path: Path, state: AdapterState, config: dict, tiers: list[int], **extra: str
+) -> None:
+    """An adapter with one calibrated head per tier (``<name>@<tier>`` keys), under the metadata
+    of every saved adapter with ``head`` set to say so."""
+    save_adapter(path, state, {**adapter_metadata(config, tiers), "head": "per-tier", **extra})
+
+
 def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     """Every file of a finished run; returns them by kind."""
     write_progress(result, out_dir)
     config = result.config
-    metadata = adapter_metadata(config, sorted({int(t) for t in result.final}))
-    save_adapter(out_dir / "adapter.safetensors", result.global_state, metadata)
+    tiers = sorted({int(t) for t in result.final})
+    save_adapter(
+        out_dir / "adapter.safetensors", result.global_state, adapter_metadata(config, tiers)
+    )
     title = f"{config['method']} on {config['task']}"
     budget = result.privacy_budget()
     if budget and budget.get("epsilon") is not None:  # the privacy a reader must see beside it
@@ -153,7 +164,7 @@ def write_outputs(result: SimulationResult, out_dir: Path) -> dict[str, Path]:
     }
     if result.calibrated_state:
         files["calibrated"] = out_dir / CALIBRATED_NAME
-        save_adapter(files["calibrated"], result.calibrated_state, {**metadata, "head": "per-tier"})
+        save_calibrated(files["calibrated"], result.calibrated_state, config, tiers)
     files.update({f"plot_{p.stem}": p for p in plots})
     if result.samples:
         write_json(out_dir / "samples.json", result.samples)

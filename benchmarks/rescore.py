@@ -1,6 +1,6 @@
-"""The paper's rule, re-ordered once before serving: a finished run's adapter scored after one change of basis.
+"""Re-score finished runs' adapters: re-ordered once (the paper's rule served in SVD order) or as they are.
 
-    python -m benchmarks.ordered_once RUN [RUN ...] --out FOLDER [--split fixed-a]
+    python -m benchmarks.rescore RUN [RUN ...] --out FOLDER [--split fixed-a|balanced|as-is] [--eval-dtype D]
 
 ``prelort-ordered-a`` re-factorises the global adapter in singular-value order after *every* round, so
 the next round trains from the ordered factors. Re-ordering only the *final* adapter keeps the paper's
@@ -35,7 +35,7 @@ from prelort.runtime.outputs import EXAMPLES_NAME
 from prelort.runtime.workbench import build_workbench
 
 
-def score_ordered(run: Path, out: Path, split: str, eval_dtype: str | None = None) -> dict:
+def rescore_run(run: Path, out: Path, split: str, eval_dtype: str | None = None) -> dict:
     """Re-order ``run``'s final adapter (``split``; ``as-is``: unchanged), score every tier (under
     ``eval_dtype`` if given), write ``out``; returns the tiers' metrics."""
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
@@ -68,7 +68,7 @@ def score_ordered(run: Path, out: Path, split: str, eval_dtype: str | None = Non
         {
             **metrics,
             "final": {"tiers": tiers},
-            "ordered_once": {"source": str(run), "split": split, "eval_dtype": eval_dtype},
+            "rescored": {"source": str(run), "split": split, "eval_dtype": eval_dtype},
             "wall_seconds": round(time.perf_counter() - start, 1),
         },
     )
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         method, _, seed = run.resolve().name.rpartition("-seed")
         suffix = "" if args.split == "as-is" else "-ordered-once"
         target = args.out / f"{method}{suffix}-seed{seed}"
-        tiers = score_ordered(run, target, args.split, args.eval_dtype)
+        tiers = rescore_run(run, target, args.split, args.eval_dtype)
         shown = "  ".join(
             f"r{t}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) for t, m in tiers.items()
         )

@@ -1,8 +1,8 @@
-"""Re-ordering a finished run's adapter once (benchmarks/ordered_once.py) keeps its top tier."""
+"""Re-ordering a finished run's adapter once (benchmarks/rescore.py) keeps its top tier."""
 
 import json
 
-from benchmarks.ordered_once import score_ordered
+from benchmarks.rescore import rescore_run
 
 from prelort.runtime.outputs import write_outputs
 from prelort.simulation import run_simulation
@@ -17,7 +17,7 @@ def test_the_reordered_adapter_keeps_the_top_tier_and_is_summarised_beside_its_r
     result = run_simulation(config, progress=False)
     write_outputs(result, config.out)
     out = tmp_path / "cmp" / "prelort-ordered-once-seed0"
-    tiers = score_ordered(config.out, out, "fixed-a")
+    tiers = rescore_run(config.out, out, "fixed-a")
     top = str(max(config.ranks.ladder))
     # the same rank-R product: the top tier scores as the run's own, up to float rounding
     assert abs(tiers[top]["perplexity"] - result.final[top]["perplexity"]) < 1e-3
