@@ -136,6 +136,15 @@ def test_a_dp_comparison_states_the_privacy_it_spent(tiny_bert_dir, topic_jsonl,
     assert costs[0].endswith("epsilon,delta") and all(line.split(",")[-2] for line in costs[1:])
 
 
+def test_a_comparisons_nested_mode_reaches_only_the_methods_that_train_nested(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "nested", rounds=1, nested="sample")
+    comparison = run_comparison(config, ["prelort", "zeropad"], [0], progress=False)
+    assert comparison.runs[("prelort", 0)].config["nested"] == "sample"
+    assert comparison.runs[("zeropad", 0)].config["nested"] == "off"  # FlexLoRA & co. stay plain
+
+
 def test_comparison_in_worker_processes_equals_the_one_in_turn(
     tiny_bert_dir, topic_jsonl, tmp_path, capfd
 ):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prelort.aggregation import get_method
 from prelort.aggregation import methods as registered_methods
 from prelort.config import SimulationConfig, config_from_mapping
 from prelort.errors import DataError
@@ -200,6 +201,14 @@ def run_variants(
     return variants
 
 
+def compared_nested(nested: str | None, method: str) -> str | None:
+    """The ``nested`` setting of a comparison, for one of its methods: a mode chosen for the
+    comparison (``--nested sample`` to afford nested training) reaches only the methods that
+    train nested; the others (FlexLoRA, zero-padding, the peers) keep training plain, as they are
+    defined. Ask one method for nested training with ``prelort simulate --nested``."""
+    return nested if get_method(method).nested != "off" else None
+
+
 def run_comparison(
     base: SimulationConfig,
     methods: Sequence[str],
@@ -231,6 +240,7 @@ def run_comparison(
                 method=method,
                 seed=seed,
                 head=head or base.head,
+                nested=compared_nested(base.nested, method),
                 out=base.out / f"{label}-seed{seed}",
             ),
         )
