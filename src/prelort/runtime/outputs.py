@@ -41,6 +41,15 @@ def csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return buffer.getvalue()
 
 
+def method_colors(methods: Sequence[str]) -> dict[str, Any]:
+    """A distinct colour per method: matplotlib's default cycle repeats after ten, and a
+    comparison with its peers, ablations and references has more (two methods then read as one)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(methods) <= 10 else "tab20"]
+    return {method: cmap(i % cmap.N) for i, method in enumerate(methods)}
+
+
 def save_figure(fig, path: Path, dpi: int = 110) -> Path:
     """Render a matplotlib figure to PNG, write it atomically, close it."""
     import matplotlib.pyplot as plt

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from prelort.runtime.outputs import EXAMPLES_NAME, METRIC_LABELS, save_figure
+from prelort.runtime.outputs import EXAMPLES_NAME, METRIC_LABELS, method_colors, save_figure
 
 if TYPE_CHECKING:
     from prelort.simulation.compare import Comparison
@@ -183,19 +183,20 @@ def plot_differences(diffs: Sequence[Difference], out_dir: Path) -> list[Path]:
         tiers = sorted({d.tier for d in sel})
         methods = list(dict.fromkeys(d.method for d in sel))
         width = 0.8 / len(methods)
-        fig, ax = plt.subplots(figsize=(7, 4))
+        colors = method_colors(methods)
+        fig, ax = plt.subplots(figsize=(8.5, 4))
         for m, method in enumerate(methods):
             points = [d for t in tiers for d in sel if d.method == method and d.tier == t]
             xs = [tiers.index(d.tier) + (m - (len(methods) - 1) / 2) * width for d in points]
             ys = [d.mean for d in points]
             errors = [[d.mean - d.low for d in points], [d.high - d.mean for d in points]]
-            ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3, label=method)
+            ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3, label=method, color=colors[method])
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(tiers)), [f"rank {t}" for t in tiers])
         ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} minus {sel[0].reference}")
         ax.set_title("paired differences, 95 % bootstrap intervals", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the points
         # the first reference keeps the plain name; each further one is named after itself
         suffix = "" if reference == first_reference else f"_vs_{reference}"
         paths.append(save_figure(fig, out_dir / f"differences_{metric}{suffix}.png"))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prelort.runtime.outputs import METRIC_LABELS, save_figure
+from prelort.runtime.outputs import METRIC_LABELS, method_colors, save_figure
 
 if TYPE_CHECKING:
     from prelort.simulation.compare import Comparison
@@ -31,6 +31,7 @@ def plot_rounds(comparison: Comparison, out_dir: Path, note: str | None = None) 
                         record["round"], []
                     ).append(value)
     paths = []
+    colors = method_colors(comparison.methods)
     for metric in sorted({k[0] for k in curves}):
         tiers = sorted({k[1] for k in curves if k[0] == metric}, key=int)
         fig, axes = plt.subplots(
@@ -46,6 +47,7 @@ def plot_rounds(comparison: Comparison, out_dir: Path, note: str | None = None) 
                         [statistics.fmean(points[r]) for r in rounds],
                         marker=".",
                         label=method,
+                        color=colors[method],
                     )
             ax.set_title(f"rank {tier}")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -74,6 +76,7 @@ def plot_comparison(
         tiers = sorted({r["tier"] for r in sel})
         methods = list(dict.fromkeys(r["method"] for r in sel))
         width = 0.8 / len(methods)
+        colors = method_colors(methods)
         fig, ax = plt.subplots(figsize=(7, 4))
         for m, method in enumerate(methods):
             xs, ys, es = [], [], []
@@ -83,7 +86,7 @@ def plot_comparison(
                     xs.append(i + (m - (len(methods) - 1) / 2) * width)
                     ys.append(match[0]["mean"])
                     es.append(match[0]["std"])
-            ax.bar(xs, ys, width, yerr=es, capsize=3, label=method)
+            ax.bar(xs, ys, width, yerr=es, capsize=3, label=method, color=colors[method])
         ax.set_xticks(range(len(tiers)), [f"rank {t}" for t in tiers])
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         title = f"final {METRIC_LABELS.get(metric, metric)} per rank tier"
