@@ -1,6 +1,6 @@
 """Re-score finished runs' adapters: re-ordered once (the paper's rule served in SVD order) or as they are.
 
-    python -m benchmarks.rescore RUN [RUN ...] --out FOLDER [--split fixed-a|balanced|as-is] [--eval-dtype D]
+    python -m benchmarks.rescore RUN [RUN ...] --out FOLDER [--split fixed-a|balanced|unit-a|as-is] [--eval-dtype D]
 
 ``prelort-ordered-a`` re-factorises the global adapter in singular-value order after *every* round, so
 the next round trains from the ordered factors. Re-ordering only the *final* adapter keeps the paper's
@@ -26,8 +26,8 @@ import json
 import time
 from pathlib import Path
 
-from prelort.aggregation.ordered import svd_ordered
-from prelort.config import config_from_mapping
+from prelort.aggregation.ordered import SPLITS, svd_ordered
+from prelort.config import AUTOCAST_DTYPE_CHOICES, config_from_mapping
 from prelort.evaluation.objectives import ReadoutData
 from prelort.evaluation.tiers import evaluate_tiers
 from prelort.io import load_adapter, write_json
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="finished <method>-seed<S> run folders")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--split", default="fixed-a", choices=["fixed-a", "balanced", "as-is"])
-    parser.add_argument("--eval-dtype", choices=["auto", "bfloat16", "float16"])
+    parser.add_argument("--split", default="fixed-a", choices=[*SPLITS, "as-is"])
+    parser.add_argument("--eval-dtype", choices=AUTOCAST_DTYPE_CHOICES)
     args = parser.parse_args(argv)
     for run in args.runs:
         method, _, seed = run.resolve().name.rpartition("-seed")
