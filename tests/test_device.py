@@ -5,7 +5,7 @@ import torch
 
 from prelort.budgets import RankMemory, draw_budgets, longest_rows, ranks_for_budgets
 from prelort.config import BudgetSpec, parse_budgets, parse_memory
-from prelort.device import base_dtype, resolve_device, uses_autocast
+from prelort.device import autocast_dtype, base_dtype, resolve_device, uses_autocast
 from prelort.errors import ConfigError
 from prelort.models import Placement
 
@@ -31,10 +31,14 @@ def test_malformed_device_names(name):
         resolve_device(name)
 
 
-def test_auto_dtype_is_bf16_on_cuda_and_the_packaged_choice_on_the_cpu():
+def test_auto_dtype_is_bf16_on_cuda_and_the_packaged_choice_on_the_cpu(monkeypatch):
     assert base_dtype("auto", CUDA) == torch.bfloat16
     assert base_dtype("auto", CPU) == torch.float32
+    monkeypatch.setattr("prelort.device.cpu_has_native_bf16", lambda: True)
     assert base_dtype("auto", CPU, torch.bfloat16) == torch.bfloat16
+    monkeypatch.setattr("prelort.device.cpu_has_native_bf16", lambda: False)
+    assert base_dtype("auto", CPU, torch.bfloat16) == torch.float32  # emulated bf16: slower
+    assert base_dtype("bfloat16", CPU) == torch.bfloat16  # asked for outright: kept
     assert base_dtype("float16", CUDA) == torch.float16
 
 
@@ -94,3 +98,13 @@ def test_a_bf16_base_on_a_cpu_without_native_bf16_is_warned_about(monkeypatch, c
     caplog.clear()
     models.placement_for("minilm-l6", "cpu", "bfloat16")
     assert not caplog.records
+
+
+@pytest.mark.parametrize("native", [True, False, None])
+def test_bf16_if_native_autocasts_only_where_the_cpu_computes_bf16(monkeypatch, native):
+    monkeypatch.setattr("prelort.device.cpu_has_native_bf16", lambda: native)
+    expected = torch.bfloat16 if native else None  # unknown (not Linux) counts as emulated
+    assert autocast_dtype("bfloat16-if-native", CPU) is expected
+    assert autocast_dtype("bfloat16", CPU) is torch.bfloat16  # asked for outright: kept
+    assert autocast_dtype("float16", CPU) is torch.float16
+    assert autocast_dtype("auto", CPU) is None

@@ -71,7 +71,9 @@ def base_dtype(setting: str, device: torch.device, packaged_default: torch.dtype
     """The dtype of the frozen base weights.
 
     ``auto``: bf16 on CUDA (the QLoRA / FlowerTune convention), otherwise the packaged model's own
-    measured choice (``packaged_default``) or fp32. Adapters stay fp32 whatever this is.
+    measured choice (``packaged_default``) or fp32; a packaged bf16 choice holds only on a CPU that
+    computes bf16 natively (SmolLM2's forward in emulated bf16 took 6x its fp32 time on an AVX2-only
+    CPU). Adapters stay fp32 whatever this is.
     """
     if setting != "auto":
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
@@ -79,6 +81,8 @@ def base_dtype(setting: str, device: torch.device, packaged_default: torch.dtype
         ]
     if device.type == "cuda":
         return torch.bfloat16
+    if packaged_default == torch.bfloat16 and not has_native_bf16(device):
+        return torch.float32
     return packaged_default or torch.float32
 
 
@@ -97,6 +101,27 @@ def cpu_has_native_bf16() -> bool | None:
 def emulates_bf16(device: torch.device, dtype: torch.dtype | None) -> bool:
     """A bf16 computation on a CPU known to lack native bf16: worth a warning."""
     return device.type == "cpu" and dtype == torch.bfloat16 and cpu_has_native_bf16() is False
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 natively: a CUDA device that supports it, or a CPU with
+    AVX512-BF16 or AMX. An unknown CPU (not Linux) and MPS count as not native."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16() is True
+
+
+def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a ``train_dtype`` / ``eval_dtype`` setting asks for on ``device``.
+
+    None: no autocast of its own (``auto``, or ``bfloat16-if-native`` where bf16 would be emulated),
+    so the forwards run in the base's precision.
+    """
+    if setting == "auto":
+        return None
+    if setting == "bfloat16-if-native":
+        return torch.bfloat16 if has_native_bf16(device) else None
+    return base_dtype(setting, device)
 
 
 def uses_autocast(device: torch.device, dtype: torch.dtype) -> bool:

@@ -464,6 +464,13 @@ def test_16_bit_steps_or_scoring_on_a_cpu_without_native_bf16_are_warned_about(
         r.getMessage().partition(":")[0] for r in caplog.records if "native bf16" in r.getMessage()
     ]
     assert warned == ["train_dtype", "eval_dtype"]
+    caplog.clear()
+    native_only = config.replace(train_dtype="bfloat16-if-native", eval_dtype="bfloat16-if-native")
+    with caplog.at_level("WARNING", logger="prelort.runtime.workbench"):
+        bench = build_workbench(native_only)
+    assert not [r for r in caplog.records if "native bf16" in r.getMessage()]
+    assert bench.adapted.train_autocast_dtype is None  # the steps keep the fp32 base's precision
+    assert bench.adapted.eval_autocast_dtype is None
 
 
 def test_eval_dtype_scores_in_bf16_and_keeps_the_scores_close(tiny_bert_dir, topic_jsonl, tmp_path):

@@ -313,8 +313,9 @@ class SimulationConfig:
         default="auto",
         help="precision of the training steps: auto (that of dtype), or bfloat16 / float16: the "
         "training forwards and backwards run under autocast to it while the frozen base keeps "
-        "dtype, so the scoring forwards keep dtype's precision unless eval_dtype says otherwise "
-        "(docs/PERFORMANCE.md section 6).",
+        "dtype, so the scoring forwards keep dtype's precision unless eval_dtype says otherwise; "
+        "bfloat16-if-native: bfloat16 on CUDA and on CPUs with AVX512-BF16 or AMX, auto on others, "
+        "where bf16 is emulated and slower (docs/PERFORMANCE.md section 6).",
         workbench=True,
     )
     eval_dtype: str = setting(
@@ -324,7 +325,8 @@ class SimulationConfig:
         help="precision of the scoring forwards (evaluation, the readout, the calibration round): "
         "auto (that of dtype), or bfloat16 / float16 under autocast over the base kept in dtype; "
         "residuals and norms stay in dtype, so the features the heads read are not those of a "
-        "16-bit base (measured on the CPU: LDA heads unchanged; docs/PERFORMANCE.md section 6).",
+        "16-bit base (measured on the CPU: LDA heads unchanged; docs/PERFORMANCE.md section 6); "
+        "bfloat16-if-native as for train_dtype.",
         workbench=True,
     )
     device: str = setting(

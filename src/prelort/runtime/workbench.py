@@ -17,7 +17,7 @@ from prelort.adapters.inject import NestedLoRAModel, inject_nested_lora
 from prelort.config import SimulationConfig
 from prelort.data.encoding import EncodedSplit, encode_split, verbalized_task
 from prelort.data.tasks import CLASSIFICATION, GENERATION, FileFields, TaskData, load_task
-from prelort.device import base_dtype, emulates_bf16
+from prelort.device import autocast_dtype, emulates_bf16
 from prelort.errors import ConfigError
 from prelort.evaluation.objectives import GENERATIVE, HEAD, VERBALIZED, TaskObjective
 from prelort.io import file_sha256
@@ -121,10 +121,12 @@ def build_workbench(config: SimulationConfig) -> Workbench:
         head_dtype=torch.float32 if placement.autocast_dtype is not None else None,
     )
     adapted.autocast_dtype = placement.autocast_dtype
-    if config.train_dtype != "auto":
-        adapted.train_autocast_dtype = base_dtype(config.train_dtype, placement.device)
-    if config.eval_dtype != "auto":
-        adapted.eval_autocast_dtype = base_dtype(config.eval_dtype, placement.device)
+    train_dtype = autocast_dtype(config.train_dtype, placement.device)
+    if train_dtype is not None:
+        adapted.train_autocast_dtype = train_dtype
+    eval_dtype = autocast_dtype(config.eval_dtype, placement.device)
+    if eval_dtype is not None:
+        adapted.eval_autocast_dtype = eval_dtype
     for name, dtype in (
         ("train_dtype", adapted.train_autocast_dtype),
         ("eval_dtype", adapted.eval_autocast_dtype),
