@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
@@ -59,11 +61,23 @@ def threads_per_job(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def _start_worker(threads: int) -> None:
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this worker once its parent is gone (its parent id changes when it is re-parented).
+
+    A comparison killed with SIGTERM or SIGKILL cannot shut its pool down, and its workers would
+    otherwise train their federations to the end for nobody, holding the cores.
+    """
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
+
+
+def _start_worker(threads: int, parent: int) -> None:
     import torch
 
     from prelort.logs import quiet_libraries
 
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     quiet_libraries()
 
@@ -86,7 +100,10 @@ def run_in_processes(
     """
     context = multiprocessing.get_context("spawn")  # a forked torch can deadlock in OpenMP
     with ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=_start_worker, initargs=(threads_per_job(jobs),)
+        jobs,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(threads_per_job(jobs), os.getpid()),
     ) as pool:
         pending = {
             pool.submit(_run_in_worker, label, seed, config, progress): (label, seed)
