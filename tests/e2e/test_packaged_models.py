@@ -24,6 +24,8 @@ def test_minilm_on_20newsgroups(tmp_path):
             batch_size=8,
             eval_examples=64,
             train_examples=400,
+            readout_examples=64,
+            calibration_examples=64,
             out=str(tmp_path),
         )
     )
@@ -79,6 +81,10 @@ def test_cli_simulate_and_user_errors(tmp_path):
         "4",
         "--eval-examples",
         "16",
+        "--readout-examples",  # every phase runs, on a few rows (the defaults read all BBC News)
+        "32",
+        "--calibration-examples",
+        "64",
         "--out",
         str(out),
     ]
