@@ -1,6 +1,15 @@
-import pytest
+from pathlib import Path
 
-from prelort.config import config_from_mapping, load_config, parse_ranks
+import pytest
+import tomllib
+
+from prelort.config import (
+    RECOMMENDED_METHOD,
+    SimulationConfig,
+    config_from_mapping,
+    load_config,
+    parse_ranks,
+)
 from prelort.errors import ConfigError
 
 
@@ -145,4 +154,9 @@ def test_every_method_is_listed_in_exactly_one_group(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("recommended") and all(f"  {name} " in out for name in known)
-    assert [m.name for m in known.values() if m.group == "recommended"] == ["prelort-ordered-a"]
+    assert [m.name for m in known.values() if m.group == "recommended"] == [RECOMMENDED_METHOD]
+    assert SimulationConfig().method == RECOMMENDED_METHOD
+    flwr_app = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"][
+        "flwr"
+    ]["app"]["config"]
+    assert flwr_app["method"] == RECOMMENDED_METHOD  # the Flower app's default too

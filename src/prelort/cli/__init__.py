@@ -23,6 +23,7 @@ from prelort.cli.runs import (
 )
 from prelort.cli.settings import add_overwrite, add_settings
 from prelort.cli.tools import cmd_aggregate, cmd_export, cmd_methods, cmd_plan_ranks
+from prelort.config import RECOMMENDED_METHOD
 from prelort.errors import PrelortError
 from prelort.logs import quiet_libraries
 
@@ -114,7 +115,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     compare = sub.add_parser("compare", help="run several methods x seeds on identical splits")
     compare.add_argument(
         "--methods",
-        default="prelort-ordered-a,prelort,zeropad",
+        default=f"{RECOMMENDED_METHOD},prelort,zeropad",
         help="comma list of methods [default: the recommended one, the paper's rule, zero-padding]",
     )
     compare.add_argument("--reference", help=REFERENCE_HELP)
@@ -170,9 +171,9 @@ def _add_tool_commands(sub: argparse._SubParsersAction) -> None:
     merge = sub.add_parser("aggregate", help="merge PEFT LoRA adapters of different ranks into one")
     merge.add_argument(
         "--method",
-        default="prelort-ordered-a",
+        default=RECOMMENDED_METHOD,
         help="any method of `prelort methods`, or fedavg (adapters of one rank) "
-        "[default: prelort-ordered-a, the recommended one]",
+        f"[default: {RECOMMENDED_METHOD}, the recommended one]",
     )
     merge.add_argument(
         "--weights", help="comma list, one positive weight per adapter [default: equal]"

@@ -24,6 +24,7 @@ from prelort.config.values import (
     OPTIMIZER_CHOICES,
     PARTITION_CHOICES,
     QUANTIZE_CHOICES,
+    RECOMMENDED_METHOD,
     WIRE_DTYPE_CHOICES,
     RankSpec,
 )
@@ -74,9 +75,10 @@ class SimulationConfig:
 
     method: str = setting(
         concern="federation",
-        default="prelort-ordered-a",
-        help="federated method: prelort-ordered-a (recommended: PreLort's rule, the adapter then "
-        "kept in singular-value order), prelort (the paper's rule), or any of `prelort methods`.",
+        default=RECOMMENDED_METHOD,
+        help=f"federated method: {RECOMMENDED_METHOD} (recommended: PreLort's rule, the adapter "
+        "then kept in singular-value order), prelort (the paper's rule), or any of "
+        "`prelort methods`.",
     )
     task: str = setting(
         concern="data",

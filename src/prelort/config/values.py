@@ -14,6 +14,9 @@ from prelort.errors import ConfigError
 # federated head trailed a readout refitted on the same features by 17 to 52 points; 10x by up to 8.7,
 # 30x by 0.7 to 2 at ranks 2-8 and 6.3 at rank 16.
 HEAD_LR_FACTOR = 30.0
+# The default method of every entry point (simulate, compare, aggregate, the Flower app's
+# pyproject.toml); its registry group is "recommended" (docs/RESULTS.md, the decision rows).
+RECOMMENDED_METHOD = "prelort-ordered-a"
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 # train_dtype, eval_dtype; "bfloat16-if-native": bf16 only where the device computes it natively
 # (an AVX2-only CPU emulates a bf16 matmul at about 25x the fp32 time)
