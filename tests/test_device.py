@@ -108,3 +108,15 @@ def test_bf16_if_native_autocasts_only_where_the_cpu_computes_bf16(monkeypatch, 
     assert autocast_dtype("bfloat16", CPU) is torch.bfloat16  # asked for outright: kept
     assert autocast_dtype("float16", CPU) is torch.float16
     assert autocast_dtype("auto", CPU) is None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_quantized_base_computes_in_bf16_only_where_the_cpu_does(monkeypatch, native):
+    monkeypatch.setattr("prelort.device.cpu_has_native_bf16", lambda: native)
+    from prelort.models import placement_for
+
+    placed = placement_for("minilm-l6", "cpu", "auto", "4bit")
+    expected = torch.bfloat16 if native else torch.float32  # QLoRA's bf16, unless emulated
+    assert placed.compute_dtype == placed.dtype == expected
+    assert Placement(CUDA, torch.bfloat16, "4bit").compute_dtype == torch.bfloat16
+    assert Placement(CPU, torch.float16, "none").compute_dtype == torch.float16

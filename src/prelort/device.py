@@ -9,6 +9,7 @@ device (``server_device``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -86,6 +87,7 @@ def base_dtype(setting: str, device: torch.device, packaged_default: torch.dtype
     return packaged_default or torch.float32
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool | None:
     """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX); None: unknown.
 

@@ -18,7 +18,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prelort.device import CPU, base_dtype, emulates_bf16, resolve_device, uses_autocast
+from prelort.device import (
+    CPU,
+    base_dtype,
+    emulates_bf16,
+    has_native_bf16,
+    resolve_device,
+    uses_autocast,
+)
 from prelort.errors import ModelError
 from prelort.io import make_staging_dir
 
@@ -129,9 +136,9 @@ QUANT_INSTALL = "pip install 'prelort[quant]'  (or: pip install bitsandbytes)"
 UNQUANTIZED_MODULES = ["lm_head", "score", "classifier", "pooler"]
 
 
-def quantization_config(quantize: str):
+def quantization_config(quantize: str, compute_dtype: torch.dtype = torch.bfloat16):
     """The bitsandbytes settings of a quantized base: QLoRA's NF4, double quantisation, bf16
-    compute; or LLM.int8(). None for ``none``.
+    compute (``Placement.compute_dtype``); or LLM.int8(). None for ``none``.
 
     Raises:
         ModelError: bitsandbytes is not installed.
@@ -147,7 +154,7 @@ def quantization_config(quantize: str):
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=compute_dtype,
             llm_int8_skip_modules=UNQUANTIZED_MODULES,
         )
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=UNQUANTIZED_MODULES)
@@ -170,9 +177,19 @@ class Placement:
     gradient_checkpointing: bool = False
 
     @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the base computes in: its own, or bf16 for a quantized base (QLoRA), except on
+        a CPU without native bf16, where fp32 (emulated bf16 multiplies at many times the cost)."""
+        if self.quantize == "none":
+            return self.dtype
+        if self.device.type == "cpu" and not has_native_bf16(self.device):
+            return torch.float32
+        return torch.bfloat16
+
+    @property
     def autocast_dtype(self) -> torch.dtype | None:
         """The dtype forwards autocast to (None: no autocast): see ``prelort.device``."""
-        compute = torch.bfloat16 if self.quantize != "none" else self.dtype
+        compute = self.compute_dtype
         return compute if uses_autocast(self.device, compute) else None
 
 
@@ -197,7 +214,8 @@ def placement_for(
         )
     torch_dtype = base_dtype(dtype, where, AUTO_DTYPE.get(name))
     if quantize != "none" and dtype == "auto":
-        torch_dtype = torch.bfloat16  # QLoRA: the unquantized rest of the base in bf16 as well
+        # QLoRA: the unquantized rest of the base in its compute dtype as well
+        torch_dtype = Placement(where, torch.bfloat16, quantize).compute_dtype
     if emulates_bf16(where, torch_dtype):
         log.warning(
             "dtype: a bfloat16 base on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated "
@@ -234,7 +252,7 @@ def load_model(
 
     placement = placement or placement_for(name, "cpu", dtype)
     path = resolve_model_path(name)
-    quant = quantization_config(placement.quantize)
+    quant = quantization_config(placement.quantize, placement.compute_dtype)
     options: dict = {"dtype": placement.dtype}
     if quant is not None:
         # bitsandbytes quantizes while loading, onto the device it is told

@@ -73,7 +73,7 @@ def test_a_4bit_base_trains_and_its_export_loads_in_peft(llama64_dir, headline_j
     from transformers import AutoModelForCausalLM
 
     from prelort.adapters import set_state
-    from prelort.models import quantization_config
+    from prelort.models import placement_for, quantization_config
     from prelort.runtime.outputs import write_outputs
 
     config = tiny(llama64_dir, headline_jsonl, tmp_path / "run", quantize="4bit", rounds=2)
@@ -95,10 +95,11 @@ def test_a_4bit_base_trains_and_its_export_loads_in_peft(llama64_dir, headline_j
     with torch.no_grad():
         ours = bench.adapted.model(input_ids=ids).logits.float()
     full = AutoModelForCausalLM.from_pretrained(llama64_dir, dtype=torch.bfloat16)
+    ours_placed = placement_for(str(llama64_dir), "cpu", "auto", "4bit")  # fp32 compute if no bf16
     four_bit = AutoModelForCausalLM.from_pretrained(
         llama64_dir,
-        dtype=torch.bfloat16,
-        quantization_config=quantization_config("4bit"),
+        dtype=ours_placed.dtype,
+        quantization_config=quantization_config("4bit", ours_placed.compute_dtype),
         device_map={"": "cpu"},
     )
     for base in (four_bit, full):
