@@ -346,7 +346,7 @@ class SimulationConfig:
         concern="model",
         choices=QUANTIZE_CHOICES,
         default="none",
-        help="the frozen base in 4bit (NF4 with double quantisation, bf16 compute: QLoRA) or 8bit through bitsandbytes (pip install prelort[quant]), or none.",
+        help="the frozen base in 4bit (NF4 with double quantisation, bf16 compute: QLoRA; fp32 compute on a CPU without native bf16) or 8bit through bitsandbytes (pip install prelort[quant]), or none.",
         workbench=True,
     )
     gradient_checkpointing: bool = setting(
