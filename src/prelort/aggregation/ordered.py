@@ -12,7 +12,8 @@ PreLort's; every prefix r becomes the best rank-r approximation of that product 
 the low tiers inherit what the high-rank clients learnt, and the next round's nested training
 starts from that order. The re-factorisation does not depend on the LoRA scale. How the singular
 values are split between the factors changes no product, only the next round's optimizer steps
-(``split``; ``prelort-ordered-a`` is the variant with LoRA's convention).
+(``split``: ``prelort-ordered-u``, the recommended method, keeps A's rows orthonormal;
+``prelort-ordered-a`` keeps their RMS norm, LoRA's convention).
 
 Components with a negligible singular value (e.g. a segment nobody has trained yet, B = 0) would
 come out as zero rows and columns, which no gradient can revive; they keep the previous A rows
@@ -172,20 +173,21 @@ register(
         nested="all",
     ),
     Ordered(
-        "prelort-ordered-a",
-        "PreLort + SVD order, LoRA's factor convention: as prelort-ordered, but A's rows keep "
-        "their RMS norm and B carries the singular values",
+        "prelort-ordered-u",
+        "PreLort + SVD order: segment-wise average, then each module's product re-factorised "
+        "in singular-value order with A's rows orthonormal and B carrying the singular values "
+        "(RB-LoRA's factor convention)",
         group="recommended",
         nested="all",
-        split="fixed-a",
+        split="unit-a",
     ),
     Ordered(
-        "prelort-ordered-u",
-        "PreLort + SVD order, RB-LoRA's factor convention: as prelort-ordered-a, but A's rows "
-        "orthonormal (unit norm), B carries the singular values",
-        group="candidate",
+        "prelort-ordered-a",
+        "PreLort + SVD order, LoRA's factor convention: as prelort-ordered-u, but A's rows keep "
+        "their RMS norm (the default until 2026-12-02)",
+        group="experimental",
         nested="all",
-        split="unit-a",
+        split="fixed-a",
     ),
     Ordered(
         "prelort-ordered",
