@@ -109,7 +109,7 @@ def has_native_bf16(device: torch.device) -> bool:
     """Whether ``device`` multiplies bf16 natively: a CUDA device that supports it, or a CPU with
     AVX512-BF16 or AMX. An unknown CPU (not Linux) and MPS count as not native."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # Ampere and later
     return device.type == "cpu" and cpu_has_native_bf16() is True
 
 
