@@ -160,6 +160,13 @@ def quantization_config(quantize: str, compute_dtype: torch.dtype = torch.bfloat
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=UNQUANTIZED_MODULES)
 
 
+def quantized_compute_dtype(device: torch.device) -> torch.dtype:
+    """What a quantized base computes in: bf16 (QLoRA), but fp32 on a CPU without native bf16."""
+    if device.type == "cpu" and not has_native_bf16(device):
+        return torch.float32
+    return torch.bfloat16
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where and in what precision a base model runs.
@@ -180,11 +187,7 @@ class Placement:
     def compute_dtype(self) -> torch.dtype:
         """The dtype the base computes in: its own, or bf16 for a quantized base (QLoRA), except on
         a CPU without native bf16, where fp32 (emulated bf16 multiplies at many times the cost)."""
-        if self.quantize == "none":
-            return self.dtype
-        if self.device.type == "cpu" and not has_native_bf16(self.device):
-            return torch.float32
-        return torch.bfloat16
+        return self.dtype if self.quantize == "none" else quantized_compute_dtype(self.device)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -215,7 +218,7 @@ def placement_for(
     torch_dtype = base_dtype(dtype, where, AUTO_DTYPE.get(name))
     if quantize != "none" and dtype == "auto":
         # QLoRA: the unquantized rest of the base in its compute dtype as well
-        torch_dtype = Placement(where, torch.bfloat16, quantize).compute_dtype
+        torch_dtype = quantized_compute_dtype(where)
     if emulates_bf16(where, torch_dtype):
         log.warning(
             "dtype: a bfloat16 base on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated "

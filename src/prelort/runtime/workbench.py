@@ -121,12 +121,8 @@ def build_workbench(config: SimulationConfig) -> Workbench:
         head_dtype=torch.float32 if placement.autocast_dtype is not None else None,
     )
     adapted.autocast_dtype = placement.autocast_dtype
-    train_dtype = autocast_dtype(config.train_dtype, placement.device)
-    if train_dtype is not None:
-        adapted.train_autocast_dtype = train_dtype
-    eval_dtype = autocast_dtype(config.eval_dtype, placement.device)
-    if eval_dtype is not None:
-        adapted.eval_autocast_dtype = eval_dtype
+    adapted.train_autocast_dtype = autocast_dtype(config.train_dtype, placement.device)
+    adapted.eval_autocast_dtype = autocast_dtype(config.eval_dtype, placement.device)
     for name, dtype in (
         ("train_dtype", adapted.train_autocast_dtype),
         ("eval_dtype", adapted.eval_autocast_dtype),
