@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 
+from prelort.config.values import check_device_name
 from prelort.errors import ConfigError
 
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 CPU = torch.device("cpu")
 
@@ -30,16 +29,6 @@ def cuda_available() -> bool:
 def mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
-
-
-def check_device_name(field: str, name: str) -> None:
-    """Refuse a device name that is not ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``.
-
-    Raises:
-        ConfigError: naming ``field``.
-    """
-    if not DEVICE_PATTERN.match(name):
-        raise ConfigError(f"{field}: {name!r} is not one of auto, cpu, cuda, cuda:N, mps")
 
 
 def resolve_device(name: str, field: str = "device") -> torch.device:

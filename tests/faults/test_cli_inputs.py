@@ -198,3 +198,16 @@ def test_a_folder_that_holds_a_run_is_refused_without_overwrite(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "already holds a run" in done.stderr
     assert (out / "metrics.json").read_text() == "{}"  # untouched
+
+
+def test_a_mistyped_value_is_refused_before_torch_loads():
+    """A config error answers at once: the value checks run before anything imports torch."""
+    code = (
+        "import sys\n"
+        "from prelort.cli import main\n"
+        "status = main(['simulate', '--rounds', '0', '--quiet'])\n"
+        "print(status, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["2", "False", "False"], done.stdout + done.stderr[-2000:]
+    assert "rounds: must be >= 1" in done.stderr

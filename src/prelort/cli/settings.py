@@ -76,10 +76,10 @@ def overrides_of(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str
 
 def settings_of(args: argparse.Namespace) -> tuple[SimulationConfig, Checkpoint | None]:
     """The run's settings from flags and ``--config``, or from the checkpoint of ``--resume``."""
-    from prelort.runtime.checkpoint import check_task_unchanged, load_checkpoint
-
     if args.resume is None:
         return load_config(args.config, overrides_of(args)), None
+    from prelort.runtime.checkpoint import check_task_unchanged, load_checkpoint
+
     overrides = overrides_of(args)
     if "out" in overrides and Path(overrides["out"]).resolve() != Path(args.resume).resolve():
         raise ConfigError(

@@ -6,10 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from prelort.config.values import (
-    parse_budgets,
-)
-from prelort.device import check_device_name
+from prelort.config.values import check_device_name, parse_budgets
 from prelort.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -28,13 +25,19 @@ def validate(config: SimulationConfig) -> None:
     check_data(config)
     check_training(config)
     check_evaluation(config)
+    check_method(config)
     check_privacy(config)
 
 
-def check_federation(config: SimulationConfig) -> None:
+def check_method(config: SimulationConfig) -> None:
+    """A method the registry knows. After the plain values: the registry imports torch (2.5 s),
+    which a mistyped number should not wait for."""
     from prelort.aggregation import get_method
 
     get_method(config.method)
+
+
+def check_federation(config: SimulationConfig) -> None:
     _positive(config, "clients", "rounds")
     _positive_or_none(config, "clients_per_round")
     if config.clients_per_round is not None and config.clients_per_round > config.clients:

@@ -29,6 +29,20 @@ OPTIMIZER_CHOICES = ("adamw", "sgd")
 CALIBRATION_CHOICES = ("auto", "lda", "none")
 CLASSIFIER_CHOICES = ("auto", "head", "verbalized")
 QUANTIZE_CHOICES = ("none", "4bit", "8bit")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device_name(field: str, name: str) -> None:
+    """Refuse a device name that is not ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``.
+
+    Whether this machine has that device is ``device.resolve_device``'s question; this one needs
+    no torch, so a mistyped name is refused before torch is imported.
+
+    Raises:
+        ConfigError: naming ``field``.
+    """
+    if not DEVICE_PATTERN.match(name):
+        raise ConfigError(f"{field}: {name!r} is not one of auto, cpu, cuda, cuda:N, mps")
 
 
 @dataclass(frozen=True)
