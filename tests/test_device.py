@@ -79,6 +79,21 @@ def test_a_budget_no_rank_fits_names_the_client_and_the_smallest_need():
         ranks_for_budgets([8 * 2**30, 2**30], table)
 
 
+def test_a_flower_node_and_the_simulation_share_a_measurement():
+    """A node's settings come through the run config with every default spelt out (nested, head,
+    max_rank...); the cache key must not tell them apart, or each node measures again."""
+    from prelort.budgets import measurement_key
+    from prelort.config import config_from_mapping
+    from prelort.flower.deploy import run_config
+    from prelort.flower.settings import config_from_run_config
+
+    config = config_from_mapping(dict(model="m", task="t.jsonl", ranks="2,8", out="o"))
+    spelt_out, _ = config_from_run_config(run_config(config, resume=False))
+    assert (spelt_out.nested, spelt_out.head, config.nested) == ("all", "shared", None)
+    assert measurement_key(spelt_out) == measurement_key(config)
+    assert measurement_key(config.replace(batch_size=4)) != measurement_key(config)
+
+
 def test_the_measured_batch_is_the_longest_rows():
     assert longest_rows([3, 9, 1, 9, 5], 2) == [1, 3]
 

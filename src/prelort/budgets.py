@@ -154,9 +154,15 @@ def measurement_key(config: SimulationConfig) -> str:
     from prelort.runtime.workbench import workbench_key
 
     parts = [repr(workbench_key(config)), str(resolve_device(config.device))]
-    parts += [repr(getattr(config, name)) for name in STEP_FIELDS]
-    parts += [repr(config.resolved_nested), repr(config.ranks.ladder), torch.__version__]
+    # resolved values: a Flower node's settings spell out what a simulation's leave to default
+    parts += [repr(_resolved(config, name)) for name in STEP_FIELDS]
+    parts += [repr(config.ranks.ladder), torch.__version__]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _resolved(config: SimulationConfig, name: str) -> object:
+    resolved = getattr(config, "resolved_" + name, None)
+    return getattr(config, name) if resolved is None else resolved
 
 
 def measure_rank_memory(

@@ -150,34 +150,60 @@ def _tiny_flags(model_dir, task, out, rounds: int, calibration: str = "none") ->
         *("--method", "prelort", "--calibration", calibration),
         *("--model", str(model_dir), "--task", str(task), "--ranks", "1,2,4", "--clients", "3"),
         *("--rounds", str(rounds), "--local-steps", "3", "--batch-size", "8", "--lr", "0.005"),
-        *("--eval-examples", "24", "--partition", "iid", "--max-length", "32", "--out", str(out)),
+        *("--eval-examples", "24", "--generate-examples", "6", "--max-new-tokens", "4"),
+        *("--partition", "iid", "--max-length", "32", "--out", str(out)),
     ]
 
 
 def test_prelort_flower_runs_three_nodes_over_the_network_like_the_simulation(
-    tiny_bert_dir, topic_jsonl, tmp_path
+    tiny_bert_dir, topic_jsonl, tmp_path, monkeypatch
 ):
+    """Three SuperNodes over gRPC, with the calibration round, and each node choosing its rank
+    from its memory budget (`--client-memory`, the `memory-gb` node config), give the in-process
+    simulation's adapter and metrics.
+
+    The nodes read a measurement cache written here (1, 2 and 4 GB for ranks 1, 2 and 4), so
+    their budgets choose three different ranks; measuring is `test_plan_ranks_and_client_memory`'s.
+    """
     import subprocess
     import sys
+
+    from prelort.budgets import RankMemory, measurement_key
+    from prelort.io import write_json
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PRELORT_CACHE", str(cache))
+    gb = 2**30
+    table = RankMemory({1: gb, 2: 2 * gb, 4: 4 * gb}, "cpu", "written by the test")
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "sim", calibration="lda")
+    write_json(cache / "rank-memory" / f"{measurement_key(config)}.json", table.to_json())
+    budgets = "1.5GB,3GB,100GB"
 
     before = _flower_processes()
     out = tmp_path / "deployed"
     command = [sys.executable, "-m", "prelort.cli", "flower", "--nodes", "3"]
-    done = subprocess.run(  # with the calibration round, which runs over the network too
-        command + _tiny_flags(tiny_bert_dir, topic_jsonl, out, rounds=2, calibration="lda"),
+    done = subprocess.run(
+        command
+        + _tiny_flags(tiny_bert_dir, topic_jsonl, out, rounds=2, calibration="lda")
+        + ["--client-memory", budgets],
         capture_output=True,
         text=True,
         timeout=540,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "final metrics of the global adapter" in done.stdout
-    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "sim", calibration="lda")
-    reference = run_simulation(config, progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["client_ranks"] == [1, 2, 4]  # each node's own choice from its budget
+    plan = metrics["rank_plan"]
+    assert plan["source"].startswith("node memory budgets")
+    assert plan["client_budget_bytes"] == [int(1.5 * gb), 3 * gb, 100 * gb]
+    reference = run_simulation(config.replace(client_memory=budgets), progress=False)
+    assert reference.client_ranks == [1, 2, 4]
     assert all("calibrated_accuracy" in m for m in reference.final.values())
     state, _ = load_adapter(out / "adapter.safetensors")
     for key, value in reference.global_state.items():
         torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6)
-    assert json.loads((out / "metrics.json").read_text())["final"]["tiers"] == reference.final
+    assert metrics["final"]["tiers"] == reference.final
     assert sorted(p.name for p in (out / "flower-logs").iterdir())[:2] == [
         "superlink.log",
         "supernode-0.log",
@@ -290,27 +316,6 @@ def test_calibration_statistics_round_trip_and_malformed_ones_are_refused():
     content = encode_statistics(5, {1: negative})
     with pytest.raises(AdapterError, match="negative"):
         decode_statistics(content, [1], classes=3, width=4)
-
-
-def test_nodes_choose_their_ranks_from_their_memory_budgets(
-    tiny_bert_dir, topic_jsonl, tmp_path, monkeypatch
-):
-    """`prelort flower --client-memory`: each SuperNode gets `memory-gb`, measures, tells the server."""
-    import subprocess
-    import sys
-
-    monkeypatch.setenv("PRELORT_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "budgets"
-    flags = _tiny_flags(tiny_bert_dir, topic_jsonl, out, rounds=1)
-    command = [sys.executable, "-m", "prelort.cli", "flower", "--client-memory", "100GB"]
-    done = subprocess.run(command + flags, capture_output=True, text=True, timeout=540)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["client_ranks"] == [4, 4, 4]  # planned 1, 2, 4: the nodes' own choice won
-    plan = metrics["rank_plan"]
-    assert plan["source"].startswith("node memory budgets")
-    assert plan["client_budget_bytes"] == [100 * 2**30] * 3
-    assert list(metrics["final"]["tiers"]) == ["1", "2", "4"]
 
 
 def test_node_hardware_spreads_gpus_and_budgets():
