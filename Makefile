@@ -24,8 +24,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: setup
 	$(VENV)/bin/prelort compare --config configs/default.toml --jobs 4 --overwrite
 
+# two or more workers (pytest-xdist), each with its share of the cores; the Flower tests in turn
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup
 
 bench: setup
 	$(PY) -m benchmarks
