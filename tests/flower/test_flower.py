@@ -21,8 +21,6 @@ from prelort.io import load_adapter
 from prelort.simulation import run_simulation
 from tests_helpers import tiny
 
-# One xdist worker runs them in turn: the deployments count the machine's Flower processes.
-pytestmark = pytest.mark.xdist_group("flower")
 BACKEND = {"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}}
 
 
