@@ -151,18 +151,13 @@ def child_peak(config: SimulationConfig, rank: int) -> int:
 
 def measurement_key(config: SimulationConfig) -> str:
     """A hash of every setting that changes a step's memory, and of the device measured."""
-    from prelort.runtime.workbench import workbench_key
+    from prelort.runtime.workbench import resolved_value, workbench_key
 
     parts = [repr(workbench_key(config)), str(resolve_device(config.device))]
     # resolved values: a Flower node's settings spell out what a simulation's leave to default
-    parts += [repr(_resolved(config, name)) for name in STEP_FIELDS]
+    parts += [repr(resolved_value(config, name)) for name in STEP_FIELDS]
     parts += [repr(config.ranks.ladder), torch.__version__]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def _resolved(config: SimulationConfig, name: str) -> object:
-    resolved = getattr(config, "resolved_" + name, None)
-    return getattr(config, name) if resolved is None else resolved
 
 
 def measure_rank_memory(

@@ -65,12 +65,17 @@ class Workbench:
 def workbench_key(config: SimulationConfig) -> tuple:
     """The settings a loaded workbench depends on: every field marked ``workbench`` (with R and
     alpha resolved), so that a new such field can never reuse a stale workbench."""
-    key = []
-    for f in dataclasses.fields(config):
-        if f.metadata.get("workbench"):
-            resolved = getattr(config, "resolved_" + f.name, None)
-            key.append((f.name, getattr(config, f.name) if resolved is None else resolved))
-    return tuple(key)
+    fields = dataclasses.fields(config)
+    return tuple(
+        (f.name, resolved_value(config, f.name)) for f in fields if f.metadata.get("workbench")
+    )
+
+
+def resolved_value(config: SimulationConfig, name: str) -> object:
+    """A setting as a run uses it: ``resolved_<name>`` where the config defines one (R, alpha,
+    nested, head...), so a default left None and the same value spelt out compare equal."""
+    resolved = getattr(config, "resolved_" + name, None)
+    return getattr(config, name) if resolved is None else resolved
 
 
 def _subset(n: int, size: int) -> list[int]:
