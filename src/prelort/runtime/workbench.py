@@ -78,7 +78,9 @@ def resolved_value(config: SimulationConfig, name: str) -> object:
     return getattr(config, name) if resolved is None else resolved
 
 
-def _subset(n: int, size: int) -> list[int]:
+def eval_subset(n: int, size: int) -> list[int]:
+    """The rows of a split of ``n`` that a run scores when it asks for ``size``: all, or a sample
+    drawn with a fixed seed, the same for every run and seed (so runs are scored on the same rows)."""
     if size >= n:
         return list(range(n))
     return sorted(random.Random(EVAL_SUBSET_SEED).sample(range(n), size))
@@ -108,13 +110,13 @@ def build_workbench(config: SimulationConfig) -> Workbench:
     test = encode_split(
         tokenizer,
         task,
-        task.test.take(_subset(len(task.test), config.eval_examples)),
+        task.test.take(eval_subset(len(task.test), config.eval_examples)),
         max_length,
         verbalized=verbalized,
     )
     generation = None
     if task.kind != CLASSIFICATION and config.generate_examples > 0:
-        subset = _subset(len(task.test), config.generate_examples)
+        subset = eval_subset(len(task.test), config.generate_examples)
         generation = encode_split(tokenizer, task, task.test.take(subset), max_length)
     adapted = inject_nested_lora(
         loaded.model,
@@ -139,7 +141,7 @@ def build_workbench(config: SimulationConfig) -> Workbench:
                 name,
                 name,
             )
-    readout_rows = _subset(len(train), config.readout_examples) if objective.trains_head else []
+    readout_rows = eval_subset(len(train), config.readout_examples) if objective.trains_head else []
     log.info(
         "workbench: task %s (%s train, %d test), model %s on %s (%s%s), %d nested layers of rank %d",
         task.name,
