@@ -79,8 +79,9 @@ def resolved_value(config: SimulationConfig, name: str) -> object:
 
 
 def eval_subset(n: int, size: int) -> list[int]:
-    """The rows of a split of ``n`` that a run scores when it asks for ``size``: all, or a sample
-    drawn with a fixed seed, the same for every run and seed (so runs are scored on the same rows)."""
+    """The rows of a split of ``n`` a run takes when it asks for ``size`` (its test examples, its
+    generation prompts, its readout's training rows): all, or a sample drawn with a fixed seed, the
+    same for every run and seed, so that runs are scored on the same examples."""
     if size >= n:
         return list(range(n))
     return sorted(random.Random(EVAL_SUBSET_SEED).sample(range(n), size))
