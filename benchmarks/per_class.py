@@ -17,19 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prelort.config import config_from_mapping
-from prelort.data.tasks import FileFields, load_task
 from prelort.errors import ConfigError
 from prelort.runtime.outputs import EXAMPLES_NAME
-from prelort.runtime.workbench import eval_subset
+from prelort.runtime.workbench import eval_subset, load_config_task
 
 
 def scored_labels(run: Path) -> tuple[list[int], tuple[str, ...]]:
     """(label id of each scored test example, class names) of a run, from its config."""
     config = config_from_mapping(json.loads((run / "metrics.json").read_text("utf-8"))["config"])
-    fields = FileFields(
-        config.text_field, config.label_field, config.instruction_field, config.response_field
-    )
-    task = load_task(config.task, fields)
+    task = load_config_task(config)
     if task.kind != "classification":
         raise ConfigError(f"{run}: task {config.task!r} is not classification")
     rows = eval_subset(len(task.test), config.eval_examples)

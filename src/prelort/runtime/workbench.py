@@ -87,16 +87,25 @@ def eval_subset(n: int, size: int) -> list[int]:
     return sorted(random.Random(EVAL_SUBSET_SEED).sample(range(n), size))
 
 
+def load_config_task(config: SimulationConfig) -> TaskData:
+    """The task a config names, a user's file read with the config's field names.
+
+    Raises:
+        ConfigError, DataError: an unknown task, or a missing or malformed file.
+    """
+    fields = FileFields(
+        config.text_field, config.label_field, config.instruction_field, config.response_field
+    )
+    return load_task(config.task, fields)
+
+
 def build_workbench(config: SimulationConfig) -> Workbench:
     """Load the task and model of a config and inject nested LoRA layers of rank R.
 
     Raises:
         ConfigError, DataError, ModelError: an unknown task or model, or missing packages/files.
     """
-    fields = FileFields(
-        config.text_field, config.label_field, config.instruction_field, config.response_field
-    )
-    task = load_task(config.task, fields)
+    task = load_config_task(config)
     objective = resolve_objective(config, task)
     if objective.verbalized:
         task = verbalized_task(task)
