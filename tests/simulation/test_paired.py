@@ -39,3 +39,13 @@ def test_the_table_marks_separated_differences():
     table = difference_table(diffs)
     assert "+0.050 [+0.010, +0.090] *" in table and "+0.010 [-0.020, +0.040] |" in table
     assert "300 test examples x 3 seed(s)" in table
+
+
+def test_rows_paired_over_different_seeds_say_how_many():
+    diffs = [
+        Difference("a", "ref", 2, "nll", 0.01, 0.0, 0.02, 100, 3),
+        Difference("b", "ref", 2, "nll", 0.02, 0.01, 0.03, 100, 1),
+    ]
+    table = difference_table(diffs)
+    assert "x the seeds both ran (n per row)" in table
+    assert "| a (n = 3) |" in table and "| b (n = 1) |" in table

@@ -146,9 +146,13 @@ def difference_table(diffs: Sequence[Difference]) -> str:
         sel = [d for d in diffs if d.metric == metric and d.reference == reference]
         tiers = sorted({d.tier for d in sel})
         first = sel[0]
+        # A method pairs with the reference only over the seeds both ran, so rows can differ.
+        seed_counts = {d.method: d.seeds for d in sel}
+        uniform = len(set(seed_counts.values())) == 1
+        seeds = f"{first.seeds} seed(s)" if uniform else "the seeds both ran (n per row)"
         lines = [
             f"Difference in {METRIC_LABELS.get(metric, metric)} to {first.reference}, 95 % paired "
-            f"bootstrap interval over {first.examples} test examples x {first.seeds} seed(s) "
+            f"bootstrap interval over {first.examples} test examples x {seeds} "
             f"({RESAMPLES} resamples); * = the interval excludes 0"
             f"{'; lower is better' if metric in LOWER_IS_BETTER else ''}:",
             "",
@@ -164,7 +168,8 @@ def difference_table(diffs: Sequence[Difference]) -> str:
                     if d is None
                     else f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]{' *' if d.separated else ''}"
                 )
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            name = method if uniform else f"{method} (n = {seed_counts[method]})"
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
