@@ -74,6 +74,12 @@ def overrides_of(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str
     }
 
 
+def resumable_settings() -> tuple[str, ...]:
+    """The settings ``--resume`` may change: those marked ``resumable`` (the adapter a resumed run
+    trains stays the uninterrupted run's)."""
+    return tuple(f.name for f in dataclasses.fields(SimulationConfig) if f.metadata["resumable"])
+
+
 def settings_of(args: argparse.Namespace) -> tuple[SimulationConfig, Checkpoint | None]:
     """The run's settings from flags and ``--config``, or from the checkpoint of ``--resume``."""
     if args.resume is None:
@@ -88,14 +94,15 @@ def settings_of(args: argparse.Namespace) -> tuple[SimulationConfig, Checkpoint 
         )
     resume = load_checkpoint(args.resume)
     check_task_unchanged(resume, resume.config["task"])  # before anything loads
-    if set(overrides) - {"out", "rounds"} or args.config is not None:
+    resumable = resumable_settings()
+    if set(overrides) - {"out", *resumable} or args.config is not None:
+        flags = ", ".join("--" + name.replace("_", "-") for name in resumable)
         raise ConfigError(
-            "resume: the settings come from the checkpoint; give no other setting than --rounds "
+            f"resume: the settings come from the checkpoint; give no other setting than {flags} "
             "(more rounds extend the run)"
         )
     settings = {**resume.config, "out": str(args.resume)}
-    if "rounds" in overrides:
-        settings["rounds"] = overrides["rounds"]
+    settings.update({name: overrides[name] for name in resumable if name in overrides})
     config = config_from_mapping(settings)
     if config.rounds < resume.round:
         raise ConfigError(

@@ -47,12 +47,14 @@ def setting(
     concern: str,
     choices: tuple[str, ...] = (),
     workbench: bool = False,
+    resumable: bool = False,
     **default: Any,
 ) -> Any:
     """A ``SimulationConfig`` field: its default (``default=`` or ``default_factory=``), its help,
     its concern (a key of ``CONCERNS``), the words it may take (``choices``; checked by
-    ``checks.check_choices``, None allowed where the default is None) and whether it changes the
-    loaded task or model (the workbench's cache key)."""
+    ``checks.check_choices``, None allowed where the default is None), whether it changes the
+    loaded task or model (the workbench's cache key) and whether ``--resume`` may change it
+    (``resumable``: only settings that leave the trained adapter as an uninterrupted run's)."""
     if concern not in CONCERNS:
         raise ValueError(f"unknown concern {concern!r}")
     metadata = {
@@ -60,6 +62,7 @@ def setting(
         "concern": concern,
         "choices": choices,
         "workbench": workbench,
+        "resumable": resumable,
     }
     return field(**default, metadata=metadata)
 
@@ -135,6 +138,7 @@ class SimulationConfig:
         concern="federation",
         default=8,
         help="federated rounds.",
+        resumable=True,
     )
     local_steps: int = setting(
         concern="training",
@@ -256,6 +260,7 @@ class SimulationConfig:
         concern="evaluation",
         default=1,
         help="evaluate every k rounds (the last round always).",
+        resumable=True,
     )
     rouge_every_round: bool = setting(
         concern="evaluation",
