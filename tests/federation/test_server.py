@@ -55,6 +55,16 @@ def test_matches_the_rule_and_records_the_round():
     assert outcome.train_loss == 0.5
 
 
+def test_the_round_loss_is_the_mean_over_clients_that_trained():
+    """A frozen client (lowest-alone's higher ranks) reports NaN; the round's loss is the others'."""
+    server, rules = setup("lowest-alone")
+    frozen = ClientReply(1, state(2, 0.0), 2, 1, math.nan)
+    outcome = server_step(server, [0, 1], [reply(0, 1, 1.0), frozen], rules)
+    assert outcome.train_loss == 0.5
+    alone = server_step(server, [1], [frozen], rules)
+    assert math.isnan(alone.train_loss)
+
+
 BAD = {
     "nan": lambda: ClientReply(
         0, {**state(1, 1.0), "m.lora_a": torch.full((1, IN), math.nan)}, 1, 1, 0.1

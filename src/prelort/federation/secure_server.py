@@ -30,6 +30,7 @@ from prelort.federation.server import (
     RoundOutcome,
     ServerRules,
     ServerState,
+    mean_loss,
     report_problem,
     traffic_record,
 )
@@ -111,11 +112,10 @@ def secure_server_step(
         global_state,
         rules,
     )
-    losses = [r.loss for r in accepted]
     return RoundOutcome(
         ServerState(round_index, global_state, server.client_ranks, server.memory),
         traffic,
-        sum(losses) / len(losses) if losses else float("nan"),
+        mean_loss([r.loss for r in accepted]),
     )
 
 

@@ -136,6 +136,14 @@ class RoundOutcome:
     train_loss: float
 
 
+def mean_loss(losses: Sequence[float]) -> float:
+    """The mean training loss over the replies that trained: a frozen client (``lowest-alone``'s
+    higher ranks, the no-adapter row of a causal LM) reports NaN, which is no loss to average.
+    NaN when none trained."""
+    trained = [x for x in losses if not math.isnan(x)]
+    return sum(trained) / len(trained) if trained else float("nan")
+
+
 def initial_server_state(
     method: Method, fresh_state: Mapping[str, torch.Tensor], client_ranks: Sequence[int]
 ) -> ServerState:
@@ -241,7 +249,7 @@ def server_step(
 
     Returns:
         The new server state (the global adapter kept when no reply is valid), the round's
-        traffic record and the mean training loss of the accepted replies (NaN if none).
+        traffic record and the mean training loss of the accepted replies that trained (``mean_loss``).
     """
     round_index = server.round + 1
     sent = {c: server.prefix(c) for c in sampled}  # what each sampled client was sent
@@ -298,7 +306,7 @@ def server_step(
     return RoundOutcome(
         ServerState(round_index, global_state, tuple(ranks), memory),
         traffic,
-        sum(losses) / len(losses) if losses else float("nan"),
+        mean_loss(losses),
     )
 
 
