@@ -20,6 +20,7 @@ from prelort.runtime.outputs import (
     csv_text,
 )
 from prelort.runtime.result import SimulationResult
+from prelort.simulation.convergence import trend_table, trends
 from prelort.simulation.executors import run_in_processes, run_in_turn
 from prelort.simulation.paired import difference_table, paired_differences, plot_differences
 from prelort.simulation.plots import plot_comparison, plot_rounds
@@ -338,7 +339,7 @@ def load_comparison(out_dir: Path) -> Comparison:
 def write_comparison(
     comparison: Comparison, out_dir: Path, references: Sequence[str] | None = None
 ) -> dict[str, Path]:
-    """summary.md, summary.csv, summary.json, differences.csv and the comparison plots.
+    """summary.md, summary.csv, summary.json, differences.csv, trends.csv and the comparison plots.
 
     Args:
         references: the methods the others' paired differences are measured against, each in
@@ -351,8 +352,11 @@ def write_comparison(
     diffs = (
         paired_differences(comparison, out_dir, references) if len(comparison.methods) > 1 else []
     )
+    moves = trends(comparison)
     table = markdown_table(rows) + ("\n\n" + note if note else "")
-    table += ("\n\n" + difference_table(diffs) if diffs else "") + "\n\n" + cost_table(costs)
+    table += "\n\n" + difference_table(diffs) if diffs else ""
+    table += "\n\n" + trend_table(moves, METRIC_LABELS) if moves else ""
+    table += "\n\n" + cost_table(costs)
     if privacy:
         table += f"\n\n{privacy} (RDP accountant; per run: metrics.json `privacy`)."
     atomic_write_text(out_dir / "summary.md", table + "\n")
@@ -367,8 +371,13 @@ def write_comparison(
             "rows": rows,
             "costs": costs,
             "differences": [d.to_row() for d in diffs],
+            "trends": [t.to_row() for t in moves],
         },
     )
+    if moves:
+        atomic_write_text(
+            out_dir / "trends.csv", csv_text([t.to_row() for t in moves], [*moves[0].to_row()])
+        )
     if diffs:
         columns = [*diffs[0].to_row()]
         atomic_write_text(

@@ -1,0 +1,81 @@
+import math
+
+import pytest
+
+from prelort.config import SimulationConfig
+from prelort.runtime.result import SimulationResult
+from prelort.simulation.compare import Comparison
+from prelort.simulation.convergence import Trend, trend_table, trends, window_start
+
+
+def run(curve: dict[int, float], metric: str = "perplexity") -> SimulationResult:
+    rounds = [
+        {"round": r, "tiers": {"2": {metric: v}, "8": {metric: v - 1}}} for r, v in curve.items()
+    ]
+    return SimulationResult({}, [2, 8], [10, 10], rounds)
+
+
+def comparison(runs: dict[tuple[str, int], SimulationResult]) -> Comparison:
+    methods = list(dict.fromkeys(m for m, _ in runs))
+    seeds = sorted({s for _, s in runs})
+    return Comparison(SimulationConfig(), methods, seeds, runs)
+
+
+@pytest.mark.parametrize(
+    ("evaluated", "start"),
+    [
+        ([24], None),  # one evaluation: no trend
+        ([12, 24], 12),  # the only earlier one, though more than a quarter back
+        ([3, 6, 9, 12, 15, 18, 21, 24], 18),  # a quarter of 24 rounds back
+        ([4, 8], 4),
+        ([12, 15, 18, 21, 24, 27, 30, 33, 36], 27),
+        ([1, 2], 1),
+    ],
+)
+def test_the_window_reaches_a_quarter_of_the_run_back(evaluated, start):
+    assert window_start(evaluated) == start
+
+
+def test_a_falling_curve_is_not_a_plateau_and_a_flat_one_is():
+    falling = {r: 40.0 - r for r in range(3, 25, 3)}  # 22 at round 18, 16 at 24
+    flat = {r: 20.0 + (0.1 if r == 24 else 0.0) for r in range(3, 25, 3)}
+    found = trends(comparison({("a", 0): run(falling), ("b", 0): run(flat)}))
+    a2 = next(t for t in found if t.method == "a" and t.tier == 2)
+    assert (a2.start_round, a2.end_round, a2.start, a2.end) == (18, 24, 22.0, 16.0)
+    assert a2.relative_change == pytest.approx(-6 / 22) and not a2.plateau
+    b2 = next(t for t in found if t.method == "b" and t.tier == 2)
+    assert b2.relative_change == pytest.approx(0.1 / 20) and b2.plateau
+    table = trend_table(found)
+    assert "| a | 18 → 24 (n = 1) | 22 → 16, -27.3 %" in table
+    assert "**20 → 20.1, +0.5 %**" in table
+
+
+def test_seeds_are_averaged_and_a_seed_without_the_windows_rounds_is_left_out():
+    seeds = {
+        ("a", 0): run({12: 10.0, 18: 8.0, 24: 6.0}),
+        ("a", 1): run({12: 20.0, 18: 12.0, 24: 10.0}),
+        ("a", 2): run({12: 30.0, 24: 1.0}),  # evaluated once before round 24: left out
+    }
+    found = trends(comparison(seeds))
+    t = next(t for t in found if t.tier == 2)
+    assert (t.start, t.end, t.seeds) == (10.0, 8.0, 2)
+
+
+def test_runs_evaluated_once_have_no_trend():
+    assert trends(comparison({("a", 0): run({12: 5.0})})) == []
+
+
+def test_a_metric_starting_at_zero_moves_infinitely_or_not_at_all():
+    assert Trend("a", 2, "accuracy", 1, 2, 0.0, 0.0, 1).plateau
+    moved = Trend("a", 2, "accuracy", 1, 2, 0.0, 0.5, 1)
+    assert moved.relative_change == math.inf and not moved.plateau
+
+
+def test_the_summary_and_trends_csv_say_whether_the_runs_settled(tmp_path):
+    from prelort.simulation.compare import write_comparison
+
+    write_comparison(comparison({("a", 0): run({4: 30.0, 8: 24.0})}), tmp_path)
+    assert "Change of perplexity over the last rounds" in (tmp_path / "summary.md").read_text()
+    rows = (tmp_path / "trends.csv").read_text().splitlines()
+    assert rows[0].startswith("method,tier,metric,start_round,end_round") and len(rows) == 3
+    assert rows[1].endswith(",False")
