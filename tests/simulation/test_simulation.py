@@ -212,6 +212,23 @@ def test_every_method_runs_and_accounts_traffic(tiny_bert_dir, topic_jsonl, tmp_
         assert "merged" in " ".join(result.global_state)
 
 
+def test_reference_rows_account_only_what_their_clients_train(tiny_bert_dir, topic_jsonl, tmp_path):
+    from prelort.adapters.state import is_head_key
+
+    runs = {
+        m: run_simulation(tiny(tiny_bert_dir, topic_jsonl, tmp_path / m, method=m), progress=False)
+        for m in ("zeropad", "lowest-alone", "no-adapter")
+    }
+    up = {m: r.traffic[0]["bytes_up"] for m, r in runs.items()}
+    head_bytes = 4 * sum(
+        v.numel() for k, v in runs["zeropad"].global_state.items() if is_head_key(k)
+    )
+    # a frozen adapter never travels: the no-adapter clients exchange their heads only, and the
+    # lowest-alone clients above the lowest rank send their heads only
+    assert up["no-adapter"] == runs["no-adapter"].traffic[0]["bytes_down"] == 3 * head_bytes
+    assert 3 * head_bytes < up["lowest-alone"] < up["zeropad"]
+
+
 def test_flora_state_is_merged_into_the_model(tiny_bert_dir, topic_jsonl, tmp_path):
     config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "fl", method="flora", rounds=2)
     result = run_simulation(config, progress=False)

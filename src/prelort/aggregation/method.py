@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from prelort.adapters.state import MERGED, AdapterState
+from prelort.adapters.state import MERGED, AdapterState, is_lora_key
 from prelort.aggregation.base import AggregateFn, ClientUpdate
 from prelort.errors import MethodUnsupported
 from prelort.training.objective import PLAIN, LocalObjective
@@ -43,9 +43,18 @@ class AggregationContext:
     client_examples: tuple[float, ...] = ()
 
 
-def uplink_numel(state: Mapping[str, torch.Tensor]) -> int:
-    """Numbers a client sends: its factors and head (a merged base term is never sent up)."""
-    return sum(v.numel() for k, v in state.items() if not k.endswith(MERGED))
+def uplink_numel(state: Mapping[str, torch.Tensor], factors: bool = True) -> int:
+    """Numbers a client sends: its factors and head (a merged base term is never sent up).
+
+    Args:
+        factors: False for a client whose adapter is frozen (a reference row): it sends only
+            what it trained, its head, which is nothing for a zero-shot causal LM.
+    """
+    return sum(
+        v.numel()
+        for k, v in state.items()
+        if not k.endswith(MERGED) and (factors or not is_lora_key(k))
+    )
 
 
 @dataclass(frozen=True)

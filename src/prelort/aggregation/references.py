@@ -10,12 +10,15 @@ low-rank clients gain from what high-rank clients learn.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from prelort.adapters.state import AdapterState
 from prelort.aggregation.base import AggregateFn, ClientUpdate
-from prelort.aggregation.method import AggregationContext, FromSums, Sensitivity
+from prelort.aggregation.method import AggregationContext, FromSums, Sensitivity, uplink_numel
 from prelort.aggregation.registry import register
 from prelort.aggregation.zeropad import ZeroPad, aggregate_zeropad
 from prelort.errors import MethodUnsupported
@@ -73,6 +76,11 @@ class NoAdapter(ZeroPad):
         self, rank: int, client_ranks: Sequence[int], ladder: Sequence[int]
     ) -> LocalObjective:
         return FROZEN
+
+    def downlink_numel(self, sent: Mapping[str, torch.Tensor], memory: Any) -> int:
+        return uplink_numel(
+            sent, factors=False
+        )  # the adapter stays the initial one: only heads travel
 
     def merge(
         self,

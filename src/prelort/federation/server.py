@@ -279,6 +279,10 @@ def server_step(
         losses.append(reply.loss)
         ranks[reply.client_id] = rules.method.next_rank(reply.rank, reply.tail_ratio, rules.ladder)
 
+    def trains(rank: int) -> bool:
+        objective = rules.method.local_objective(rank, server.client_ranks, rules.ladder)
+        return objective.trains_adapter
+
     agg_start = time.perf_counter()
     global_state = server.global_state
     privacy: PrivacyRecord | None = None
@@ -293,7 +297,7 @@ def server_step(
     traffic = traffic_record(
         round_index,
         [u.rank for u in updates],
-        wire_bytes(sum(uplink_numel(u.state) for u in updates), rules.wire_dtype),
+        wire_bytes(sum(uplink_numel(u.state, trains(u.rank)) for u in updates), rules.wire_dtype),
         wire_bytes(down, rules.wire_dtype),
         agg_start,
         dropped,
