@@ -138,6 +138,7 @@ CASES = [
         "weights",
     ),
     ("summarize-empty", ["summarize", "{dir}"], "no finished run"),
+    ("summarize-rounds-from", ["summarize", "{dir}", "--rounds-from", "-3"], "rounds-from"),
     *(
         []
         if torch.cuda.is_available()

@@ -79,3 +79,13 @@ def test_the_summary_and_trends_csv_say_whether_the_runs_settled(tmp_path):
     rows = (tmp_path / "trends.csv").read_text().splitlines()
     assert rows[0].startswith("method,tier,metric,start_round,end_round") and len(rows) == 3
     assert rows[1].endswith(",False")
+
+
+def test_the_rounds_plot_starts_at_the_round_asked_for(tmp_path):
+    from prelort.simulation.compare import write_comparison
+
+    runs = comparison({("a", 0): run({4: 30.0, 8: 24.0})})
+    write_comparison(runs, tmp_path / "all")
+    write_comparison(runs, tmp_path / "late", rounds_from=9)  # after every evaluated round
+    assert (tmp_path / "all" / "rounds_perplexity.png").is_file()
+    assert not (tmp_path / "late" / "rounds_perplexity.png").exists()

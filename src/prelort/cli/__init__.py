@@ -163,6 +163,14 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     summarize = sub.add_parser("summarize", help="rebuild the tables and plots of a compare folder")
     summarize.add_argument("folder", type=Path, help="the --out folder of prelort compare")
     summarize.add_argument("--reference", help=REFERENCE_HELP)
+    summarize.add_argument(
+        "--rounds-from",
+        type=int,
+        default=0,
+        metavar="ROUND",
+        help="draw rounds_<metric>.png from this round on, so a long run's last rounds are "
+        "legible [default: 0, every evaluated round]",
+    )
     summarize.set_defaults(func=cmd_summarize)
 
 

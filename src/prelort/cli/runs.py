@@ -244,14 +244,16 @@ def _check_references(value: str | None, methods: list[str], where: str) -> None
         )
 
 
-def _report_comparison(comparison, out: Path, references: list[str] | None = None) -> None:
+def _report_comparison(
+    comparison, out: Path, references: list[str] | None = None, rounds_from: int = 0
+) -> None:
     from prelort.simulation.compare import write_comparison
 
     finished = [r for r in references or [] if r in comparison.methods]
     for r in set(references or []) - set(finished):
         log.warning("reference: %s has no finished run here; left out", r)
     references = finished or None  # None: the recommended method where it ran
-    files = write_comparison(comparison, out, references)
+    files = write_comparison(comparison, out, references, rounds_from)
     # summary.md holds the tables, the note and the paired differences (bootstrapped once, there)
     print("\nfinal metric of the global adapter per rank tier (mean ± std over seeds):\n")
     print(files["summary_md"].read_text(encoding="utf-8"))
@@ -261,6 +263,8 @@ def _report_comparison(comparison, out: Path, references: list[str] | None = Non
 def cmd_summarize(args: argparse.Namespace) -> int:
     from prelort.simulation.compare import load_comparison
 
+    if args.rounds_from < 0:
+        raise ConfigError(f"rounds-from: {args.rounds_from} is negative; give a round, 0 for all")
     comparison = load_comparison(args.folder)
     _check_references(args.reference, comparison.methods, "the compared methods")
     if comparison.unfinished:
@@ -269,5 +273,5 @@ def cmd_summarize(args: argparse.Namespace) -> int:
             + ", ".join(comparison.unfinished)
             + " (finish them with `prelort simulate --resume`)"
         )
-    _report_comparison(comparison, args.folder, _references(args.reference))
+    _report_comparison(comparison, args.folder, _references(args.reference), args.rounds_from)
     return 0

@@ -337,13 +337,17 @@ def load_comparison(out_dir: Path) -> Comparison:
 
 
 def write_comparison(
-    comparison: Comparison, out_dir: Path, references: Sequence[str] | None = None
+    comparison: Comparison,
+    out_dir: Path,
+    references: Sequence[str] | None = None,
+    rounds_from: int = 0,
 ) -> dict[str, Path]:
     """summary.md, summary.csv, summary.json, differences.csv, trends.csv and the comparison plots.
 
     Args:
         references: the methods the others' paired differences are measured against, each in
             turn (default: the recommended one where it ran, else the first).
+        rounds_from: the first round the per-round plots draw.
     """
     rows = comparison.summary_rows()
     costs = comparison.cost_rows()
@@ -398,7 +402,9 @@ def write_comparison(
             ],
         ),
     )
-    plots = plot_comparison(rows, out_dir, privacy) + plot_rounds(comparison, out_dir, privacy)
+    plots = plot_comparison(rows, out_dir, privacy) + plot_rounds(
+        comparison, out_dir, privacy, rounds_from
+    )
     plots += plot_differences(diffs, out_dir) if diffs else []
     return {
         "summary_md": out_dir / "summary.md",

@@ -14,8 +14,11 @@ if TYPE_CHECKING:
     from prelort.simulation.compare import Comparison
 
 
-def plot_rounds(comparison: Comparison, out_dir: Path, note: str | None = None) -> list[Path]:
-    """One PNG per metric: the metric per round (mean over seeds), a panel per tier, a line per method."""
+def plot_rounds(
+    comparison: Comparison, out_dir: Path, note: str | None = None, rounds_from: int = 0
+) -> list[Path]:
+    """One PNG per metric: the metric per round (mean over seeds), a panel per tier, a line per
+    method, from round ``rounds_from`` on."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,6 +28,8 @@ def plot_rounds(comparison: Comparison, out_dir: Path, note: str | None = None) 
     curves: dict[tuple[str, str, str], dict[int, list[float]]] = {}
     for (method, _seed), result in comparison.runs.items():
         for record in result.rounds:
+            if record["round"] < rounds_from:
+                continue
             for tier, metrics in record["tiers"].items():
                 for metric, value in metrics.items():
                     curves.setdefault((metric, tier, method), {}).setdefault(
