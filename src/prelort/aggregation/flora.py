@@ -24,7 +24,6 @@ from prelort.adapters.state import (
     LORA_B,
     MERGED,
     AdapterState,
-    is_lora_key,
     lora_modules,
 )
 from prelort.aggregation.base import (
@@ -35,7 +34,7 @@ from prelort.aggregation.base import (
     example_weights,
 )
 from prelort.aggregation.flexlora import stacked_factors
-from prelort.aggregation.method import AggregationContext, Method
+from prelort.aggregation.method import AggregationContext, Method, uplink_numel
 from prelort.aggregation.registry import register
 from prelort.errors import MethodUnsupported
 
@@ -108,10 +107,7 @@ class FLoRA(Method):
     def downlink_numel(self, sent: Mapping[str, torch.Tensor], memory: int | None) -> int:
         # the head, plus the stacked factors of last round's clients to rebuild the merged base:
         # sum_k r_k (in + out) per module
-        head = sum(
-            v.numel() for k, v in sent.items() if not is_lora_key(k) and not k.endswith(MERGED)
-        )
-        return head + (memory or 0)
+        return uplink_numel(sent, factors=False) + (memory or 0)
 
     def merge(
         self,

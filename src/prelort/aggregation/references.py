@@ -78,9 +78,8 @@ class NoAdapter(ZeroPad):
         return FROZEN
 
     def downlink_numel(self, sent: Mapping[str, torch.Tensor], memory: Any) -> int:
-        return uplink_numel(
-            sent, factors=False
-        )  # the adapter stays the initial one: only heads travel
+        # the adapter stays the initial one, which every client holds: only heads travel
+        return uplink_numel(sent, factors=False)
 
     def merge(
         self,
