@@ -357,6 +357,7 @@ def write_comparison(
         paired_differences(comparison, out_dir, references) if len(comparison.methods) > 1 else []
     )
     moves = trends(comparison)
+    trend_rows = [t.to_row() for t in moves]
     table = markdown_table(rows) + ("\n\n" + note if note else "")
     table += "\n\n" + difference_table(diffs) if diffs else ""
     table += "\n\n" + trend_table(moves, METRIC_LABELS) if moves else ""
@@ -375,13 +376,11 @@ def write_comparison(
             "rows": rows,
             "costs": costs,
             "differences": [d.to_row() for d in diffs],
-            "trends": [t.to_row() for t in moves],
+            "trends": trend_rows,
         },
     )
-    if moves:
-        atomic_write_text(
-            out_dir / "trends.csv", csv_text([t.to_row() for t in moves], [*moves[0].to_row()])
-        )
+    if trend_rows:
+        atomic_write_text(out_dir / "trends.csv", csv_text(trend_rows, [*trend_rows[0]]))
     if diffs:
         columns = [*diffs[0].to_row()]
         atomic_write_text(
