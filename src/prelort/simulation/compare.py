@@ -24,6 +24,7 @@ from prelort.simulation.convergence import trend_table, trends
 from prelort.simulation.executors import run_in_processes, run_in_turn
 from prelort.simulation.paired import difference_table, paired_differences, plot_differences
 from prelort.simulation.plots import plot_comparison, plot_rounds
+from prelort.simulation.tables import tier_table
 
 
 @dataclass
@@ -127,27 +128,14 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     blocks = []
     for metric in sorted({r["metric"] for r in rows}):
         sel = [r for r in rows if r["metric"] == metric]
+        cells: dict[str, dict[int, str]] = {}
+        for r in sel:
+            cells.setdefault(r["method"], {})[r["tier"]] = (
+                f"{r['mean']:.4f} ± {r['std']:.4f}" if r["seeds"] > 1 else f"{r['mean']:.4f}"
+            )
         tiers = sorted({r["tier"] for r in sel})
-        methods = list(dict.fromkeys(r["method"] for r in sel))
-        head = (
-            f"| {METRIC_LABELS.get(metric, metric)} | "
-            + " | ".join(f"rank {t}" for t in tiers)
-            + " |"
-        )
-        lines = [head, "|---" * (len(tiers) + 1) + "|"]
-        for method in methods:
-            cells = []
-            for t in tiers:
-                match = [r for r in sel if r["method"] == method and r["tier"] == t]
-                if not match:
-                    cells.append("–")
-                    continue
-                r = match[0]
-                cells.append(
-                    f"{r['mean']:.4f} ± {r['std']:.4f}" if r["seeds"] > 1 else f"{r['mean']:.4f}"
-                )
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        blocks.append("\n".join(lines))
+        grid = [([method], by_tier) for method, by_tier in cells.items()]
+        blocks.append(tier_table(METRIC_LABELS.get(metric, metric), tiers, grid))
     return "\n\n".join(blocks)
 
 

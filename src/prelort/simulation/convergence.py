@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from prelort.simulation.tables import tier_table
+
 if TYPE_CHECKING:
     from prelort.simulation.compare import Comparison
 
@@ -126,26 +128,20 @@ def trend_table(found: Sequence[Trend], labels: dict[str, str] | None = None) ->
     for metric in sorted({t.metric for t in found}):
         sel = [t for t in found if t.metric == metric]
         tiers = sorted({t.tier for t in sel})
-        lines = [
+        caption = (
             f"Change of {labels.get(metric, metric)} over the last rounds (mean over seeds; "
             f"**bold** = plateau: within {PLATEAU_TOLERANCE:.0%} of its value over the last "
-            f"{WINDOW_SHARE:.0%} of the rounds):",
-            "",
-            "| method | rounds | " + " | ".join(f"rank {t}" for t in tiers) + " |",
-            "|---|---|" + "---|" * len(tiers),
-        ]
+            f"{WINDOW_SHARE:.0%} of the rounds):"
+        )
+        grid = []
         for method in dict.fromkeys(t.method for t in sel):
             mine = {t.tier: t for t in sel if t.method == method}
             first = next(iter(mine.values()))
-            cells = []
-            for tier in tiers:
-                t = mine.get(tier)
-                if t is None:
-                    cells.append("–")
-                    continue
+            cells = {}
+            for tier, t in mine.items():
                 cell = f"{t.start:.4g} → {t.end:.4g}, {100 * t.relative_change:+.1f} %"
-                cells.append(f"**{cell}**" if t.plateau else cell)
+                cells[tier] = f"**{cell}**" if t.plateau else cell
             span = f"{first.start_round} → {first.end_round} (n = {first.seeds})"
-            lines.append(f"| {method} | {span} | " + " | ".join(cells) + " |")
-        blocks.append("\n".join(lines))
+            grid.append(([method, span], cells))
+        blocks.append(caption + "\n\n" + tier_table("method", tiers, grid, columns=["rounds"]))
     return "\n\n".join(blocks)

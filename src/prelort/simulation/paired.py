@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prelort.runtime.outputs import EXAMPLES_NAME, METRIC_LABELS, method_colors, save_figure
+from prelort.simulation.tables import tier_table
 
 if TYPE_CHECKING:
     from prelort.simulation.compare import Comparison
@@ -150,27 +151,22 @@ def difference_table(diffs: Sequence[Difference]) -> str:
         seed_counts = {d.method: d.seeds for d in sel}
         uniform = len(set(seed_counts.values())) == 1
         seeds = f"{first.seeds} seed(s)" if uniform else "the seeds both ran (n per row)"
-        lines = [
+        caption = (
             f"Difference in {METRIC_LABELS.get(metric, metric)} to {first.reference}, 95 % paired "
             f"bootstrap interval over {first.examples} test examples x {seeds} "
             f"({RESAMPLES} resamples); * = the interval excludes 0"
-            f"{'; lower is better' if metric in LOWER_IS_BETTER else ''}:",
-            "",
-            "| method | " + " | ".join(f"rank {t}" for t in tiers) + " |",
-            "|---|" + "---|" * len(tiers),
+            f"{'; lower is better' if metric in LOWER_IS_BETTER else ''}:"
+        )
+        cells: dict[str, dict[int, str]] = {}
+        for d in sel:
+            cells.setdefault(d.method, {})[d.tier] = (
+                f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]{' *' if d.separated else ''}"
+            )
+        grid = [
+            ([method if uniform else f"{method} (n = {seed_counts[method]})"], by_tier)
+            for method, by_tier in cells.items()
         ]
-        for method in dict.fromkeys(d.method for d in sel):
-            cells = []
-            for t in tiers:
-                d = next((d for d in sel if d.method == method and d.tier == t), None)
-                cells.append(
-                    "-"
-                    if d is None
-                    else f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]{' *' if d.separated else ''}"
-                )
-            name = method if uniform else f"{method} (n = {seed_counts[method]})"
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        blocks.append("\n".join(lines))
+        blocks.append(caption + "\n\n" + tier_table("method", tiers, grid))
     return "\n\n".join(blocks)
 
 
