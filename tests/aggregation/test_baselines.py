@@ -146,3 +146,18 @@ def test_lowest_alone_averages_only_the_lowest_rank_clients():
         method.secure_rule()
     with pytest.raises(MethodUnsupported):
         method.sensitivity()
+
+
+def test_highest_alone_averages_only_the_highest_rank_clients_over_their_whole_rank():
+    method = get_method("highest-alone")
+    rule = method.rule(AggregationContext((2, 4), SCALE, client_ranks=(2, 4, 4)))
+    updates = [random_update(0, 2, 10, 1), random_update(1, 4, 30, 2), random_update(2, 4, 10, 3)]
+    out = rule(global_state(), updates)
+    high = updates[1], updates[2]
+    for key in ("m.lora_a", "m.lora_b", "head.w"):
+        expected = (0.75 * high[0].state[key] + 0.25 * high[1].state[key]).double()
+        torch.testing.assert_close(out[key].double(), expected)
+    assert method.local_objective(2, (2, 4, 4), (2, 4)).trains_adapter is False
+    assert method.local_objective(4, (2, 4, 4), (2, 4)).trains_adapter is True
+    with pytest.raises(MethodUnsupported, match="highest-alone"):
+        method.secure_rule()

@@ -1,11 +1,13 @@
 """Reference rows of every comparison: homogeneous FedIT at the smallest or the largest rank, the
-lowest-rank clients federated alone, and the frozen base (only a classifier head learns).
+lowest- or highest-rank clients federated alone, and the frozen base (only a classifier head learns).
 
 FedIT (Zhang et al., 2024) is FedAvg of LoRA adapters of one rank; with every client at one rank
 zero-padding is exactly that average. ``fedit-min`` is what the weakest client's budget imposes
 on everyone; ``fedit-max`` is the oracle every client could not afford. ``lowest-alone`` is what
 the lowest-rank clients get without the others, the row PreLort's central claim is read against:
-low-rank clients gain from what high-rank clients learn.
+low-rank clients gain from what high-rank clients learn. ``highest-alone`` is its mirror at the top
+tier: what the top-rank clients reach without the others, which says how much of the top tier the
+low-rank clients supply and how much of the gap to ``fedit-max`` is the top segment's missing data.
 """
 
 from __future__ import annotations
@@ -38,32 +40,37 @@ class FedIT(ZeroPad):
 
 
 @dataclass(frozen=True)
-class LowestAlone(ZeroPad):
-    """Only the clients of the federation's lowest rank: FedAvg of their adapters. The other
-    clients' adapters stay frozen and their updates are left out of every average, so the
-    global adapter is what the lowest-rank clients would reach on their own data alone."""
+class RankAlone(ZeroPad):
+    """Only the clients of the federation's lowest rank (or, ``highest=True``, its highest): FedAvg
+    of their adapters. The other clients' adapters stay frozen and their updates are left out of
+    every average, so the global adapter is what those clients would reach on their data alone."""
+
+    highest: bool = False
+
+    def alone_rank(self, ranks: Sequence[int]) -> int:
+        return max(ranks) if self.highest else min(ranks)
 
     def rule(self, context: AggregationContext) -> AggregateFn:
-        lowest = min(context.client_ranks or context.ladder)
+        alone = self.alone_rank(context.client_ranks or context.ladder)
 
         def aggregate(global_state, updates: Sequence[ClientUpdate]) -> AdapterState:
-            kept = [u for u in updates if u.rank == lowest]
+            kept = [u for u in updates if u.rank == alone]
             return aggregate_zeropad(global_state, kept) if kept else dict(global_state)
 
         return aggregate
 
     def secure_rule(self) -> FromSums:
         raise MethodUnsupported(
-            "secure_aggregation: lowest-alone leaves clients out by rank, which the secure sums hide"
+            f"secure_aggregation: {self.name} leaves clients out by rank, which the secure sums hide"
         )
 
     def sensitivity(self) -> Sensitivity:
-        raise MethodUnsupported("dp_clip: lowest-alone is a reference row; run it without DP")
+        raise MethodUnsupported(f"dp_clip: {self.name} is a reference row; run it without DP")
 
     def local_objective(
         self, rank: int, client_ranks: Sequence[int], ladder: Sequence[int]
     ) -> LocalObjective:
-        return PLAIN if rank == min(client_ranks) else FROZEN
+        return PLAIN if rank == self.alone_rank(client_ranks) else FROZEN
 
 
 @dataclass(frozen=True)
@@ -98,11 +105,18 @@ register(
         group="reference",
         largest=True,
     ),
-    LowestAlone(
+    RankAlone(
         "lowest-alone",
         "reference: the lowest-rank clients federated alone (FedIT at their rank; the others "
         "left out), what PreLort's low tier is read against",
         group="reference",
+    ),
+    RankAlone(
+        "highest-alone",
+        "reference: the highest-rank clients federated alone (FedIT at their rank; the others "
+        "left out), what the top tier owes the low-rank clients",
+        group="reference",
+        highest=True,
     ),
     NoAdapter(
         "no-adapter",
