@@ -89,3 +89,17 @@ def test_the_rounds_plot_starts_at_the_round_asked_for(tmp_path):
     write_comparison(runs, tmp_path / "late", rounds_from=9)  # after every evaluated round
     assert (tmp_path / "all" / "rounds_perplexity.png").is_file()
     assert not (tmp_path / "late" / "rounds_perplexity.png").exists()
+
+
+def test_round_rows_average_the_seeds_that_evaluated_each_round_and_rounds_csv_keeps_them_all(
+    tmp_path,
+):
+    from prelort.simulation.compare import write_comparison
+
+    runs = comparison({("a", 0): run({4: 30.0, 8: 24.0}), ("a", 1): run({8: 20.0})})
+    rows = [r for r in runs.round_rows() if r["tier"] == 2]
+    assert [(r["round"], r["mean"], r["seeds"]) for r in rows] == [(4, 30.0, 1), (8, 22.0, 2)]
+    assert rows[1]["std"] == pytest.approx(math.sqrt(8.0))
+    write_comparison(runs, tmp_path, rounds_from=9)
+    lines = (tmp_path / "rounds.csv").read_text().splitlines()
+    assert lines[0] == "method,tier,metric,round,mean,std,seeds" and len(lines) == 5

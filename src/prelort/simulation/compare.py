@@ -60,6 +60,33 @@ class Comparison:
                     )
         return rows
 
+    def round_rows(self) -> list[dict[str, Any]]:
+        """One row per method, tier, metric and evaluated round: mean and std over the seeds that
+        evaluated that round, the curves a comparison is plotted from."""
+        values: dict[tuple[str, int, str, int], list[float]] = {}
+        for method in self.methods:
+            for seed in self.seeds:
+                result = self.runs.get((method, seed))
+                for record in result.rounds if result else ():
+                    for tier, metrics in record["tiers"].items():
+                        for metric, value in metrics.items():
+                            key = (method, int(tier), metric, record["round"])
+                            values.setdefault(key, []).append(value)
+        return [
+            {
+                "method": method,
+                "tier": tier,
+                "metric": metric,
+                "round": round_,
+                "mean": statistics.fmean(found),
+                "std": statistics.stdev(found) if len(found) > 1 else 0.0,
+                "seeds": len(found),
+            }
+            for (method, tier, metric, round_), found in sorted(
+                values.items(), key=lambda item: (self.methods.index(item[0][0]), *item[0][1:])
+            )
+        ]
+
     def cost_rows(self) -> list[dict[str, Any]]:
         """One row per method: bytes up / down and server aggregation time per round, wall time."""
         rows = []
@@ -330,12 +357,13 @@ def write_comparison(
     references: Sequence[str] | None = None,
     rounds_from: int = 0,
 ) -> dict[str, Path]:
-    """summary.md, summary.csv, summary.json, differences.csv, trends.csv and the comparison plots.
+    """summary.md, summary.csv, summary.json, differences.csv, trends.csv, rounds.csv and the
+    comparison plots.
 
     Args:
         references: the methods the others' paired differences are measured against, each in
             turn (default: the recommended one where it ran, else the first).
-        rounds_from: the first round the per-round plots draw.
+        rounds_from: the first round the per-round plots draw (rounds.csv holds them all).
     """
     rows = comparison.summary_rows()
     costs = comparison.cost_rows()
@@ -369,6 +397,9 @@ def write_comparison(
     )
     if trend_rows:
         atomic_write_text(out_dir / "trends.csv", csv_text(trend_rows, [*trend_rows[0]]))
+    curves = comparison.round_rows()
+    if curves:
+        atomic_write_text(out_dir / "rounds.csv", csv_text(curves, [*curves[0]]))
     if diffs:
         columns = [*diffs[0].to_row()]
         atomic_write_text(
@@ -390,7 +421,7 @@ def write_comparison(
         ),
     )
     plots = plot_comparison(rows, out_dir, privacy) + plot_rounds(
-        comparison, out_dir, privacy, rounds_from
+        [c for c in curves if c["round"] >= rounds_from], comparison.methods, out_dir, privacy
     )
     plots += plot_differences(diffs, out_dir) if diffs else []
     return {

@@ -3,53 +3,45 @@ round (a panel per tier, a line per method), with the privacy spent in the title
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prelort.runtime.outputs import METRIC_LABELS, method_colors, save_figure
 
-if TYPE_CHECKING:
-    from prelort.simulation.compare import Comparison
-
 
 def plot_rounds(
-    comparison: Comparison, out_dir: Path, note: str | None = None, rounds_from: int = 0
+    curves: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    out_dir: Path,
+    note: str | None = None,
 ) -> list[Path]:
-    """One PNG per metric: the metric per round (mean over seeds), a panel per tier, a line per
-    method, from round ``rounds_from`` on."""
+    """One PNG per metric: the metric per round (mean over seeds, ``Comparison.round_rows``), a
+    panel per tier, a line per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    curves: dict[tuple[str, str, str], dict[int, list[float]]] = {}
-    for (method, _seed), result in comparison.runs.items():
-        for record in result.rounds:
-            if record["round"] < rounds_from:
-                continue
-            for tier, metrics in record["tiers"].items():
-                for metric, value in metrics.items():
-                    curves.setdefault((metric, tier, method), {}).setdefault(
-                        record["round"], []
-                    ).append(value)
+    points: dict[tuple[str, int, str], list[tuple[int, float]]] = {}
+    for row in curves:
+        key = (row["metric"], row["tier"], row["method"])
+        points.setdefault(key, []).append((row["round"], row["mean"]))
     paths = []
-    colors = method_colors(comparison.methods)
-    for metric in sorted({k[0] for k in curves}):
-        tiers = sorted({k[1] for k in curves if k[0] == metric}, key=int)
+    colors = method_colors(methods)
+    for metric in sorted({k[0] for k in points}):
+        tiers = sorted({k[1] for k in points if k[0] == metric})
         fig, axes = plt.subplots(
             1, len(tiers), figsize=(3.2 * len(tiers), 3.2), sharey=True, squeeze=False
         )
         for ax, tier in zip(axes[0], tiers, strict=True):
-            for method in comparison.methods:
-                points = curves.get((metric, tier, method))
-                if points:
-                    rounds = sorted(points)
+            for method in methods:
+                curve = sorted(points.get((metric, tier, method), []))
+                if curve:
                     ax.plot(
-                        rounds,
-                        [statistics.fmean(points[r]) for r in rounds],
+                        [r for r, _ in curve],
+                        [mean for _, mean in curve],
                         marker=".",
                         label=method,
                         color=colors[method],
