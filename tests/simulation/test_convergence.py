@@ -5,7 +5,14 @@ import pytest
 from prelort.config import SimulationConfig
 from prelort.runtime.result import SimulationResult
 from prelort.simulation.compare import Comparison
-from prelort.simulation.convergence import Trend, trend_table, trends, window_start
+from prelort.simulation.convergence import (
+    Trend,
+    gap_table,
+    gaps,
+    trend_table,
+    trends,
+    window_start,
+)
 
 
 def run(curve: dict[int, float], metric: str = "perplexity") -> SimulationResult:
@@ -103,3 +110,59 @@ def test_round_rows_average_the_seeds_that_evaluated_each_round_and_rounds_csv_k
     write_comparison(runs, tmp_path, rounds_from=9)
     lines = (tmp_path / "rounds.csv").read_text().splitlines()
     assert lines[0] == "method,tier,metric,round,mean,std,seeds" and len(lines) == 5
+
+
+def test_gaps_pair_each_seed_with_the_reference_and_read_perplexity_in_nats():
+    runs = comparison(
+        {
+            ("a", 0): run({12: 20.0, 18: 16.0, 24: 12.0}),
+            ("ref", 0): run({12: 10.0, 24: 12.0}),  # round 18 not evaluated: no gap there
+            ("a", 1): run({12: 40.0, 24: 24.0}),
+            ("ref", 1): run({12: 10.0, 24: 12.0}),
+            ("a", 2): run({12: 5.0, 24: 5.0}),  # no reference run for seed 2: left out
+        }
+    )
+    found = [g for g in gaps(runs, ["ref"]) if g.tier == 2]
+    assert [(g.method, g.metric, g.round, g.seeds) for g in found] == [
+        ("a", "log_perplexity", 12, 2),
+        ("a", "log_perplexity", 24, 2),
+    ]
+    assert found[0].mean == pytest.approx((math.log(2) + math.log(4)) / 2)
+    assert found[0].std == pytest.approx(math.log(2) / math.sqrt(2))
+    assert found[1].mean == pytest.approx(math.log(2) / 2)  # closing: seed 0 at 0, seed 1 at log 2
+    top = next(g for g in gaps(runs, ["ref"]) if g.tier == 8 and g.round == 12)
+    assert top.mean == pytest.approx((math.log(19 / 9) + math.log(39 / 9)) / 2)
+
+
+def test_gaps_keep_accuracy_as_it_is_and_the_table_shows_the_window_ends():
+    runs = comparison(
+        {
+            ("a", 0): run({4: 0.5, 8: 0.7, 12: 0.8, 16: 0.9}, "accuracy"),
+            ("ref", 0): run({4: 0.6, 8: 0.8, 12: 0.8, 16: 0.85}, "accuracy"),
+        }
+    )
+    found = gaps(runs, ["ref"])
+    assert {g.metric for g in found} == {"accuracy"}
+    table = gap_table(found)
+    assert "Gap to ref, each method minus ref in accuracy" in table
+    assert "| a | 12 → 16 (n = 1) | +0.000 → +0.050 | +0.000 → +0.050 |" in table
+    assert gaps(runs, ["a"])[0].method == "ref"  # every other method, whichever is the reference
+
+
+def test_the_summary_gaps_csv_and_plot_follow_the_gap_to_the_reference(tmp_path):
+    from prelort.simulation.compare import write_comparison
+
+    runs = comparison({("a", 0): run({4: 30.0, 8: 24.0}), ("b", 0): run({4: 20.0, 8: 20.0})})
+    write_comparison(runs, tmp_path, references=["b"])
+    assert (
+        "Gap to b, each method minus b in log perplexity" in (tmp_path / "summary.md").read_text()
+    )
+    lines = (tmp_path / "gaps.csv").read_text().splitlines()
+    assert lines[0] == "method,reference,tier,metric,round,mean,std,seeds" and len(lines) == 5
+    last = lines[-1].split(",")
+    assert last[:5] == ["a", "b", "8", "log_perplexity", "8"]
+    assert float(last[5]) == pytest.approx(math.log(23 / 19))
+    assert (tmp_path / "gaps_log_perplexity.png").is_file()
+    single = comparison({("a", 0): run({4: 30.0, 8: 24.0})})
+    write_comparison(single, tmp_path / "one")
+    assert not (tmp_path / "one" / "gaps.csv").exists()

@@ -20,6 +20,7 @@ METRIC_LABELS = {
     "perplexity": "perplexity",
     "rouge_l": "ROUGE-L",
     "nll": "NLL per target token (nats)",
+    "log_perplexity": "log perplexity (nats per target token)",
 }
 
 

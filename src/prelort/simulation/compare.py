@@ -20,9 +20,14 @@ from prelort.runtime.outputs import (
     csv_text,
 )
 from prelort.runtime.result import SimulationResult
-from prelort.simulation.convergence import trend_table, trends
+from prelort.simulation.convergence import gap_table, gaps, plot_gaps, trend_table, trends
 from prelort.simulation.executors import run_in_processes, run_in_turn
-from prelort.simulation.paired import difference_table, paired_differences, plot_differences
+from prelort.simulation.paired import (
+    default_reference,
+    difference_table,
+    paired_differences,
+    plot_differences,
+)
 from prelort.simulation.plots import plot_comparison, plot_rounds
 from prelort.simulation.tables import tier_table
 
@@ -357,26 +362,32 @@ def write_comparison(
     references: Sequence[str] | None = None,
     rounds_from: int = 0,
 ) -> dict[str, Path]:
-    """summary.md, summary.csv, summary.json, differences.csv, trends.csv, rounds.csv and the
-    comparison plots.
+    """summary.md, summary.csv, summary.json, differences.csv, trends.csv, rounds.csv, gaps.csv
+    and the comparison plots.
 
     Args:
-        references: the methods the others' paired differences are measured against, each in
-            turn (default: the recommended one where it ran, else the first).
-        rounds_from: the first round the per-round plots draw (rounds.csv holds them all).
+        references: the methods the others' paired differences and gaps per round are measured
+            against, each in turn (default: the recommended one where it ran, else the first).
+        rounds_from: the first round the per-round plots draw (the CSVs hold them all).
     """
     rows = comparison.summary_rows()
     costs = comparison.cost_rows()
     note = reference_note(rows)
     privacy = comparison.privacy_note()
-    diffs = (
-        paired_differences(comparison, out_dir, references) if len(comparison.methods) > 1 else []
+    references = (
+        list(references or [default_reference(comparison.methods)])
+        if len(comparison.methods) > 1
+        else []
     )
+    diffs = paired_differences(comparison, out_dir, references) if references else []
     moves = trends(comparison)
     trend_rows = [t.to_row() for t in moves]
+    distances = gaps(comparison, references)
     table = markdown_table(rows) + ("\n\n" + note if note else "")
     table += "\n\n" + difference_table(diffs) if diffs else ""
     table += "\n\n" + trend_table(moves, METRIC_LABELS) if moves else ""
+    gap_text = gap_table(distances, METRIC_LABELS)
+    table += "\n\n" + gap_text if gap_text else ""
     table += "\n\n" + cost_table(costs)
     if privacy:
         table += f"\n\n{privacy} (RDP accountant; per run: metrics.json `privacy`)."
@@ -400,6 +411,9 @@ def write_comparison(
     curves = comparison.round_rows()
     if curves:
         atomic_write_text(out_dir / "rounds.csv", csv_text(curves, [*curves[0]]))
+    if distances:
+        gap_rows = [dataclasses.asdict(g) for g in distances]
+        atomic_write_text(out_dir / "gaps.csv", csv_text(gap_rows, [*gap_rows[0]]))
     if diffs:
         columns = [*diffs[0].to_row()]
         atomic_write_text(
@@ -424,6 +438,8 @@ def write_comparison(
         [c for c in curves if c["round"] >= rounds_from], comparison.methods, out_dir, privacy
     )
     plots += plot_differences(diffs, out_dir) if diffs else []
+    late = [g for g in distances if g.round >= rounds_from]
+    plots += plot_gaps(late, out_dir) if late else []
     return {
         "summary_md": out_dir / "summary.md",
         "summary_csv": out_dir / "summary.csv",

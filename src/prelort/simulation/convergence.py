@@ -1,18 +1,24 @@
-"""Whether a comparison's runs have settled: each metric's change over the last rounds.
+"""Whether a comparison's runs have settled: each metric's change over the last rounds, and each
+method's gap to a reference round by round.
 
 A run "until its metric plateaus" needs a rule for plateau; this one is read off the curves a
 comparison already records (one evaluation every ``eval_every`` rounds), so that every summary
-says whether its runs were still moving when they stopped, not only where they stopped.
+says whether its runs were still moving when they stopped, not only where they stopped. The gaps
+answer the question a ranking at one round leaves open: whether a difference between methods is
+closing, holding or growing as the runs go on.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prelort.runtime.outputs import METRIC_LABELS, method_colors, save_figure
+from prelort.simulation.paired import reference_groups
 from prelort.simulation.tables import tier_table
 
 if TYPE_CHECKING:
@@ -145,3 +151,147 @@ def trend_table(found: Sequence[Trend], labels: dict[str, str] | None = None) ->
             grid.append(([method, span], cells))
         blocks.append(caption + "\n\n" + tier_table("method", tiers, grid, columns=["rounds"]))
     return "\n\n".join(blocks)
+
+
+GAP_SCALES: dict[str, tuple[str, Callable[[float], float]]] = {
+    "perplexity": ("log_perplexity", math.log),
+}
+"""Metrics whose gaps are read on another scale: perplexity's as log perplexity (the mean NLL per
+target token, in nats), so that a gap means the same at perplexity 50 as at 15."""
+
+
+@dataclass(frozen=True)
+class Gap:
+    """``method`` minus ``reference`` at one tier after one evaluated round, mean and std over the
+    seeds that evaluated that round under both (paired by seed)."""
+
+    method: str
+    reference: str
+    tier: int
+    metric: str
+    round: int
+    mean: float
+    std: float
+    seeds: int
+
+
+def gaps(comparison: Comparison, references: Sequence[str]) -> list[Gap]:
+    """Every other method's gap to each of ``references`` at every tier, metric and round both
+    evaluated; perplexity's as log perplexity (``GAP_SCALES``)."""
+    out: list[Gap] = []
+    for reference in references:
+        for method in comparison.methods:
+            if method == reference:
+                continue
+            cells: dict[tuple[int, str, int], list[float]] = {}
+            for seed in comparison.seeds:
+                mine = comparison.runs.get((method, seed))
+                theirs = comparison.runs.get((reference, seed))
+                if mine is None or theirs is None:
+                    continue
+                other_rounds = {r["round"]: r["tiers"] for r in theirs.rounds}
+                for record in mine.rounds:
+                    other = other_rounds.get(record["round"], {})
+                    for tier, metrics in record["tiers"].items():
+                        for metric, value in metrics.items():
+                            if metric not in other.get(tier, {}):
+                                continue
+                            name, scale = GAP_SCALES.get(metric, (metric, float))
+                            key = (int(tier), name, record["round"])
+                            gap = scale(value) - scale(other[tier][metric])
+                            cells.setdefault(key, []).append(gap)
+            out += [
+                Gap(
+                    method,
+                    reference,
+                    tier,
+                    metric,
+                    round_,
+                    statistics.fmean(found),
+                    statistics.stdev(found) if len(found) > 1 else 0.0,
+                    len(found),
+                )
+                for (tier, metric, round_), found in sorted(cells.items())
+            ]
+    return out
+
+
+def gap_table(found: Sequence[Gap], labels: dict[str, str] | None = None) -> str:
+    """Markdown, a table per reference and metric: a row per method, a column per tier, each cell
+    the gap at the start and at the end of the trend window (the last quarter of the rounds)."""
+    labels = labels or {}
+    blocks = []
+    for reference, metric in reference_groups(found):
+        sel = [g for g in found if g.reference == reference and g.metric == metric]
+        tiers = sorted({g.tier for g in sel})
+        grid = []
+        for method in dict.fromkeys(g.method for g in sel):
+            mine = [g for g in sel if g.method == method]
+            start_round = window_start(sorted({g.round for g in mine}))
+            if start_round is None:
+                continue
+            end_round = max(g.round for g in mine)
+            at = {(g.tier, g.round): g for g in mine}
+            cells = {
+                tier: f"{at[(tier, start_round)].mean:+.3f} → {at[(tier, end_round)].mean:+.3f}"
+                for tier in tiers
+                if (tier, start_round) in at and (tier, end_round) in at
+            }
+            seeds = min(g.seeds for g in mine if g.round == end_round)
+            grid.append(([method, f"{start_round} → {end_round} (n = {seeds})"], cells))
+        if grid:
+            caption = (
+                f"Gap to {reference}, each method minus {reference} in "
+                f"{labels.get(metric, metric)}, mean over seeds, at the start and the end of the "
+                "last quarter of the rounds (whether the difference is closing or growing):"
+            )
+            blocks.append(caption + "\n\n" + tier_table("method", tiers, grid, columns=["rounds"]))
+    return "\n\n".join(blocks)
+
+
+def plot_gaps(found: Sequence[Gap], out_dir: Path) -> list[Path]:
+    """One PNG per reference and metric (``gaps_<metric>[_vs_<reference>].png``): the gap per
+    round, a panel per tier (each its own scale: the gaps of a low tier to a truncated reference
+    dwarf the top tier's), a line per method with a band of one std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    paths = []
+    first_reference = found[0].reference if found else None
+    for reference, metric in reference_groups(found):
+        sel = [g for g in found if g.reference == reference and g.metric == metric]
+        tiers = sorted({g.tier for g in sel})
+        methods = list(dict.fromkeys(g.method for g in sel))
+        colors = method_colors(methods)
+        fig, axes = plt.subplots(1, len(tiers), figsize=(3.4 * len(tiers), 3.2), squeeze=False)
+        for ax, tier in zip(axes[0], tiers, strict=True):
+            for method in methods:
+                curve = sorted(
+                    (g.round, g.mean, g.std) for g in sel if g.method == method and g.tier == tier
+                )
+                if not curve:
+                    continue
+                rounds, means, stds = zip(*curve, strict=True)
+                ax.plot(rounds, means, marker=".", label=method, color=colors[method])
+                ax.fill_between(
+                    rounds,
+                    [m - s for m, s in zip(means, stds, strict=True)],
+                    [m + s for m, s in zip(means, stds, strict=True)],
+                    color=colors[method],
+                    alpha=0.15,
+                    linewidth=0,
+                )
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.set_title(f"rank {tier}")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("round")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(f"{METRIC_LABELS.get(metric, metric)}\nminus {reference}")
+        axes[0][-1].legend(fontsize=7)
+        fig.suptitle(f"gap to {reference} per round (mean ± std over seeds)", fontsize=9)
+        suffix = "" if reference == first_reference else f"_vs_{reference}"
+        paths.append(save_figure(fig, out_dir / f"gaps_{metric}{suffix}.png", dpi=100))
+    return paths

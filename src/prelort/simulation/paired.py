@@ -143,7 +143,7 @@ def difference_table(diffs: Sequence[Difference]) -> str:
     if not diffs:
         return ""
     blocks = []
-    for reference, metric in _groups(diffs):
+    for reference, metric in reference_groups(diffs):
         sel = [d for d in diffs if d.metric == metric and d.reference == reference]
         tiers = sorted({d.tier for d in sel})
         first = sel[0]
@@ -179,7 +179,7 @@ def plot_differences(diffs: Sequence[Difference], out_dir: Path) -> list[Path]:
 
     paths = []
     first_reference = diffs[0].reference if diffs else None
-    for reference, metric in _groups(diffs):
+    for reference, metric in reference_groups(diffs):
         sel = [d for d in diffs if d.metric == metric and d.reference == reference]
         tiers = sorted({d.tier for d in sel})
         methods = list(dict.fromkeys(d.method for d in sel))
@@ -204,8 +204,9 @@ def plot_differences(diffs: Sequence[Difference], out_dir: Path) -> list[Path]:
     return paths
 
 
-def _groups(diffs: Sequence[Difference]) -> list[tuple[str, str]]:
-    """(reference, metric) pairs in the references' order, metrics sorted within each."""
+def reference_groups(diffs: Sequence[Any]) -> list[tuple[str, str]]:
+    """(reference, metric) pairs in the references' order, metrics sorted within each: one table or
+    plot each. ``diffs``: anything with a ``reference`` and a ``metric`` (differences, gaps)."""
     references = list(dict.fromkeys(d.reference for d in diffs))
     return [
         (r, m) for r in references for m in sorted({d.metric for d in diffs if d.reference == r})
