@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prelort.runtime.outputs import METRIC_LABELS, method_colors, save_figure
-from prelort.simulation.paired import reference_groups
+from prelort.simulation.paired import figure_path, reference_groups
 from prelort.simulation.tables import tier_table
 
 if TYPE_CHECKING:
@@ -292,6 +292,6 @@ def plot_gaps(found: Sequence[Gap], out_dir: Path) -> list[Path]:
         axes[0][0].set_ylabel(f"{METRIC_LABELS.get(metric, metric)}\nminus {reference}")
         axes[0][-1].legend(fontsize=7)
         fig.suptitle(f"gap to {reference} per round (mean ± std over seeds)", fontsize=9)
-        suffix = "" if reference == first_reference else f"_vs_{reference}"
-        paths.append(save_figure(fig, out_dir / f"gaps_{metric}{suffix}.png", dpi=100))
+        path = figure_path(out_dir, "gaps", metric, reference, first_reference)
+        paths.append(save_figure(fig, path, dpi=100))
     return paths

@@ -89,16 +89,15 @@ def default_reference(methods: Sequence[str]) -> str:
 
 
 def paired_differences(
-    comparison: Comparison, out_dir: Path, references: Sequence[str] | None = None
+    comparison: Comparison, out_dir: Path, references: Sequence[str]
 ) -> list[Difference]:
     """Every other method's difference to each of ``references`` per tier and per-example metric.
 
-    ``references`` defaults to the recommended method where it ran. Several references give the
+    ``write_comparison`` passes the recommended method by default. Several references give the
     paper's claim table in one pass (e.g. FedIT at the lowest rank, the lowest-rank clients alone,
     FedIT at the top rank). Only seeds both methods finished with per-example scores count; a
     method without any is left out.
     """
-    references = list(references or [default_reference(comparison.methods)])
     scores = {
         (label, seed): run_examples(out_dir / f"{label}-seed{seed}")
         for label, seed in comparison.runs
@@ -198,10 +197,18 @@ def plot_differences(diffs: Sequence[Difference], out_dir: Path) -> list[Path]:
         ax.set_title("paired differences, 95 % bootstrap intervals", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the points
-        # the first reference keeps the plain name; each further one is named after itself
-        suffix = "" if reference == first_reference else f"_vs_{reference}"
-        paths.append(save_figure(fig, out_dir / f"differences_{metric}{suffix}.png"))
+        path = figure_path(out_dir, "differences", metric, reference, first_reference)
+        paths.append(save_figure(fig, path))
     return paths
+
+
+def figure_path(
+    out_dir: Path, kind: str, metric: str, reference: str, first_reference: str | None
+) -> Path:
+    """``<kind>_<metric>.png`` for the first reference, ``<kind>_<metric>_vs_<reference>.png`` for
+    each further one, so a single-reference summary keeps the plain names."""
+    suffix = "" if reference == first_reference else f"_vs_{reference}"
+    return out_dir / f"{kind}_{metric}{suffix}.png"
 
 
 def reference_groups(diffs: Sequence[Any]) -> list[tuple[str, str]]:
