@@ -77,6 +77,7 @@ def prefix_sums(
     global_state: Mapping[str, torch.Tensor],
     updates: Sequence[ClientUpdate],
     weights: torch.Tensor,
+    starts: Sequence[int] | None = None,
 ) -> tuple[AdapterState, torch.Tensor]:
     """``sum_k w_k A_k`` and ``sum_k w_k B_k`` zero-padded to R per module, and each index's weight.
 
@@ -84,21 +85,26 @@ def prefix_sums(
     padded copies), so the cost is that of reading the updates once: the rule is bounded by
     memory bandwidth. Float32 accumulation of weighted factors loses about 1e-7 relative.
 
+    Args:
+        starts: per update, the first index it trained (a window ``[start, rank)`` above a
+            frozen prefix: ``window.py``); the indices below count as not held. Default: 0.
+
     Returns:
         (sums, held): ``<module>.lora_a`` (R, in) and ``<module>.lora_b`` (out, R) sums, and
         ``held`` (R,) float64, the total weight of the updates whose rank covers each index.
     """
+    starts = [0] * len(updates) if starts is None else list(starts)
     held = torch.zeros(state_rank(global_state), dtype=torch.float64)  # weights: on the CPU
-    for u, w in zip(updates, weights.tolist(), strict=True):
-        held[: u.rank] += w
+    for u, w, start in zip(updates, weights.tolist(), starts, strict=True):
+        held[start : u.rank] += w
     sums: AdapterState = {}
     for module in lora_modules(global_state):
         key_a, key_b = module + LORA_A, module + LORA_B
         sum_a = torch.zeros_like(global_state[key_a], dtype=torch.float32)  # (R, in)
         sum_b = torch.zeros_like(global_state[key_b], dtype=torch.float32)  # (out, R)
-        for u, w in zip(updates, weights.tolist(), strict=True):
-            sum_a[: u.rank].add_(u.state[key_a], alpha=w)  # (r, in)
-            sum_b[:, : u.rank].add_(u.state[key_b], alpha=w)  # (out, r)
+        for u, w, s in zip(updates, weights.tolist(), starts, strict=True):
+            sum_a[s : u.rank].add_(u.state[key_a][s:], alpha=w)  # (r - s, in)
+            sum_b[:, s : u.rank].add_(u.state[key_b][:, s:], alpha=w)  # (out, r - s)
         sums[key_a], sums[key_b] = sum_a, sum_b
     return sums, held
 

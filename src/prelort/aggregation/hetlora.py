@@ -88,14 +88,20 @@ class HetLoRA(Method):
         return partial(aggregate_hetlora, scale=context.scale)
 
     def local_objective(
-        self, rank: int, client_ranks: Sequence[int], ladder: Sequence[int]
+        self,
+        rank: int,
+        client_ranks: Sequence[int],
+        ladder: Sequence[int],
+        assigned: int | None = None,
     ) -> LocalObjective:
         return TailPenalty(tail=tail_size(rank))
 
     def allowed_ranks(self, ladder: Sequence[int], ranks: Sequence[int]) -> set[int] | None:
         return None  # pruned ranks fall between the rungs
 
-    def next_rank(self, rank: int, tail_ratio: float, ladder: Sequence[int]) -> int:
+    def next_rank(
+        self, rank: int, tail_ratio: float, ladder: Sequence[int], assigned: int | None = None
+    ) -> int:
         if tail_ratio < HETLORA_THRESHOLD:
             return max(min(ladder), rank - tail_size(rank))
         return rank

@@ -130,8 +130,15 @@ class Method:
         """Ranks a reply may carry (None: any rank up to R)."""
         return set(ladder) | set(ranks)
 
-    def next_rank(self, rank: int, tail_ratio: float, ladder: Sequence[int]) -> int:
-        """A client's rank for the next rounds, after a round it trained at ``rank``."""
+    def next_rank(
+        self, rank: int, tail_ratio: float, ladder: Sequence[int], assigned: int | None = None
+    ) -> int:
+        """A client's rank for the next rounds, after a round it trained at ``rank``.
+
+        Args:
+            assigned: the rank the client was assigned at round 1 (its budget), for a method
+                whose rank schedule starts from it; None where unknown.
+        """
         return rank
 
     def downlink_numel(self, sent: Mapping[str, torch.Tensor], memory: Any) -> int:
@@ -166,7 +173,17 @@ class Method:
         return list(ranks)
 
     def local_objective(
-        self, rank: int, client_ranks: Sequence[int], ladder: Sequence[int]
+        self,
+        rank: int,
+        client_ranks: Sequence[int],
+        ladder: Sequence[int],
+        assigned: int | None = None,
     ) -> LocalObjective:
-        """What a rank-``rank`` client optimises (``client_ranks``: the whole federation's)."""
+        """What a client sent the rank-``rank`` prefix optimises.
+
+        Args:
+            client_ranks: the whole federation's assigned ranks.
+            assigned: this client's assigned rank (``rank`` itself for most methods; a method
+                that moves clients between ranks reads its schedule from it); None where unknown.
+        """
         return PLAIN

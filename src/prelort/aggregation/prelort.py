@@ -46,6 +46,7 @@ def aggregate_segmentwise(
     global_state: Mapping[str, torch.Tensor],
     updates: Sequence[ClientUpdate],
     ladder: Sequence[int] = (),
+    starts: Sequence[int] | None = None,
 ) -> AdapterState:
     """Average each rank segment over its holders; keep segments nobody holds.
 
@@ -58,6 +59,8 @@ def aggregate_segmentwise(
         updates: the round's client updates, each a rank-r_k prefix.
         ladder: the ranks in use; they cut the segments of the diagnostics but cannot change
             the average (a cut between indices with the same holders splits nothing).
+        starts: per update, the first index it trained (``window.py``: a window above a frozen
+            prefix, whose indices it does not hold); default 0, the whole prefix.
 
     Returns:
         The new rank-R global adapter.
@@ -67,7 +70,7 @@ def aggregate_segmentwise(
     """
     check_updates(global_state, updates)
     out = average_dense(global_state, updates)
-    sums, held = prefix_sums(global_state, updates, example_weights(updates))
+    sums, held = prefix_sums(global_state, updates, example_weights(updates), starts)
     for module in lora_modules(global_state):
         key_a, key_b = module + LORA_A, module + LORA_B
         out[key_a], out[key_b] = divided_by_holders(
@@ -96,7 +99,11 @@ class TierBalanced(PreLort):
     """Nested training with every truncation weighted equally over the federation."""
 
     def local_objective(
-        self, rank: int, client_ranks: Sequence[int], ladder: Sequence[int]
+        self,
+        rank: int,
+        client_ranks: Sequence[int],
+        ladder: Sequence[int],
+        assigned: int | None = None,
     ) -> LocalObjective:
         return LocalObjective(truncation_weights=tier_balanced_weights(client_ranks, ladder))
 
@@ -143,7 +150,11 @@ class PrefixSteps(PreLort):
     """Nested training whose optimizer steps favour the prefix as gradient descent would."""
 
     def local_objective(
-        self, rank: int, client_ranks: Sequence[int], ladder: Sequence[int]
+        self,
+        rank: int,
+        client_ranks: Sequence[int],
+        ladder: Sequence[int],
+        assigned: int | None = None,
     ) -> LocalObjective:
         return PrefixStepObjective()
 

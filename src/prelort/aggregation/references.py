@@ -68,7 +68,11 @@ class RankAlone(ZeroPad):
         raise MethodUnsupported(f"dp_clip: {self.name} is a reference row; run it without DP")
 
     def local_objective(
-        self, rank: int, client_ranks: Sequence[int], ladder: Sequence[int]
+        self,
+        rank: int,
+        client_ranks: Sequence[int],
+        ladder: Sequence[int],
+        assigned: int | None = None,
     ) -> LocalObjective:
         return PLAIN if rank == self.alone_rank(client_ranks) else FROZEN
 
@@ -80,7 +84,11 @@ class NoAdapter(ZeroPad):
     trains_adapter: bool = False
 
     def local_objective(
-        self, rank: int, client_ranks: Sequence[int], ladder: Sequence[int]
+        self,
+        rank: int,
+        client_ranks: Sequence[int],
+        ladder: Sequence[int],
+        assigned: int | None = None,
     ) -> LocalObjective:
         return FROZEN
 

@@ -90,6 +90,7 @@ class ServerRules:
         wire_dtype: the number format of adapters on the wire (counts the traffic's bytes).
         privacy: client-level DP (clip, noise), or None.
         device: where the rule runs; the state it returns is brought back to the CPU.
+        assigned_ranks: each client's rank at round 1 (``Method.next_rank`` schedules from it).
     """
 
     method: Method
@@ -101,6 +102,11 @@ class ServerRules:
     wire_dtype: str = "float32"
     privacy: PrivacySettings | None = None
     device: torch.device = CPU
+    assigned_ranks: tuple[int, ...] = ()
+
+    def assigned(self, client: int) -> int | None:
+        """The rank ``client`` was assigned at round 1, or None where the rules were not told."""
+        return self.assigned_ranks[client] if client < len(self.assigned_ranks) else None
 
     @classmethod
     def for_run(
@@ -124,6 +130,7 @@ class ServerRules:
             wire_dtype,
             privacy,
             device,
+            tuple(client_ranks),
         )
 
 
@@ -277,10 +284,14 @@ def server_step(
         accepted.add(reply.client_id)
         updates.append(ClientUpdate(reply.client_id, reply.state, reply.rank, reply.num_examples))
         losses.append(reply.loss)
-        ranks[reply.client_id] = rules.method.next_rank(reply.rank, reply.tail_ratio, rules.ladder)
+        ranks[reply.client_id] = rules.method.next_rank(
+            reply.rank, reply.tail_ratio, rules.ladder, rules.assigned(reply.client_id)
+        )
 
-    def trains(rank: int) -> bool:
-        objective = rules.method.local_objective(rank, server.client_ranks, rules.ladder)
+    def trains(update: ClientUpdate) -> bool:
+        objective = rules.method.local_objective(
+            update.rank, server.client_ranks, rules.ladder, rules.assigned(update.client_id)
+        )
         return objective.trains_adapter
 
     agg_start = time.perf_counter()
@@ -297,7 +308,7 @@ def server_step(
     traffic = traffic_record(
         round_index,
         [u.rank for u in updates],
-        wire_bytes(sum(uplink_numel(u.state, trains(u.rank)) for u in updates), rules.wire_dtype),
+        wire_bytes(sum(uplink_numel(u.state, trains(u)) for u in updates), rules.wire_dtype),
         wire_bytes(down, rules.wire_dtype),
         agg_start,
         dropped,

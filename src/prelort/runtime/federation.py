@@ -79,7 +79,7 @@ class Federation:
         """
         rank = state_rank(received)
         objective = self.method.local_objective(
-            rank, self.plan.client_ranks, self.config.ranks.ladder
+            rank, self.plan.client_ranks, self.config.ranks.ladder, self.plan.client_ranks[client]
         )
         wire = self.config.wire_dtype
         reply = client_step(

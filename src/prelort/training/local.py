@@ -237,7 +237,9 @@ def train_local(
     losses, passes, trained = [], 0, set()
     for _ in range(config.steps):
         batch = to_device(make_batch(kind, data, next(batches), pad_id), adapted.device)
-        ranks = truncation_ranks(config.nested, rank, ladder, generator)
+        ranks = truncation_ranks(
+            config.nested, rank, objective.truncation_ladder(ladder), generator
+        )
         row_ranks = None
         if config.nested == "split" and len(ranks) > 1:
             row_ranks = split_rows(batch["input_ids"].shape[0], ranks, generator)

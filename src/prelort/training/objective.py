@@ -34,6 +34,10 @@ class LocalObjective:
     trains_adapter: bool = True
     truncation_weights: Mapping[int, float] | None = None
 
+    def truncation_ladder(self, ladder: Sequence[int]) -> Sequence[int]:
+        """The ladder ranks whose truncations the client may train (all: plain nested training)."""
+        return ladder
+
     def penalty(self, adapted: NestedLoRAModel, rank: int) -> torch.Tensor:
         """An extra loss term of the client's rank-``rank`` adapter (differentiable)."""
         return torch.zeros((), device=adapted.device)
