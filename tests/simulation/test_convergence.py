@@ -53,8 +53,28 @@ def test_a_falling_curve_is_not_a_plateau_and_a_flat_one_is():
     b2 = next(t for t in found if t.method == "b" and t.tier == 2)
     assert b2.relative_change == pytest.approx(0.1 / 20) and b2.plateau
     table = trend_table(found)
-    assert "| a | 18 → 24 (n = 1) | 22 → 16, -27.3 %" in table
-    assert "**20 → 20.1, +0.5 %**" in table
+    assert "| a | 18 → 24 (n = 1) | 22 → 16, -27.3 % (fit -27.3 %)" in table
+    assert "**20 → 20.1, +0.5 % (fit +0.5 %)**" in table
+
+
+def test_the_plateau_is_read_off_the_line_through_the_window_not_its_two_ends():
+    # 72 rounds evaluated every 6: the window is 54..72; one spike at its last evaluation
+    spiked = {r: 20.0 for r in range(6, 73, 6)} | {72: 20.5}
+    t = next(t for t in trends(comparison({("a", 0): run(spiked)})) if t.tier == 2)
+    assert [r for r, _ in t.points] == [54, 60, 66, 72]
+    assert t.relative_change == pytest.approx(0.025)
+    # pairwise slopes 0, 0, 0, 0.5/18, 0.5/12, 0.5/6: the median 0.5/36 per round
+    slope = 0.5 / 36
+    at_start = (20 - 60 * slope + 20 - 54 * slope) / 2 + 54 * slope
+    assert t.fitted_change == pytest.approx(slope * 18 / at_start)  # 1.25 %, half the spike's
+    # one seed's spike inside the window does not move it at all
+    mid = {r: 20.0 for r in range(6, 73, 6)} | {60: 21.0}
+    m = next(t for t in trends(comparison({("a", 0): run(mid)})) if t.tier == 2)
+    assert m.fitted_change == 0.0 and m.plateau
+    # a steady fall is one however it is read
+    falling = {r: 30.0 - 0.1 * r for r in range(6, 73, 6)}
+    f = next(t for t in trends(comparison({("a", 0): run(falling)})) if t.tier == 2)
+    assert f.fitted_change == pytest.approx(f.relative_change) and not f.plateau
 
 
 def test_seeds_are_averaged_and_a_seed_without_the_windows_rounds_is_left_out():
@@ -82,9 +102,13 @@ def test_the_summary_and_trends_csv_say_whether_the_runs_settled(tmp_path):
     from prelort.simulation.compare import write_comparison
 
     write_comparison(comparison({("a", 0): run({4: 30.0, 8: 24.0})}), tmp_path)
-    assert "Change of perplexity over the last rounds" in (tmp_path / "summary.md").read_text()
+    assert (
+        "Change of perplexity over the last 25% of the rounds"
+        in (tmp_path / "summary.md").read_text()
+    )
     rows = (tmp_path / "trends.csv").read_text().splitlines()
     assert rows[0].startswith("method,tier,metric,start_round,end_round") and len(rows) == 3
+    assert "fitted_change" in rows[0] and "points" not in rows[0]
     assert rows[1].endswith(",False")
 
 

@@ -30,7 +30,15 @@ the last one): long enough to span several evaluations, late enough to say how t
 
 PLATEAU_TOLERANCE = 0.01
 """A metric has plateaued when its mean over seeds moved by at most 1 % of its value over the
-window: for an accuracy of 0.90 that is 0.9 points, for a perplexity of 20 it is 0.2."""
+window (along the Theil-Sen line through the window's evaluations: ``Trend.fitted_change``): for an
+accuracy of 0.90 that is 0.9 points, for a perplexity of 20 it is 0.2."""
+
+
+def relative(delta: float, base: float) -> float:
+    """``delta / |base|``; infinite when the base is 0 and it moves."""
+    if base == 0:
+        return 0.0 if delta == 0 else math.copysign(math.inf, delta)
+    return delta / abs(base)
 
 
 @dataclass(frozen=True)
@@ -45,22 +53,40 @@ class Trend:
     start: float
     end: float
     seeds: int
+    points: tuple[tuple[int, float], ...] = ()
+    """(round, mean over the seeds) at every evaluation of the window the seeds share; empty:
+    the two ends only."""
 
     @property
     def relative_change(self) -> float:
-        """``(end - start) / |start|``; infinite when it starts at 0 and moves."""
-        if self.start == 0:
-            return 0.0 if self.end == 0 else math.copysign(math.inf, self.end)
-        return (self.end - self.start) / abs(self.start)
+        """``(end - start) / |start|``: the change between the window's two ends."""
+        return relative(self.end - self.start, self.start)
+
+    @property
+    def fitted_change(self) -> float:
+        """The change along the Theil-Sen line through the window's evaluations (its slope the
+        median of the slopes between every two of them), relative to the line's value at the
+        window's start. One evaluation off the trend (a spike of one seed) hardly moves it where
+        it moves the two ends' change by its whole size; with the two ends alone they are equal."""
+        points = self.points or ((self.start_round, self.start), (self.end_round, self.end))
+        slope = statistics.median(
+            (v1 - v0) / (r1 - r0) for i, (r0, v0) in enumerate(points) for r1, v1 in points[i + 1 :]
+        )
+        intercept = statistics.median(v - slope * r for r, v in points)
+        first, last = points[0][0], points[-1][0]
+        return relative(slope * (last - first), intercept + slope * first)
 
     @property
     def plateau(self) -> bool:
-        return abs(self.relative_change) <= PLATEAU_TOLERANCE
+        return abs(self.fitted_change) <= PLATEAU_TOLERANCE
 
     def to_row(self) -> dict[str, Any]:
+        row = {k: v for k, v in asdict(self).items() if k != "points"}
         return {
-            **asdict(self),
+            **row,
+            "evaluations": len(self.points) or 2,
             "relative_change": self.relative_change,
+            "fitted_change": self.fitted_change,
             "plateau": self.plateau,
         }
 
@@ -95,22 +121,32 @@ def trends(comparison: Comparison) -> list[Trend]:
         if start_round is None:
             continue
         end_round = evaluated[-1]
-        pairs = []
+        curves = []  # per seed that evaluated both ends: round -> tiers
         for result in results:
             by_round = {r["round"]: r["tiers"] for r in result.rounds}
             if start_round in by_round and end_round in by_round:
-                pairs.append((by_round[start_round], by_round[end_round]))
-        if not pairs:
+                curves.append(by_round)
+        if not curves:
             continue
-        for tier in sorted(pairs[0][1], key=int):
-            for metric in sorted(pairs[0][1][tier]):
-                values = [
-                    (first[tier][metric], last[tier][metric])
-                    for first, last in pairs
-                    if metric in first.get(tier, {}) and metric in last.get(tier, {})
+        for tier in sorted(curves[0][end_round], key=int):
+            for metric in sorted(curves[0][end_round][tier]):
+                held = [
+                    c
+                    for c in curves
+                    if metric in c[start_round].get(tier, {})
+                    and metric in c[end_round].get(tier, {})
                 ]
-                if not values:
+                if not held:
                     continue
+                shared = [
+                    r
+                    for r in sorted(held[0])
+                    if start_round <= r <= end_round
+                    and all(metric in c.get(r, {}).get(tier, {}) for c in held)
+                ]
+                points = tuple(
+                    (r, statistics.fmean(c[r][tier][metric] for c in held)) for r in shared
+                )
                 out.append(
                     Trend(
                         method,
@@ -118,9 +154,10 @@ def trends(comparison: Comparison) -> list[Trend]:
                         metric,
                         start_round,
                         end_round,
-                        statistics.fmean(v[0] for v in values),
-                        statistics.fmean(v[1] for v in values),
-                        len(values),
+                        points[0][1],
+                        points[-1][1],
+                        len(held),
+                        points,
                     )
                 )
     return out
@@ -128,16 +165,17 @@ def trends(comparison: Comparison) -> list[Trend]:
 
 def trend_table(found: Sequence[Trend], labels: dict[str, str] | None = None) -> str:
     """Markdown, a table per metric: a row per method, a column per tier, each cell the last
-    window's change (``start → end, ±x.x %``), bold where the metric has plateaued."""
+    window's change (``start → end, ±x.x % (fit ±y.y %)``), bold where the metric has plateaued."""
     labels = labels or {}
     blocks = []
     for metric in sorted({t.metric for t in found}):
         sel = [t for t in found if t.metric == metric]
         tiers = sorted({t.tier for t in sel})
         caption = (
-            f"Change of {labels.get(metric, metric)} over the last rounds (mean over seeds; "
-            f"**bold** = plateau: within {PLATEAU_TOLERANCE:.0%} of its value over the last "
-            f"{WINDOW_SHARE:.0%} of the rounds):"
+            f"Change of {labels.get(metric, metric)} over the last {WINDOW_SHARE:.0%} of the "
+            "rounds (mean over seeds): end to end, and (fit) along the Theil-Sen line through "
+            f"the window's evaluations; **bold** = plateau: the fitted change within "
+            f"{PLATEAU_TOLERANCE:.0%}:"
         )
         grid = []
         for method in dict.fromkeys(t.method for t in sel):
@@ -145,7 +183,10 @@ def trend_table(found: Sequence[Trend], labels: dict[str, str] | None = None) ->
             first = next(iter(mine.values()))
             cells = {}
             for tier, t in mine.items():
-                cell = f"{t.start:.4g} → {t.end:.4g}, {100 * t.relative_change:+.1f} %"
+                cell = (
+                    f"{t.start:.4g} → {t.end:.4g}, {100 * t.relative_change:+.1f} % "
+                    f"(fit {100 * t.fitted_change:+.1f} %)"
+                )
                 cells[tier] = f"**{cell}**" if t.plateau else cell
             span = f"{first.start_round} → {first.end_round} (n = {first.seeds})"
             grid.append(([method, span], cells))
