@@ -39,6 +39,7 @@ def flower_run(server_config, client_app: ClientApp) -> None:
         ("prelort", "float32", "lda"),
         ("hetlora", "float32", "none"),
         ("rblora", "float32", "none"),  # a rule that reads the federation's ranks and sizes
+        ("prelort-window", "float32", "none"),  # ranks that move round by round from the assigned
         ("prelort", "bfloat16", "none"),
     ],
 )
