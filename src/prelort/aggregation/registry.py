@@ -31,8 +31,6 @@ GROUPS: dict[str, str] = {
     "candidate": "candidate (measured ahead of the recommended one on one task so far; "
     "docs/RESULTS.md section 12)",
     "experimental": "experimental (measured no better than the recommended one)",
-    "trial": "under trial (built to fix a shortfall measured in docs/RESULTS.md, not yet measured "
-    "at length)",
 }
 
 _REGISTERED: dict[str, Method] = {}
