@@ -136,3 +136,14 @@ def test_a_federation_moves_each_client_through_its_windows(
     # assigned ranks 1, 2, 4 of R = 4: windows ending at 1-2-3-4, 2-4, and 4
     assert [t["ranks"] for t in result.traffic] == [[1, 2, 4], [2, 4, 4], [3, 2, 4], [4, 4, 4]]
     assert not any(t["rejected"] for t in result.traffic)
+
+
+def test_merging_finished_adapters_treats_each_as_a_prefix():
+    updates = [
+        lora_update(0, 2, 1, seed=1, in_features=6, out_features=5),
+        lora_update(1, 4, 1, seed=2, in_features=6, out_features=5),
+    ]
+    zeros = {"m.lora_a": torch.zeros(4, 6), "m.lora_b": torch.zeros(5, 4)}
+    merged = METHOD.merge(updates, lambda rank: dict(zeros))
+    ordered = get_method("prelort-ordered-u").merge(updates, lambda rank: dict(zeros))
+    torch.testing.assert_close(product(merged), product(ordered))

@@ -55,12 +55,15 @@ def window_ends(assigned: int, max_rank: int) -> list[int]:
 
 
 def window_starts(updates: Sequence[ClientUpdate], assigned: Sequence[int]) -> list[int]:
-    """Each update's first trained index: its rank minus its client's assigned rank.
+    """Each update's first trained index: its rank minus its client's assigned rank; with no
+    assigned ranks (``prelort aggregate`` merging finished adapters) every update is a prefix.
 
     Raises:
         AdapterError: an update from a client with no assigned rank, or of a rank its windows
             never end at.
     """
+    if not assigned:
+        return [0] * len(updates)
     starts = []
     for u in updates:
         if not 0 <= u.client_id < len(assigned):
