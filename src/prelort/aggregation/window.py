@@ -14,14 +14,14 @@ not the frozen prefix), re-factorised in singular-value order as ``prelort-order
 window a client trains next is the weakest directions of the current adapter.
 
 What a window costs: a client whose window ends at ``e`` receives, holds and sends the rank-``e``
-prefix (the frozen part travels both ways and its gradient is computed, then discarded), so its
+prefix (the frozen part travels both ways, and its step is computed, then undone), so its
 traffic and adapter memory in that round are those of a rank-``e`` client; what it trains is
 ``b`` components.
 
 Measured (docs/RESULTS.md section 26): switched on at round 48 of a 2 / 4 / 8 headline federation,
-it falls further behind FedIT at rank 8 than ``prelort-ordered-u`` does (+0.032 nats per token at
-round 60, 3 seeds): spreading the same trainable budget evenly over the rank axis costs the prefix
-more than it gives the top segment. Kept as an experimental method, for the record and for
+its rank 8 is 0.032 nats per token behind ``prelort-ordered-u``'s at round 60 (3 seeds), so further
+behind FedIT at rank 8, not closer: spreading the same trainable budget evenly over the rank axis
+costs the prefix more than it gives the top segment. Kept as an experimental method, for the record and for
 federations whose budgets differ.
 """
 
