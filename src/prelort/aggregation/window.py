@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from prelort.adapters.state import AdapterState
-from prelort.aggregation.base import AggregateFn, ClientUpdate, check_updates
+from prelort.aggregation.base import AggregateFn, ClientUpdate
 from prelort.aggregation.method import AggregationContext, FromSums, Method, Sensitivity
 from prelort.aggregation.ordered import Ordered, svd_ordered
 from prelort.aggregation.prelort import aggregate_segmentwise
@@ -96,8 +96,7 @@ def aggregate_windows(
     Raises:
         AdapterError: no updates, an update that does not fit, or one that is no window.
     """
-    check_updates(global_state, updates)
-    starts = window_starts(updates, assigned)
+    starts = window_starts(updates, assigned)  # aggregate_segmentwise checks the updates' fit
     return svd_ordered(aggregate_segmentwise(global_state, updates, starts=starts), split)
 
 
