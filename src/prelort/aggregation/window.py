@@ -21,8 +21,8 @@ traffic and adapter memory in that round are those of a rank-``e`` client; what 
 Measured (docs/RESULTS.md section 26): switched on at round 48 of a 2 / 4 / 8 headline federation,
 its rank 8 is 0.032 nats per token behind ``prelort-ordered-u``'s at round 60 (3 seeds), so further
 behind FedIT at rank 8, not closer: spreading the same trainable budget evenly over the rank axis
-costs the prefix more than it gives the top segment. Kept as an experimental method, for the record and for
-federations whose budgets differ.
+costs the prefix more than it gives the top segment. Kept as an experimental method, for the
+record and for federations whose budgets differ.
 """
 
 from __future__ import annotations
@@ -143,8 +143,7 @@ class Windows(Ordered):
         return Method.sensitivity(self)
 
     def allowed_ranks(self, ladder: Sequence[int], ranks: Sequence[int]) -> set[int] | None:
-        max_rank = max([*ladder, *ranks])
-        return {end for budget in set(ranks) for end in window_ends(budget, max_rank)}
+        return {end for budget in set(ranks) for end in window_ends(budget, max(ladder))}
 
     def next_rank(
         self, rank: int, tail_ratio: float, ladder: Sequence[int], assigned: int | None = None
