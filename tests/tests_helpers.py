@@ -65,3 +65,31 @@ def lora_update(client, rank, examples, seed, in_features, out_features):
         "m.lora_b": torch.randn(out_features, rank, generator=g),
     }
     return ClientUpdate(client, state, rank, examples)
+
+
+def ladder_run(adapted, data, config, objective=None):
+    """A rank-8 client's local training over every row of ``data`` on the ladder 2/4/8."""
+    from prelort.training.local import train_local
+    from prelort.training.objective import PLAIN
+
+    return train_local(
+        adapted,
+        data,
+        list(range(len(data.labels))),
+        "classification",
+        0,
+        8,
+        (2, 4, 8),
+        config,
+        torch.Generator().manual_seed(3),
+        PLAIN if objective is None else objective,
+    )
+
+
+def token_rows(rows, seed=0):
+    """``rows`` random 8-token classification examples labelled 0, 1, 0, 1, ..."""
+    from prelort.data.encoding import EncodedSplit
+
+    g = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(3, 120, (8,), generator=g).tolist() for _ in range(rows)]
+    return EncodedSplit(ids, [n % 2 for n in range(rows)])

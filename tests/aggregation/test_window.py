@@ -3,19 +3,18 @@
 import pytest
 import torch
 
-from prelort.adapters import get_state, set_state
+from prelort.adapters import get_state
 from prelort.aggregation import get_method
 from prelort.aggregation.window import (
     FrozenPrefixObjective,
     aggregate_windows,
     window_ends,
 )
-from prelort.data.encoding import EncodedSplit
 from prelort.errors import AdapterError, MethodUnsupported
-from prelort.training.local import LocalTrainingConfig, train_local
+from prelort.training.local import LocalTrainingConfig
 from prelort.training.nested import truncation_ranks
 from prelort.training.objective import PLAIN
-from tests_helpers import lora_update, trained_adapter, without_dropout
+from tests_helpers import ladder_run, lora_update, token_rows, trained_adapter, without_dropout
 
 METHOD = get_method("prelort-window")
 
@@ -97,24 +96,8 @@ def test_windows_support_neither_secure_aggregation_nor_dp():
 def test_local_training_leaves_the_frozen_prefix_exactly_as_sent(tiny_bert):
     adapted = trained_adapter(without_dropout(tiny_bert), rank=8)
     start = get_state(adapted)
-    set_state(adapted, start)
-    g = torch.Generator().manual_seed(0)
-    data = EncodedSplit(
-        [torch.randint(3, 120, (8,), generator=g).tolist() for _ in range(8)], [0, 1] * 4
-    )
     config = LocalTrainingConfig(steps=2, batch_size=8, lr=1e-2, weight_decay=0.1)
-    result = train_local(
-        adapted,
-        data,
-        list(range(8)),
-        "classification",
-        0,
-        8,
-        (2, 4, 8),
-        config,
-        torch.Generator().manual_seed(3),
-        FrozenPrefixObjective(start=6),
-    )
+    result = ladder_run(adapted, token_rows(8), config, FrozenPrefixObjective(start=6))
     assert result.trained_ranks == frozenset({8})
     after = get_state(adapted)
     for key in start:

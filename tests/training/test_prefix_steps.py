@@ -4,11 +4,10 @@ import torch
 
 from prelort.adapters import get_state, set_state
 from prelort.aggregation.prelort import PrefixStepObjective
-from prelort.data.encoding import EncodedSplit
-from prelort.training.local import LocalTrainingConfig, train_local
+from prelort.training.local import LocalTrainingConfig
 from prelort.training.nested import prefix_step_scales
 from prelort.training.objective import PLAIN
-from tests_helpers import trained_adapter, without_dropout
+from tests_helpers import ladder_run, token_rows, trained_adapter, without_dropout
 
 
 def test_scales_are_the_share_of_truncations_containing_each_component():
@@ -20,24 +19,8 @@ def test_scales_are_the_share_of_truncations_containing_each_component():
 
 def one_step(adapted, start, prefix_steps):
     set_state(adapted, start)
-    g = torch.Generator().manual_seed(0)
-    data = EncodedSplit(
-        [torch.randint(3, 120, (8,), generator=g).tolist() for _ in range(8)], [0, 1] * 4
-    )
     config = LocalTrainingConfig(steps=1, batch_size=8, lr=1e-2)
-    objective = PrefixStepObjective() if prefix_steps else PLAIN
-    train_local(
-        adapted,
-        data,
-        list(range(8)),
-        "classification",
-        0,
-        8,
-        (2, 4, 8),
-        config,
-        torch.Generator().manual_seed(3),
-        objective,
-    )
+    ladder_run(adapted, token_rows(8), config, PrefixStepObjective() if prefix_steps else PLAIN)
     return get_state(adapted)
 
 

@@ -13,11 +13,10 @@ from prelort.training.local import (
     looped_backward,
     split_backward,
     stacked_backward,
-    train_local,
 )
 from prelort.training.nested import split_rows
 from prelort.training.objective import PLAIN
-from tests_helpers import trained_adapter, without_dropout
+from tests_helpers import ladder_run, trained_adapter, without_dropout
 
 
 def gradients(adapted, backward) -> list[torch.Tensor]:
@@ -69,21 +68,6 @@ def test_causal_lm_gradients_match_the_loop(tiny_llama):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-def three_steps(adapted, data, config):
-    """A rank-8 client's local run over the 16 rows of ``data`` on the ladder 2/4/8."""
-    return train_local(
-        adapted,
-        data,
-        list(range(16)),
-        "classification",
-        0,
-        8,
-        (2, 4, 8),
-        config,
-        torch.Generator().manual_seed(3),
-    )
-
-
 def test_training_runs_stacked_or_looped_to_the_same_adapter(tiny_bert):
     """Whole local runs: a few AdamW steps end at the same adapter either way."""
     adapted = trained_adapter(without_dropout(tiny_bert), head=True)
@@ -94,7 +78,7 @@ def test_training_runs_stacked_or_looped_to_the_same_adapter(tiny_bert):
     for stack in (True, False):
         set_state(adapted, start)
         config = LocalTrainingConfig(steps=3, batch_size=8, lr=1e-2, stack_truncations=stack)
-        result = three_steps(adapted, data, config)
+        result = ladder_run(adapted, data, config)
         assert result.passes == 9  # 3 steps x 3 truncations, however they ran
         finals.append(get_state(adapted))
     for key in finals[0]:
@@ -153,7 +137,7 @@ def test_split_training_trains_every_truncation_at_one_pass_of_the_batch(tiny_be
     for mode in ("split", "all"):
         set_state(adapted, start)
         config = LocalTrainingConfig(steps=3, batch_size=8, lr=1e-2, nested=mode)
-        result = three_steps(adapted, data, config)
+        result = ladder_run(adapted, data, config)
         assert result.trained_ranks == {2, 4, 8} and result.passes == 9
         finals[mode] = get_state(adapted)
     assert any(not torch.equal(finals["split"][k], finals["all"][k]) for k in finals["all"])
