@@ -28,8 +28,7 @@ from pathlib import Path
 
 from prelort.aggregation.ordered import SPLITS, svd_ordered
 from prelort.config import AUTOCAST_DTYPE_CHOICES, config_from_mapping
-from prelort.evaluation.objectives import ReadoutData
-from prelort.evaluation.tiers import evaluate_tiers
+from prelort.evaluation.tiers import EvalInputs, ReadoutData, evaluate_tiers
 from prelort.io import load_adapter, write_json
 from prelort.runtime.outputs import EXAMPLES_NAME
 from prelort.runtime.workbench import build_workbench
@@ -45,23 +44,25 @@ def rescore_run(run: Path, out: Path, split: str, eval_dtype: str | None = None)
         metrics["config"] = {**metrics["config"], "eval_dtype": eval_dtype}
     state, _ = load_adapter(run / "adapter.safetensors")
     bench = build_workbench(config)
-    per_example: dict[str, dict[str, list[float]]] = {}
     readout = None
     if bench.readout_rows:
         readout = ReadoutData(bench.train, bench.readout_rows, bench.task.num_labels)
     start = time.perf_counter()
-    tiers = evaluate_tiers(
+    inputs = EvalInputs(
+        bench.test,
+        bench.tokenizer,
+        generation=bench.generation,
+        max_new_tokens=config.max_new_tokens,
+        readout=readout,
+    )
+    evaluation = evaluate_tiers(
         bench.adapted,
         state if split == "as-is" else svd_ordered(state, split),
         config.ranks.ladder,
         bench.objective,
-        bench.test,
-        bench.tokenizer,
-        generation_data=bench.generation,
-        max_new_tokens=config.max_new_tokens,
-        readout=readout,
-        per_example=per_example,
+        inputs,
     )
+    tiers = evaluation.metrics
     out.mkdir(parents=True, exist_ok=True)
     write_json(
         out / "metrics.json",
@@ -72,7 +73,7 @@ def rescore_run(run: Path, out: Path, split: str, eval_dtype: str | None = None)
             "wall_seconds": round(time.perf_counter() - start, 1),
         },
     )
-    write_json(out / EXAMPLES_NAME, {"tiers": per_example})
+    write_json(out / EXAMPLES_NAME, {"tiers": evaluation.per_example})
     return tiers
 
 

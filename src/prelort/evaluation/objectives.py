@@ -6,7 +6,8 @@ batch holds and how a tier is scored, instead of comparing the objective's name 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,48 @@ class ReadoutData:
 
 
 @dataclass(frozen=True)
+class EvalInputs:
+    """What a tier is scored on.
+
+    Attributes:
+        data: the test split (every metric that is a mean over its examples).
+        tokenizer: the model's tokenizer (padding, decoding generations).
+        batch_size: examples per forward pass.
+        generation: prompts whose greedy completions get ROUGE-L (generation objective); None
+            or empty skips generating.
+        max_new_tokens: the length limit of those completions.
+        readout: also score a readout refitted on the tier's features (head objective).
+    """
+
+    data: EncodedSplit
+    tokenizer: Any
+    batch_size: int = 32
+    generation: EncodedSplit | None = None
+    max_new_tokens: int = 24
+    readout: ReadoutData | None = None
+
+
+@dataclass
+class TierScore:
+    """What scoring one tier gives.
+
+    Attributes:
+        metrics: ``{"<metric>": value}``.
+        per_example: each test example's score per metric that is a mean over examples
+            (accuracy 0/1, ROUGE-L F1, NLL per target token), in the order of the test split:
+            what paired comparisons resample.
+        samples: the first ``SAMPLES`` generations (prompt, reference, output), where ROUGE-L ran.
+        head_inputs: (n, hidden) features the classifier head read (head objective), which the
+            calibration round's heads are scored on without another forward.
+    """
+
+    metrics: dict[str, float]
+    per_example: dict[str, list[float]] = field(default_factory=dict)
+    samples: list[dict[str, str]] = field(default_factory=list)
+    head_inputs: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
 class TaskObjective:
     """One way of learning a task.
 
@@ -54,22 +97,8 @@ class TaskObjective:
         """The kind of training batch: class labels for a head, prompt + target otherwise."""
         return CLASSIFICATION if self.trains_head else GENERATION
 
-    def score(
-        self,
-        adapted: NestedLoRAModel,
-        data: EncodedSplit,
-        tokenizer,
-        batch_size: int,
-        readout: ReadoutData | None = None,
-        generation_data: EncodedSplit | None = None,
-        max_new_tokens: int = 24,
-        samples: list[dict[str, str]] | None = None,
-        per_example: dict[str, list[float]] | None = None,
-        features: dict[str, torch.Tensor] | None = None,
-    ) -> dict[str, float]:
-        """The metrics of the model as it stands (one tier); ``samples`` receives generations,
-        ``per_example`` each example's score per metric that is a mean over examples, and
-        ``features`` (head objective) ``"head_input"``: the (n, hidden) features the head read."""
+    def score(self, adapted: NestedLoRAModel, inputs: EvalInputs) -> TierScore:
+        """The scores of the model as it stands (one tier)."""
         raise NotImplementedError
 
 
@@ -77,114 +106,84 @@ class TaskObjective:
 class HeadObjective(TaskObjective):
     """A classifier head on the model's features: ``accuracy``, and ``readout_accuracy``."""
 
-    def score(
-        self,
-        adapted: NestedLoRAModel,
-        data: EncodedSplit,
-        tokenizer,
-        batch_size: int,
-        readout: ReadoutData | None = None,
-        generation_data: EncodedSplit | None = None,
-        max_new_tokens: int = 24,
-        samples: list[dict[str, str]] | None = None,
-        per_example: dict[str, list[float]] | None = None,
-        features: dict[str, torch.Tensor] | None = None,
-    ) -> dict[str, float]:
-        pad_id = tokenizer.pad_token_id
+    def score(self, adapted: NestedLoRAModel, inputs: EvalInputs) -> TierScore:
+        data, pad_id = inputs.data, inputs.tokenizer.pad_token_id
         # One forward gives the head's predictions and the features its readout is scored on.
-        outputs = head_outputs(adapted, data, range(len(data)), pad_id, batch_size)
+        outputs = head_outputs(adapted, data, range(len(data)), pad_id, inputs.batch_size)
         predictions = outputs.logits.argmax(-1).tolist()
         metrics = {"accuracy": accuracy(predictions, data.labels)}
-        if features is not None:
-            features["head_input"] = outputs.features
-        if per_example is not None:
-            per_example["accuracy"] = correct(predictions, data.labels)
-        if readout is not None:
+        if inputs.readout is not None:
             metrics["readout_accuracy"] = readout_accuracy(
                 adapted,
-                readout.train,
-                readout.rows,
+                inputs.readout.train,
+                inputs.readout.rows,
                 outputs.features,
                 data.labels,
-                readout.classes,
+                inputs.readout.classes,
                 pad_id,
-                batch_size,
+                inputs.batch_size,
             )
-        return metrics
+        return TierScore(
+            metrics,
+            per_example={"accuracy": correct(predictions, data.labels)},
+            head_inputs=outputs.features,
+        )
 
 
 @dataclass(frozen=True)
 class VerbalizedObjective(TaskObjective):
     """A causal LM writes the label: ``accuracy`` of the likeliest label."""
 
-    def score(
-        self,
-        adapted: NestedLoRAModel,
-        data: EncodedSplit,
-        tokenizer,
-        batch_size: int,
-        readout: ReadoutData | None = None,
-        generation_data: EncodedSplit | None = None,
-        max_new_tokens: int = 24,
-        samples: list[dict[str, str]] | None = None,
-        per_example: dict[str, list[float]] | None = None,
-        features: dict[str, torch.Tensor] | None = None,
-    ) -> dict[str, float]:
+    def score(self, adapted: NestedLoRAModel, inputs: EvalInputs) -> TierScore:
+        data = inputs.data
         with adapted.autocast():
-            predictions = choice_predictions(adapted, data, tokenizer.pad_token_id, batch_size)
-        if per_example is not None:
-            per_example["accuracy"] = correct(predictions, data.labels)
-        return {"accuracy": accuracy(predictions, data.labels)}
+            predictions = choice_predictions(
+                adapted, data, inputs.tokenizer.pad_token_id, inputs.batch_size
+            )
+        return TierScore(
+            {"accuracy": accuracy(predictions, data.labels)},
+            per_example={"accuracy": correct(predictions, data.labels)},
+        )
 
 
 @dataclass(frozen=True)
 class GenerationObjective(TaskObjective):
     """Free text: ``perplexity`` of the references, ``rouge_l`` of greedy completions."""
 
-    def score(
-        self,
-        adapted: NestedLoRAModel,
-        data: EncodedSplit,
-        tokenizer,
-        batch_size: int,
-        readout: ReadoutData | None = None,
-        generation_data: EncodedSplit | None = None,
-        max_new_tokens: int = 24,
-        samples: list[dict[str, str]] | None = None,
-        per_example: dict[str, list[float]] | None = None,
-        features: dict[str, torch.Tensor] | None = None,
-    ) -> dict[str, float]:
-        nll: list[float] | None = None
-        if per_example is not None:
-            nll = per_example["nll"] = []
-        metrics = {
-            "perplexity": causal_perplexity(
-                adapted, data, tokenizer.pad_token_id, batch_size, per_example_nll=nll
-            )
-        }
-        if generation_data is None or not len(generation_data):
-            return metrics
-        predictions = generate(adapted, tokenizer, generation_data, batch_size, max_new_tokens)
-        references = generation_data.references or []
-        scores = rouge_l_scores(predictions, references)
-        metrics["rouge_l"] = sum(scores) / len(scores)
-        if per_example is not None:
-            per_example["rouge_l"] = scores
-        if samples is not None:
-            samples.extend(
-                {
-                    "prompt": tokenizer.decode(ids, skip_special_tokens=True),
-                    "reference": reference,
-                    "output": output,
-                }
-                for ids, reference, output in zip(
-                    generation_data.input_ids[:SAMPLES],
-                    references[:SAMPLES],
-                    predictions[:SAMPLES],
-                    strict=True,
+    def score(self, adapted: NestedLoRAModel, inputs: EvalInputs) -> TierScore:
+        tokenizer, nll = inputs.tokenizer, []
+        score = TierScore(
+            {
+                "perplexity": causal_perplexity(
+                    adapted, inputs.data, tokenizer.pad_token_id, inputs.batch_size, nll
                 )
+            },
+            per_example={"nll": nll},
+        )
+        prompts = inputs.generation
+        if prompts is None or not len(prompts):
+            return score
+        predictions = generate(
+            adapted, tokenizer, prompts, inputs.batch_size, inputs.max_new_tokens
+        )
+        references = prompts.references or []
+        rouge = rouge_l_scores(predictions, references)
+        score.metrics["rouge_l"] = sum(rouge) / len(rouge)
+        score.per_example["rouge_l"] = rouge
+        score.samples = [
+            {
+                "prompt": tokenizer.decode(ids, skip_special_tokens=True),
+                "reference": reference,
+                "output": output,
+            }
+            for ids, reference, output in zip(
+                prompts.input_ids[:SAMPLES],
+                references[:SAMPLES],
+                predictions[:SAMPLES],
+                strict=True,
             )
-        return metrics
+        ]
+        return score
 
 
 HEAD = HeadObjective("head", CLASSIFICATION, 64, trains_head=True)

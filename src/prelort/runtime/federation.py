@@ -21,7 +21,13 @@ from prelort.config import SimulationConfig
 from prelort.device import resolve_device
 from prelort.environment import environment
 from prelort.errors import ConfigError
-from prelort.evaluation.tiers import ReadoutData, TierMetrics, evaluate_tiers
+from prelort.evaluation.tiers import (
+    EvalInputs,
+    ReadoutData,
+    TierEvaluation,
+    TierMetrics,
+    evaluate_tiers,
+)
 from prelort.federation.client import ClientReply, client_step
 from prelort.federation.plan import FederationPlan, assign_ranks, build_plan
 from prelort.federation.records import RoundRecord
@@ -110,17 +116,10 @@ class Federation:
         reports, mean, left = mean_of_shares(server, replies, self.config.secure_range)
         return secure_server_step(server, sampled, reports, mean, self.rules, left)
 
-    def evaluate(
-        self,
-        server: ServerState,
-        samples: dict[str, list[dict[str, str]]] | None = None,
-        per_example: dict[str, dict[str, list[float]]] | None = None,
-        features: dict[str, torch.Tensor] | None = None,
-    ) -> TierMetrics | None:
-        """Metrics per tier of the global adapter after ``server.round``, on evaluated rounds;
-        ``samples`` receives some generations per tier where ROUGE-L is computed, and
-        ``per_example`` and ``features`` each test example's scores and head inputs after the
-        last round."""
+    def evaluate(self, server: ServerState) -> TierEvaluation | None:
+        """Scores per tier of the global adapter after ``server.round``, on evaluated rounds;
+        ROUGE-L on the last (or every, ``rouge_every_round``) and the refitted readout on the
+        last."""
         config, bench = self.config, self.bench
         last = server.round == config.rounds
         if not (last or server.round % config.eval_every == 0):
@@ -128,20 +127,20 @@ class Federation:
         readout = None
         if last and bench.readout_rows:
             readout = ReadoutData(bench.train, bench.readout_rows, bench.task.num_labels)
+        inputs = EvalInputs(
+            bench.test,
+            bench.tokenizer,
+            generation=bench.generation if (last or config.rouge_every_round) else None,
+            max_new_tokens=config.max_new_tokens,
+            readout=readout,
+        )
         return evaluate_tiers(
             bench.adapted,
             self.method.served(server.global_state),
             config.ranks.ladder,
             bench.objective,
-            bench.test,
-            bench.tokenizer,
-            generation_data=bench.generation if (last or config.rouge_every_round) else None,
-            max_new_tokens=config.max_new_tokens,
-            readout=readout,
+            inputs,
             same_at_every_tier=not self.method.trains_adapter and not bench.adapted.tier_heads,
-            samples=samples,
-            per_example=per_example if last else None,
-            features=features if last else None,
         )
 
     def record(

@@ -63,8 +63,14 @@ def close_round(
     Returns:
         The round's metric record, or None on a round that was not evaluated.
     """
-    tiers = fed.evaluate(outcome.server, result.samples, result.examples, result.head_inputs)
-    return fed.record(result, outcome, tiers, round_seconds, checkpoint_dir)
+    evaluation = fed.evaluate(outcome.server)
+    if evaluation is None:
+        return fed.record(result, outcome, None, round_seconds, checkpoint_dir)
+    # Each evaluation replaces the last one's per-tier details: what the run keeps is its final's.
+    result.samples.update(evaluation.samples)
+    result.examples.update(evaluation.per_example)
+    result.head_inputs.update(evaluation.head_inputs)
+    return fed.record(result, outcome, evaluation.metrics, round_seconds, checkpoint_dir)
 
 
 def finish_run(
