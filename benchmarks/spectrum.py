@@ -1,6 +1,6 @@
 """How concentrated is what a run learnt? The singular values of each module's product ``B @ A``.
 
-    python -m benchmarks.spectrum RUN [RUN ...] [--csv FILE]
+    python -m benchmarks.spectrum RUN [RUN ...] [--csv FILE] [--plot FILE.png]
 
 A tier of rank r can hold at most the first r singular directions of a module's update. This reads
 each finished run's ``adapter.safetensors`` and reports, per run, the median over modules of every
@@ -22,6 +22,7 @@ import torch
 
 from prelort.adapters.state import LORA_A, LORA_B, lora_modules
 from prelort.io import load_adapter
+from prelort.runtime.outputs import method_colors, save_figure
 
 
 def product_singular_values(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -59,17 +60,37 @@ def run_spectrum(run: Path, ranks: list[int]) -> tuple[list[float], list[float]]
     return stacked.median(0).values.tolist(), shares.median(0).values.tolist()
 
 
+def plot_spectra(spectra: dict[str, list[float]], path: Path) -> Path:
+    """Median singular value per component, a line per run (log scale: flat against steep)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colors = method_colors(list(spectra))
+    for name, sigma in spectra.items():
+        ax.plot(range(1, len(sigma) + 1), sigma, marker="o", label=name, color=colors[name])
+    ax.set_yscale("log")
+    ax.set_xlabel("component (singular direction of B @ A)")
+    ax.set_ylabel("median singular value over modules")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="finished run folders")
     parser.add_argument("--ranks", default="1,2,4,8", help="ranks whose energy share to report")
     parser.add_argument("--csv", type=Path, help="also write run, rank, share, sigma rows here")
+    parser.add_argument("--plot", type=Path, help="also plot the median spectra (PNG)")
     args = parser.parse_args(argv)
     ranks = [int(r) for r in args.ranks.split(",")]
-    rows = []
+    rows, spectra = [], {}
     for run in args.runs:
         sigma, shares = run_spectrum(run, ranks)
         name = run.resolve().name
+        spectra[name] = sigma
         print(
             f"{name}: median sigma {' '.join(f'{s:.3f}' for s in sigma)}; energy share at rank "
             + ", ".join(f"{r}: {s:.3f}" for r, s in zip(ranks, shares, strict=True)),
@@ -85,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
             writer = csv.DictWriter(f, fieldnames=["run", "rank", "share", "sigma"])
             writer.writeheader()
             writer.writerows(rows)
+    if args.plot:
+        plot_spectra(spectra, args.plot)
 
 
 if __name__ == "__main__":

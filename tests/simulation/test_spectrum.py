@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from benchmarks.spectrum import energy_shares, product_singular_values, run_spectrum
+from benchmarks.spectrum import energy_shares, main, product_singular_values, run_spectrum
 
 from prelort.io import save_adapter
 
@@ -39,3 +39,26 @@ def test_a_run_reports_the_median_over_modules(tmp_path):
     expected = torch.stack([values["m1"], values["m2"]]).median(0).values
     assert sigma == expected.tolist()
     assert shares[1] == pytest.approx(1.0)  # every product has rank <= 4
+
+
+def test_the_command_writes_its_table_and_plot(tmp_path, capsys):
+    for seed in (0, 1):
+        (tmp_path / f"run{seed}").mkdir()
+        save_adapter(tmp_path / f"run{seed}" / "adapter.safetensors", adapter(seed=seed), {})
+    table, plot = tmp_path / "spectrum.csv", tmp_path / "spectrum.png"
+    main(
+        [
+            str(tmp_path / "run0"),
+            str(tmp_path / "run1"),
+            "--ranks",
+            "1,2,4",
+            "--csv",
+            str(table),
+            "--plot",
+            str(plot),
+        ]
+    )
+    assert "run1: median sigma" in capsys.readouterr().out
+    rows = table.read_text().splitlines()
+    assert rows[0] == "run,rank,share,sigma" and len(rows) == 1 + 2 * 3
+    assert plot.stat().st_size > 0
