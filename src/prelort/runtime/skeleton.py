@@ -64,13 +64,14 @@ def close_round(
         The round's metric record, or None on a round that was not evaluated.
     """
     evaluation = fed.evaluate(outcome.server)
-    if evaluation is None:
-        return fed.record(result, outcome, None, round_seconds, checkpoint_dir)
-    # Each evaluation replaces the last one's per-tier details: what the run keeps is its final's.
-    result.samples.update(evaluation.samples)
-    result.examples.update(evaluation.per_example)
-    result.head_inputs.update(evaluation.head_inputs)
-    return fed.record(result, outcome, evaluation.metrics, round_seconds, checkpoint_dir)
+    tiers = None
+    if evaluation is not None:
+        # Each evaluation replaces the last one's per-tier details: the run keeps its final's.
+        result.samples.update(evaluation.samples)
+        result.examples.update(evaluation.per_example)
+        result.head_inputs.update(evaluation.head_inputs)
+        tiers = evaluation.metrics
+    return fed.record(result, outcome, tiers, round_seconds, checkpoint_dir)
 
 
 def finish_run(
