@@ -12,7 +12,8 @@ compares it, example by example, with the runs it sits beside (docs/RESULTS.md s
 
 ``--split as-is`` scores the adapter unchanged, and ``--eval-dtype`` overrides the scoring precision: a
 run scored under one ``eval_dtype`` re-scored under another, so that ``prelort summarize`` can set it beside
-runs scored so (its training, and so its adapter, untouched).
+runs scored so (its training, and so its adapter, untouched). ``--tiers 2,4,8`` scores at tiers other than the
+run's own ladder: a federation whose every client trained rank 8, cut to ranks 2 and 4.
 
 For a classifier head the trained head was fitted to the unordered tiers' features, so its accuracy
 understates the re-ordered tiers: read ``readout_accuracy`` (a readout refitted on each tier's
@@ -28,21 +29,35 @@ from pathlib import Path
 
 from prelort.aggregation.ordered import SPLITS, svd_ordered
 from prelort.config import AUTOCAST_DTYPE_CHOICES, config_from_mapping
+from prelort.errors import ConfigError
 from prelort.evaluation.tiers import EvalInputs, ReadoutData, evaluate_tiers
 from prelort.io import load_adapter, write_json
 from prelort.runtime.outputs import EXAMPLES_NAME
 from prelort.runtime.workbench import build_workbench
 
 
-def rescore_run(run: Path, out: Path, split: str, eval_dtype: str | None = None) -> dict:
-    """Re-order ``run``'s final adapter (``split``; ``as-is``: unchanged), score every tier (under
-    ``eval_dtype`` if given), write ``out``; returns the tiers' metrics."""
+def rescore_run(
+    run: Path,
+    out: Path,
+    split: str,
+    eval_dtype: str | None = None,
+    tiers: list[int] | None = None,
+) -> dict:
+    """Re-order ``run``'s final adapter (``split``; ``as-is``: unchanged), score each of ``tiers``
+    (default: the run's ladder) under ``eval_dtype`` if given, write ``out``; returns the tiers' metrics.
+
+    Raises:
+        ConfigError: a tier above the adapter's rank.
+    """
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     config = config_from_mapping(metrics["config"])
     if eval_dtype is not None:
         config = config.replace(eval_dtype=eval_dtype)
         metrics["config"] = {**metrics["config"], "eval_dtype": eval_dtype}
     state, _ = load_adapter(run / "adapter.safetensors")
+    ladder = config.ranks.ladder if tiers is None else sorted(set(tiers))
+    if ladder[-1] > config.resolved_max_rank or ladder[0] < 1:
+        raise ConfigError(f"tiers: {ladder} must lie in 1..{config.resolved_max_rank} (the adapter's rank)")
     bench = build_workbench(config)
     readout = None
     if bench.readout_rows:
@@ -58,23 +73,30 @@ def rescore_run(run: Path, out: Path, split: str, eval_dtype: str | None = None)
     evaluation = evaluate_tiers(
         bench.adapted,
         state if split == "as-is" else svd_ordered(state, split),
-        config.ranks.ladder,
+        ladder,
         bench.objective,
         inputs,
     )
-    tiers = evaluation.metrics
+    scores = evaluation.metrics
     out.mkdir(parents=True, exist_ok=True)
     write_json(
         out / "metrics.json",
         {
             **metrics,
-            "final": {"tiers": tiers},
+            "final": {"tiers": scores},
             "rescored": {"source": str(run), "split": split, "eval_dtype": eval_dtype},
             "wall_seconds": round(time.perf_counter() - start, 1),
         },
     )
     write_json(out / EXAMPLES_NAME, {"tiers": evaluation.per_example})
-    return tiers
+    return scores
+
+
+def parse_tiers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"tiers: {text!r} is not a comma-separated list of ranks") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,12 +105,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--split", default="fixed-a", choices=[*SPLITS, "as-is"])
     parser.add_argument("--eval-dtype", choices=AUTOCAST_DTYPE_CHOICES)
+    parser.add_argument(
+        "--tiers", type=parse_tiers, help="comma-separated ranks to score (default: the run's ladder)"
+    )
     args = parser.parse_args(argv)
     for run in args.runs:
         method, _, seed = run.resolve().name.rpartition("-seed")
         suffix = "" if args.split == "as-is" else "-ordered-once"
         target = args.out / f"{method}{suffix}-seed{seed}"
-        tiers = rescore_run(run, target, args.split, args.eval_dtype)
+        tiers = rescore_run(run, target, args.split, args.eval_dtype, args.tiers)
         shown = "  ".join(
             f"r{t}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) for t, m in tiers.items()
         )

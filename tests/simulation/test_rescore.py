@@ -54,3 +54,23 @@ def test_the_method_trains_as_prelort_and_serves_the_reordered_adapter(
     # the top tier is the same product; the shared head reads it alike (up to float rounding)
     top = str(max(paper_config.ranks.ladder))
     assert abs(once.final[top]["accuracy"] - paper.final[top]["accuracy"]) <= 1 / 24
+
+
+def test_tiers_cut_a_run_of_one_rank_to_lower_ones_and_refuse_one_above_it(
+    tiny_llama_dir, headline_jsonl, tmp_path
+):
+    import pytest
+
+    from prelort.errors import ConfigError
+
+    config = tiny(
+        tiny_llama_dir, headline_jsonl, tmp_path / "fedit-seed0", method="fedit-max", ranks="4", rounds=1
+    )
+    result = run_simulation(config, progress=False)
+    write_outputs(result, config.out)
+    assert list(result.final) == ["4"]
+    tiers = rescore_run(config.out, tmp_path / "cut", "unit-a", tiers=[4, 1, 2])
+    assert list(tiers) == ["1", "2", "4"]
+    assert abs(tiers["4"]["perplexity"] - result.final["4"]["perplexity"]) < 1e-3
+    with pytest.raises(ConfigError, match="tiers"):
+        rescore_run(config.out, tmp_path / "above", "unit-a", tiers=[2, 8])
