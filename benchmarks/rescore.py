@@ -57,7 +57,9 @@ def rescore_run(
     state, _ = load_adapter(run / "adapter.safetensors")
     ladder = config.ranks.ladder if tiers is None else sorted(set(tiers))
     if ladder[-1] > config.resolved_max_rank or ladder[0] < 1:
-        raise ConfigError(f"tiers: {ladder} must lie in 1..{config.resolved_max_rank} (the adapter's rank)")
+        raise ConfigError(
+            f"tiers: {ladder} must lie in 1..{config.resolved_max_rank} (the adapter's rank)"
+        )
     bench = build_workbench(config)
     readout = None
     if bench.readout_rows:
@@ -96,7 +98,9 @@ def parse_tiers(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"tiers: {text!r} is not a comma-separated list of ranks") from None
+        raise argparse.ArgumentTypeError(
+            f"tiers: {text!r} is not a comma-separated list of ranks"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="fixed-a", choices=[*SPLITS, "as-is"])
     parser.add_argument("--eval-dtype", choices=AUTOCAST_DTYPE_CHOICES)
     parser.add_argument(
-        "--tiers", type=parse_tiers, help="comma-separated ranks to score (default: the run's ladder)"
+        "--tiers",
+        type=parse_tiers,
+        help="comma-separated ranks to score (default: the run's ladder)",
     )
     args = parser.parse_args(argv)
     for run in args.runs:

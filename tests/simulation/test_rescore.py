@@ -64,7 +64,12 @@ def test_tiers_cut_a_run_of_one_rank_to_lower_ones_and_refuse_one_above_it(
     from prelort.errors import ConfigError
 
     config = tiny(
-        tiny_llama_dir, headline_jsonl, tmp_path / "fedit-seed0", method="fedit-max", ranks="4", rounds=1
+        tiny_llama_dir,
+        headline_jsonl,
+        tmp_path / "fedit-seed0",
+        method="fedit-max",
+        ranks="4",
+        rounds=1,
     )
     result = run_simulation(config, progress=False)
     write_outputs(result, config.out)
