@@ -69,6 +69,8 @@ class Method:
         head: the default classifier head, "per-tier" or "shared" (measured: docs/RESULTS.md).
         trains_adapter: False for a reference whose adapter never learns (evaluation then
             scores every tier once).
+        objective: what every client optimises beyond the task loss (``local_objective``'s
+            answer; a method whose objective depends on the client overrides that instead).
     """
 
     name: str
@@ -77,6 +79,7 @@ class Method:
     nested: str = "off"
     head: str = "shared"
     trains_adapter: bool = True
+    objective: LocalObjective = PLAIN
 
     # --- the server side -------------------------------------------------------------------
     def rule(self, context: AggregationContext) -> AggregateFn:
@@ -186,4 +189,4 @@ class Method:
             assigned: this client's assigned rank (``rank`` itself for most methods; a method
                 that moves clients between ranks reads its schedule from it); None where unknown.
         """
-        return PLAIN
+        return self.objective

@@ -36,7 +36,7 @@ from prelort.aggregation.registry import register
 from prelort.aggregation.secure import segmentwise_from_sums
 from prelort.aggregation.zeropad import ZeroPad
 from prelort.training.nested import prefix_step_scales
-from prelort.training.objective import LocalObjective
+from prelort.training.objective import LocalObjective, scaled_component_steps
 
 if TYPE_CHECKING:
     from prelort.adapters.inject import NestedLoRAModel
@@ -133,30 +133,9 @@ class PrefixStepObjective(LocalObjective):
         if len(ranks) == 1:  # one truncation: every component takes the whole step
             yield
             return
-        layers = list(adapted.layers.values())
-        scales = prefix_step_scales(ranks, rank).to(adapted.device)  # (rank,)
-        before = [
-            (layer.lora_a.detach().clone(), layer.lora_b.detach().clone()) for layer in layers
-        ]
-        yield
-        with torch.no_grad():
-            for layer, (a0, b0) in zip(layers, before, strict=True):
-                layer.lora_a.copy_(a0 + scales[:, None] * (layer.lora_a - a0))  # (r, in)
-                layer.lora_b.copy_(b0 + scales[None, :] * (layer.lora_b - b0))  # (out, r)
-
-
-@dataclass(frozen=True)
-class PrefixSteps(PreLort):
-    """Nested training whose optimizer steps favour the prefix as gradient descent would."""
-
-    def local_objective(
-        self,
-        rank: int,
-        client_ranks: Sequence[int],
-        ladder: Sequence[int],
-        assigned: int | None = None,
-    ) -> LocalObjective:
-        return PrefixStepObjective()
+        scales = prefix_step_scales(ranks, rank)  # (rank,)
+        with scaled_component_steps(adapted, [scales] * len(adapted.layers)):
+            yield
 
 
 register(
@@ -182,11 +161,12 @@ register(
         group="experimental",
         nested="all",
     ),
-    PrefixSteps(
+    PreLort(
         "prelort-prefix",
         "PreLort + prefix-scaled steps: each rank component's AdamW step scaled by the share of "
         "the step's truncations that contain it",
         group="experimental",
         nested="all",
+        objective=PrefixStepObjective(),
     ),
 )

@@ -82,15 +82,7 @@ class NoAdapter(ZeroPad):
     """A frozen base: only the classifier head learns (zero-shot for a causal LM)."""
 
     trains_adapter: bool = False
-
-    def local_objective(
-        self,
-        rank: int,
-        client_ranks: Sequence[int],
-        ladder: Sequence[int],
-        assigned: int | None = None,
-    ) -> LocalObjective:
-        return FROZEN
+    objective: LocalObjective = FROZEN
 
     def downlink_numel(self, sent: Mapping[str, torch.Tensor], memory: Any) -> int:
         # the adapter stays the initial one, which every client holds: only heads travel

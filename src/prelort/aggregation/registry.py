@@ -31,6 +31,7 @@ GROUPS: dict[str, str] = {
     "candidate": "candidate (measured ahead of the recommended one on one task so far; "
     "docs/RESULTS.md section 12)",
     "experimental": "experimental (measured no better than the recommended one)",
+    "new": "new (not yet measured against the recommended one)",
 }
 
 _REGISTERED: dict[str, Method] = {}

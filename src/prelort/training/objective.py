@@ -55,6 +55,22 @@ class LocalObjective:
 PLAIN = LocalObjective()
 
 
+@contextmanager
+def scaled_component_steps(
+    adapted: NestedLoRAModel, scales: Sequence[torch.Tensor]
+) -> Iterator[None]:
+    """Wraps an optimizer step so that layer k's rank component i moves ``scales[k][i]`` times as far
+    as the step moved it (its A row and B column alike); the head steps as usual."""
+    layers = list(adapted.layers.values())
+    before = [(layer.lora_a.detach().clone(), layer.lora_b.detach().clone()) for layer in layers]
+    yield
+    with torch.no_grad():
+        for layer, scale, (a0, b0) in zip(layers, scales, before, strict=True):
+            scale = scale.to(a0.device, a0.dtype)
+            layer.lora_a.copy_(a0 + scale[:, None] * (layer.lora_a - a0))  # (r, in)
+            layer.lora_b.copy_(b0 + scale[None, :] * (layer.lora_b - b0))  # (out, r)
+
+
 def tail_norms(adapted: NestedLoRAModel, rank: int, tail: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(norm of the last ``tail`` components' update, norm of the whole update), differentiable."""
     tail_sq = whole_sq = torch.zeros((), dtype=torch.float32, device=adapted.device)

@@ -1,0 +1,56 @@
+"""Gradient-shared steps: AdamW's step per module, divided among the components as the gradient is."""
+
+import pytest
+import torch
+
+from prelort.adapters import get_state, set_state
+from prelort.aggregation.gradshare import GradientShareObjective, gradient_share_scales
+from prelort.aggregation.registry import get_method
+from prelort.training.local import LocalTrainingConfig
+from prelort.training.objective import PLAIN
+from tests_helpers import ladder_run, token_rows, trained_adapter, without_dropout
+
+
+def test_scales_follow_the_gradient_norms_with_unit_mean_square():
+    grad_a = torch.tensor([[3.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # (r=3, in=2)
+    grad_b = torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # (out=2, r=3)
+    scales = gradient_share_scales(grad_a, grad_b)  # norms 5, 1, 0
+    torch.testing.assert_close(scales, torch.tensor([5.0, 1.0, 0.0]) / (26 / 3) ** 0.5)
+    assert scales.pow(2).mean().item() == pytest.approx(1.0)
+    zero = gradient_share_scales(torch.zeros(3, 2), torch.zeros(2, 3))
+    assert zero.tolist() == [1.0, 1.0, 1.0]
+
+
+def one_step(adapted, start, objective):
+    set_state(adapted, start)
+    ladder_run(
+        adapted, token_rows(8), LocalTrainingConfig(steps=1, batch_size=8, lr=1e-2), objective
+    )
+    return get_state(adapted)
+
+
+def test_a_step_moves_each_component_by_one_factor_whose_mean_square_is_one(tiny_bert):
+    adapted = trained_adapter(without_dropout(tiny_bert), head=True)
+    start = get_state(adapted)
+    plain = one_step(adapted, start, PLAIN)
+    shared = one_step(adapted, start, GradientShareObjective())
+    spread = []
+    for key in (k for k in start if k.endswith("lora_a")):
+        b_key = key[: -len("lora_a")] + "lora_b"
+        da, da_plain = shared[key] - start[key], plain[key] - start[key]  # (r, in)
+        db, db_plain = shared[b_key] - start[b_key], plain[b_key] - start[b_key]  # (out, r)
+        scale = (da * da_plain).sum(1) / da_plain.pow(2).sum(1)
+        torch.testing.assert_close(da, scale[:, None] * da_plain, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(db, scale[None, :] * db_plain, rtol=1e-4, atol=1e-7)
+        assert scale.pow(2).mean().item() == pytest.approx(1.0, rel=1e-4)
+        spread.append(float(scale.max() - scale.min()))
+    assert max(spread) > 0.1  # the components' gradients differ, so their steps do
+    for key in (k for k in start if "lora" not in k):  # the head steps as usual
+        torch.testing.assert_close(shared[key], plain[key])
+
+
+def test_the_method_aggregates_as_the_recommended_one_and_trains_with_shared_steps():
+    method, recommended = get_method("prelort-ordered-g"), get_method("prelort-ordered-u")
+    assert method.split == recommended.split == "unit-a"
+    assert method.nested == "all"
+    assert isinstance(method.local_objective(4, [2, 4, 8], [2, 4, 8]), GradientShareObjective)

@@ -1,0 +1,29 @@
+"""benchmarks/step_anatomy.py: per-component gradient measures of a global adapter."""
+
+import torch
+from benchmarks.step_anatomy import agreement, anatomy, top_direction
+
+from prelort.aggregation.ordered import svd_ordered
+
+
+def test_agreement_is_one_for_repeated_gradients_and_minus_one_for_opposed():
+    g = torch.randn(1, 3, 5)
+    assert torch.allclose(agreement(torch.cat([g, g, 2 * g])), torch.ones(3))
+    assert torch.allclose(agreement(torch.cat([g, -g])), -torch.ones(3))
+
+
+def test_top_direction_is_the_products_strongest_right_singular_vector():
+    a, b = torch.randn(4, 9), torch.randn(7, 4)
+    expected = torch.linalg.svd((b @ a).double()).Vh[0]
+    assert abs(float(top_direction(a, b) @ expected)) > 1 - 1e-9
+
+
+def test_an_svd_ordered_adapter_keeps_the_strongest_direction_in_component_one_alone():
+    g = torch.Generator().manual_seed(0)
+    state = {"m.lora_a": torch.randn(4, 9, generator=g), "m.lora_b": torch.randn(7, 4, generator=g)}
+    ordered = svd_ordered(state, "unit-a")
+    grads = {"m": (torch.randn(3, 7, 4, generator=g), torch.randn(3, 4, 9, generator=g))}
+    plain, svd = anatomy(grads, state), anatomy(grads, ordered)
+    assert svd["top_dir"][0] > 1 - 1e-5 and max(svd["top_dir"][1:]) < 1e-5
+    assert min(plain["top_dir"]) > 0.01  # random factors: every row holds some of it
+    assert plain["norm"][0] == 1.0 and abs(svd["with_1"][0] - 1.0) < 1e-6
