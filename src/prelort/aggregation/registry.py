@@ -28,10 +28,9 @@ GROUPS: dict[str, str] = {
     "peer": "nearest peers (rank-wise aggregation rules of 2025-2026)",
     "reference": "references",
     "ablation": "ablations",
-    "candidate": "candidate (measured ahead of the recommended one on one task so far; "
-    "docs/RESULTS.md section 12)",
+    "candidate": "candidates (each measured ahead of the recommended one on one task so far; "
+    "docs/RESULTS.md sections 12, 28)",
     "experimental": "experimental (measured no better than the recommended one)",
-    "new": "new (not yet measured against the recommended one)",
 }
 
 _REGISTERED: dict[str, Method] = {}
