@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from prelort.adapters.state import LORA_A, LORA_B, set_state
+from prelort.adapters.state import LORA_A, set_state
+from prelort.aggregation.ordered import svd_ordered
 from prelort.config import config_from_mapping
 from prelort.data.encoding import make_batch
 from prelort.device import to_device
@@ -69,18 +70,12 @@ def agreement(vectors: torch.Tensor) -> torch.Tensor:
     return torch.stack([(unit[i] * unit[j]).sum(-1) for i, j in pairs]).mean(0)
 
 
-def top_direction(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The strongest right singular vector of ``b @ a`` (length ``in``), from two thin QRs."""
-    q_b, r_b = torch.linalg.qr(b.double())
-    q_a, r_a = torch.linalg.qr(a.double().T)
-    _, _, vh = torch.linalg.svd(r_b @ r_a.T)
-    return q_a @ vh[0]
-
-
 def anatomy(
     grads: dict[str, tuple[torch.Tensor, torch.Tensor]], state: dict[str, torch.Tensor]
 ) -> dict[str, list[float]]:
     """Median over modules of each component's measures (the module docstring's list)."""
+    # in singular-value order with unit A rows, A's first row is the strongest right singular direction
+    leading = svd_ordered(state, "unit-a")
     found: dict[str, list[torch.Tensor]] = {
         k: [] for k in ("norm", "agree_b", "agree_a", "with_1", "top_dir")
     }
@@ -92,9 +87,9 @@ def anatomy(
         found["agree_a"].append(agreement(g_a))
         unit = torch.nn.functional.normalize(columns, dim=-1)
         found["with_1"].append((unit * unit[:, :1]).sum(-1).abs().mean(0))
-        a, b = state[module + LORA_A], state[module + LORA_B]
-        rows = torch.nn.functional.normalize(a.double(), dim=-1)
-        found["top_dir"].append((rows @ top_direction(a, b)).abs().float())
+        rows = torch.nn.functional.normalize(state[module + LORA_A].double(), dim=-1)
+        top = torch.nn.functional.normalize(leading[module + LORA_A][0].double(), dim=0)
+        found["top_dir"].append((rows @ top).abs().float())
     return {k: torch.stack(rows).median(0).values.tolist() for k, rows in found.items()}
 
 

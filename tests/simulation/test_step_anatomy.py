@@ -1,7 +1,7 @@
 """benchmarks/step_anatomy.py: per-component gradient measures of a global adapter."""
 
 import torch
-from benchmarks.step_anatomy import agreement, anatomy, top_direction
+from benchmarks.step_anatomy import agreement, anatomy
 
 from prelort.aggregation.ordered import svd_ordered
 
@@ -12,10 +12,16 @@ def test_agreement_is_one_for_repeated_gradients_and_minus_one_for_opposed():
     assert torch.allclose(agreement(torch.cat([g, -g])), -torch.ones(3))
 
 
-def test_top_direction_is_the_products_strongest_right_singular_vector():
-    a, b = torch.randn(4, 9), torch.randn(7, 4)
-    expected = torch.linalg.svd((b @ a).double()).Vh[0]
-    assert abs(float(top_direction(a, b) @ expected)) > 1 - 1e-9
+def test_top_dir_is_each_a_rows_cosine_with_the_products_strongest_direction():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(4, 9, generator=g), torch.randn(7, 4, generator=g)
+    grads = {"m": (torch.randn(2, 7, 4, generator=g), torch.randn(2, 4, 9, generator=g))}
+    strongest = torch.linalg.svd((b @ a).double()).Vh[0]
+    expected = (torch.nn.functional.normalize(a.double(), dim=-1) @ strongest).abs()
+    found = anatomy(grads, {"m.lora_a": a, "m.lora_b": b})["top_dir"]
+    torch.testing.assert_close(
+        torch.tensor(found, dtype=torch.float64), expected, atol=1e-5, rtol=0
+    )
 
 
 def test_an_svd_ordered_adapter_keeps_the_strongest_direction_in_component_one_alone():
