@@ -86,6 +86,18 @@ def ladder_run(adapted, data, config, objective=None):
     )
 
 
+def one_step(adapted, start, objective):
+    """The state after one ``ladder_run`` step (8 rows, lr 1e-2) from ``start`` under ``objective``."""
+    from prelort.adapters import get_state, set_state
+    from prelort.training.local import LocalTrainingConfig
+
+    set_state(adapted, start)
+    ladder_run(
+        adapted, token_rows(8), LocalTrainingConfig(steps=1, batch_size=8, lr=1e-2), objective
+    )
+    return get_state(adapted)
+
+
 def token_rows(rows, seed=0):
     """``rows`` random 8-token classification examples labelled 0, 1, 0, 1, ..."""
     from prelort.data.encoding import EncodedSplit

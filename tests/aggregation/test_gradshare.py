@@ -3,12 +3,11 @@
 import pytest
 import torch
 
-from prelort.adapters import get_state, set_state
+from prelort.adapters import get_state
 from prelort.aggregation.gradshare import GradientShareObjective, gradient_share_scales
 from prelort.aggregation.registry import get_method
-from prelort.training.local import LocalTrainingConfig
 from prelort.training.objective import PLAIN
-from tests_helpers import ladder_run, token_rows, trained_adapter, without_dropout
+from tests_helpers import one_step, trained_adapter, without_dropout
 
 
 def test_scales_follow_the_gradient_norms_with_unit_mean_square():
@@ -19,14 +18,6 @@ def test_scales_follow_the_gradient_norms_with_unit_mean_square():
     assert scales.pow(2).mean().item() == pytest.approx(1.0)
     zero = gradient_share_scales(torch.zeros(3, 2), torch.zeros(2, 3))
     assert zero.tolist() == [1.0, 1.0, 1.0]
-
-
-def one_step(adapted, start, objective):
-    set_state(adapted, start)
-    ladder_run(
-        adapted, token_rows(8), LocalTrainingConfig(steps=1, batch_size=8, lr=1e-2), objective
-    )
-    return get_state(adapted)
 
 
 def test_a_step_moves_each_component_by_one_factor_whose_mean_square_is_one(tiny_bert):

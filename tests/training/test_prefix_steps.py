@@ -2,12 +2,11 @@
 
 import torch
 
-from prelort.adapters import get_state, set_state
+from prelort.adapters import get_state
 from prelort.aggregation.prelort import PrefixStepObjective
-from prelort.training.local import LocalTrainingConfig
 from prelort.training.nested import prefix_step_scales
 from prelort.training.objective import PLAIN
-from tests_helpers import ladder_run, token_rows, trained_adapter, without_dropout
+from tests_helpers import one_step, trained_adapter, without_dropout
 
 
 def test_scales_are_the_share_of_truncations_containing_each_component():
@@ -17,17 +16,10 @@ def test_scales_are_the_share_of_truncations_containing_each_component():
     assert prefix_step_scales([4], 4).tolist() == [1, 1, 1, 1]
 
 
-def one_step(adapted, start, prefix_steps):
-    set_state(adapted, start)
-    config = LocalTrainingConfig(steps=1, batch_size=8, lr=1e-2)
-    ladder_run(adapted, token_rows(8), config, PrefixStepObjective() if prefix_steps else PLAIN)
-    return get_state(adapted)
-
-
 def test_a_step_moves_each_component_by_its_share_of_the_plain_step(tiny_bert):
     adapted = trained_adapter(without_dropout(tiny_bert), head=True)
     start = get_state(adapted)
-    plain, scaled = one_step(adapted, start, False), one_step(adapted, start, True)
+    plain, scaled = one_step(adapted, start, PLAIN), one_step(adapted, start, PrefixStepObjective())
     share = prefix_step_scales([2, 4, 8], 8)
     for key in start:
         if key.endswith("lora_a"):
