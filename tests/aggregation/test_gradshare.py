@@ -5,9 +5,10 @@ import torch
 
 from prelort.adapters import get_state
 from prelort.aggregation.gradshare import GradientShareObjective, gradient_share_scales
+from prelort.aggregation.method import AggregationContext
 from prelort.aggregation.registry import get_method
 from prelort.training.objective import PLAIN
-from tests_helpers import one_step, trained_adapter, without_dropout
+from tests_helpers import lora_update, one_step, trained_adapter, without_dropout
 
 
 def test_scales_follow_the_gradient_norms_with_unit_mean_square():
@@ -40,8 +41,17 @@ def test_a_step_moves_each_component_by_one_factor_whose_mean_square_is_one(tiny
         torch.testing.assert_close(shared[key], plain[key])
 
 
-def test_the_method_aggregates_as_the_recommended_one_and_trains_with_shared_steps():
-    method, recommended = get_method("prelort-ordered-g"), get_method("prelort-ordered-u")
-    assert method.split == recommended.split == "unit-a"
+def test_the_method_aggregates_as_ordered_u_and_trains_with_shared_steps():
+    method, ordered_u = get_method("prelort-ordered-g"), get_method("prelort-ordered-u")
     assert method.nested == "all"
+    zeros = {"m.lora_a": torch.zeros(4, 6), "m.lora_b": torch.zeros(5, 4)}
+    updates = [
+        lora_update(0, 2, 3, seed=1, in_features=6, out_features=5),
+        lora_update(1, 4, 1, seed=2, in_features=6, out_features=5),
+    ]
+    context = AggregationContext(ladder=(2, 4), scale=1.0)
+    ours = method.rule(context)(zeros, updates)
+    theirs = ordered_u.rule(context)(zeros, updates)
+    assert all(torch.equal(ours[key], theirs[key]) for key in zeros)
+    assert not torch.equal(ours["m.lora_b"], zeros["m.lora_b"])
     assert isinstance(method.local_objective(4, [2, 4, 8], [2, 4, 8]), GradientShareObjective)

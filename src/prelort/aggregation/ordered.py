@@ -12,8 +12,9 @@ PreLort's; every prefix r becomes the best rank-r approximation of that product 
 the low tiers inherit what the high-rank clients learnt, and the next round's nested training
 starts from that order. The re-factorisation does not depend on the LoRA scale. How the singular
 values are split between the factors changes no product, only the next round's optimizer steps
-(``split``: ``prelort-ordered-u``, the recommended method, keeps A's rows orthonormal;
-``prelort-ordered-a`` keeps their RMS norm, LoRA's convention).
+(``split``: ``prelort-ordered-u`` keeps A's rows orthonormal, and the recommended
+``prelort-ordered-g``, in ``gradshare``, aggregates as it does; ``prelort-ordered-a`` keeps their
+RMS norm, LoRA's convention).
 
 Components with a negligible singular value (e.g. a segment nobody has trained yet, B = 0) would
 come out as zero rows and columns, which no gradient can revive; they keep the previous A rows
@@ -176,8 +177,8 @@ register(
         "prelort-ordered-u",
         "PreLort + SVD order: segment-wise average, then each module's product re-factorised "
         "in singular-value order with A's rows orthonormal and B carrying the singular values "
-        "(RB-LoRA's factor convention)",
-        group="recommended",
+        "(RB-LoRA's factor convention; the default from 2026-12-02 to prelort-ordered-g)",
+        group="experimental",
         nested="all",
         split="unit-a",
     ),

@@ -20,16 +20,16 @@ from prelort.errors import ConfigError
 # How `prelort methods` presents them, in this order, from the measurements in README and
 # docs/RESULTS.md. A method names its group.
 GROUPS: dict[str, str] = {
-    "recommended": "recommended, the default (ahead of or tied with prelort-ordered-a and the "
-    "paper's rule at every tier on BBC News, 20 Newsgroups, a held-out task and headline "
-    "writing, 3 seeds; docs/RESULTS.md section 20)",
+    "recommended": "recommended, the default (ahead of or tied with prelort-ordered-u, the default "
+    "before it, at every tier on headline writing, R8 and BBC label writing, 3 seeds; "
+    "docs/RESULTS.md sections 28, 29)",
     "paper": "the paper's rule",
     "baseline": "baselines",
     "peer": "nearest peers (rank-wise aggregation rules of 2025-2026)",
     "reference": "references",
     "ablation": "ablations",
     "candidate": "candidates (each measured ahead of the recommended one on one task so far; "
-    "docs/RESULTS.md sections 12, 28)",
+    "docs/RESULTS.md section 12)",
     "experimental": "experimental (measured no better than the recommended one)",
 }
 

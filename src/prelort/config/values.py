@@ -16,7 +16,7 @@ from prelort.errors import ConfigError
 HEAD_LR_FACTOR = 30.0
 # The default method of every entry point (simulate, compare, aggregate, the Flower app's
 # pyproject.toml); its registry group is "recommended" (docs/RESULTS.md, the decision rows).
-RECOMMENDED_METHOD = "prelort-ordered-u"
+RECOMMENDED_METHOD = "prelort-ordered-g"
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 # train_dtype, eval_dtype; "bfloat16-if-native": bf16 only where the device computes it natively
 # (an AVX2-only CPU emulates it: MiniLM's scoring forward at 7.4x the fp32 time, PERFORMANCE 6)
