@@ -19,8 +19,8 @@ Measured against ``prelort-ordered-u`` (docs/RESULTS.md sections 28, 29; 3 seeds
 headlines at lr 4e-3 (24 rounds) 0.091 / 0.060 / 0.053 nats per token ahead at ranks 2 / 4 / 8, its update
 as concentrated as FedIT's (95-96 % of the energy in rank 2), and at the packaged 3-round budget 0.095 /
 0.060 / 0.045 ahead; on R8 (24 rounds), BBC label writing (12 rounds) and BBC News (8 rounds; 0.7-0.8
-points behind at ranks 4-16 there) tied at every tier, no interval separated. The recommended method, the default of every entry point, since
-2026-12-03.
+points behind at ranks 4-16 there) tied at every tier, no interval separated. The recommended method,
+the default of every entry point, since 2026-12-03.
 """
 
 from __future__ import annotations
