@@ -139,6 +139,8 @@ CASES = [
     ),
     ("summarize-empty", ["summarize", "{dir}"], "no finished run"),
     ("summarize-rounds-from", ["summarize", "{dir}", "--rounds-from", "-3"], "rounds-from"),
+    ("summarize-pooled-no-out", ["summarize", "{dir}", "{dir}"], "--out"),
+    ("summarize-missing", ["summarize", "{dir}/no-compare"], "no-compare"),
     *(
         []
         if torch.cuda.is_available()

@@ -8,6 +8,7 @@ import torch
 
 from prelort.adapters import state_rank
 from prelort.aggregation import methods
+from prelort.errors import DataError
 from prelort.io import load_adapter
 from prelort.runtime.outputs import write_outputs
 from prelort.simulation import assign_ranks, build_workbench, run_simulation
@@ -122,6 +123,33 @@ def test_comparison_shares_partitions_and_writes_tables(tiny_bert_dir, topic_jso
         and "Difference in accuracy to zeropad" in table
     )
     assert (config.out / "differences_accuracy_vs_zeropad.png").is_file()
+
+
+def test_a_reference_run_later_pools_with_a_comparison_as_if_run_beside_it(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    from prelort.simulation.compare import load_comparison
+
+    config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "both", rounds=1)
+    together = run_comparison(config, ["prelort", "zeropad"], [0], progress=False)
+    write_comparison(together, config.out, ["zeropad"])
+    run_comparison(config.replace(out=tmp_path / "a"), ["prelort"], [0], progress=False)
+    run_comparison(config.replace(out=tmp_path / "b"), ["zeropad"], [0], progress=False)
+    pooled = load_comparison(tmp_path / "a", tmp_path / "b")
+    assert pooled.run_dir("zeropad", 0) == tmp_path / "b" / "zeropad-seed0"
+    write_comparison(pooled, tmp_path / "pooled", ["zeropad"])
+    rows = (tmp_path / "pooled" / "differences.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3  # prelort - zeropad at each tier, paired across the two folders
+    assert rows == (config.out / "differences.csv").read_text().splitlines()
+    run_comparison(config.replace(out=tmp_path / "b"), ["zeropad"], [1], progress=False)
+    table = write_comparison(load_comparison(tmp_path / "a", tmp_path / "b"), tmp_path / "pooled")
+    assert "| zeropad (n = 2) |" in table["summary_md"].read_text()  # seeds differ: say so
+    with pytest.raises(DataError, match="two of the pooled folders"):
+        load_comparison(tmp_path / "a", tmp_path / "both")
+    other = config.replace(out=tmp_path / "c", local_steps=1)
+    run_comparison(other, ["zeropad"], [1], progress=False)
+    with pytest.raises(DataError, match="runs differ in local_steps"):
+        load_comparison(tmp_path / "a", tmp_path / "c")
 
 
 def test_a_dp_comparison_states_the_privacy_it_spent(tiny_bert_dir, topic_jsonl, tmp_path):

@@ -161,7 +161,18 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     calibrate.set_defaults(func=cmd_calibrate)
 
     summarize = sub.add_parser("summarize", help="rebuild the tables and plots of a compare folder")
-    summarize.add_argument("folder", type=Path, help="the --out folder of prelort compare")
+    summarize.add_argument(
+        "folder",
+        type=Path,
+        nargs="+",
+        help="the --out folder of prelort compare, or several to pool (a reference re-run "
+        "beside a comparison later, say); pooled runs must share the comparison's settings",
+    )
+    summarize.add_argument(
+        "--out",
+        type=Path,
+        help="where the tables and plots go [default: the folder; required when pooling]",
+    )
     summarize.add_argument("--reference", help=REFERENCE_HELP)
     summarize.add_argument(
         "--rounds-from",

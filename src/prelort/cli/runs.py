@@ -265,7 +265,12 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
     if args.rounds_from < 0:
         raise ConfigError(f"rounds-from: {args.rounds_from} is negative; give a round, 0 for all")
-    comparison = load_comparison(args.folder)
+    if len(args.folder) > 1 and args.out is None:
+        raise ConfigError(
+            f"out: {len(args.folder)} folders pooled; name the folder the summary goes to with --out"
+        )
+    out = args.out or args.folder[0]
+    comparison = load_comparison(*args.folder)
     _check_references(args.reference, comparison.methods, "the compared methods")
     if comparison.unfinished:
         print(
@@ -273,5 +278,6 @@ def cmd_summarize(args: argparse.Namespace) -> int:
             + ", ".join(comparison.unfinished)
             + " (finish them with `prelort simulate --resume`)"
         )
-    _report_comparison(comparison, args.folder, _references(args.reference), args.rounds_from)
+    out.mkdir(parents=True, exist_ok=True)
+    _report_comparison(comparison, out, _references(args.reference), args.rounds_from)
     return 0

@@ -41,6 +41,13 @@ class Comparison:
     seeds: list[int]
     runs: dict[tuple[str, int], SimulationResult] = field(default_factory=dict)
     unfinished: list[str] = field(default_factory=list)
+    # Where each run's folder is, for comparisons pooled from several compare folders; a run not
+    # named here lives at ``<base.out>/<label>-seed<S>``.
+    run_dirs: dict[tuple[str, int], Path] = field(default_factory=dict)
+
+    def run_dir(self, label: str, seed: int) -> Path:
+        """The folder of one run: its metrics.json, examples.json and adapter."""
+        return self.run_dirs.get((label, seed), self.base.out / f"{label}-seed{seed}")
 
     def summary_rows(self) -> list[dict[str, Any]]:
         """One row per method, tier and metric: mean and std of the final value over seeds."""
@@ -166,7 +173,13 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
                 f"{r['mean']:.4f} ± {r['std']:.4f}" if r["seeds"] > 1 else f"{r['mean']:.4f}"
             )
         tiers = sorted({r["tier"] for r in sel})
-        grid = [([method], by_tier) for method, by_tier in cells.items()]
+        # Runs pooled from several folders can hold a method on fewer seeds than another.
+        seeds = {r["method"]: r["seeds"] for r in sel}
+        uneven = len(set(seeds.values())) > 1
+        grid = [
+            ([f"{method} (n = {seeds[method]})" if uneven else method], by_tier)
+            for method, by_tier in cells.items()
+        ]
         blocks.append(tier_table(METRIC_LABELS.get(metric, metric), tiers, grid))
     return "\n\n".join(blocks)
 
@@ -300,39 +313,55 @@ def _inert(key: str, *configs: dict) -> bool:
     return all(c.get(switch, SETTING_DEFAULTS.get(switch)) == value for c in configs)
 
 
-def load_comparison(out_dir: Path) -> Comparison:
-    """Rebuild a comparison from the ``<label>-seed<S>/metrics.json`` folders of a compare run.
+def load_comparison(out_dir: Path, *more: Path) -> Comparison:
+    """Rebuild a comparison from the ``<label>-seed<S>/metrics.json`` folders of a compare run, or
+    of several pooled (``more``): e.g. a reference re-run later beside a comparison, into its own
+    folder. Pooled runs must share every setting a comparison holds fixed, as one folder's do.
 
     Unfinished runs (no final metrics yet) are left out and named in ``Comparison.unfinished``.
 
     Raises:
-        DataError: no finished run under ``out_dir``, an unreadable metrics file, or runs whose
-            task or settings differ (the message names the setting and the two runs).
+        DataError: no finished run in any folder, an unreadable metrics file, runs whose task or
+            settings differ (the message names the setting and the two runs), or the same run
+            (method and seed) in two folders.
     """
+    folders = [out_dir, *more]
+    for folder in folders:
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such folder; give the --out folder of prelort compare")
     runs: dict[tuple[str, int], SimulationResult] = {}
+    run_dirs: dict[tuple[str, int], Path] = {}
     unfinished: list[str] = []
     config, first = None, None
-    for path in sorted(out_dir.glob("*-seed*/metrics.json")):
+    for path in [p for folder in folders for p in sorted(folder.glob("*-seed*/metrics.json"))]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(f"{path}: not a readable metrics file ({e})") from None
+        name = _run_name(path.parent, len(folders) > 1)
         if not data.get("final", {}).get("tiers"):
-            unfinished.append(path.parent.name)
+            unfinished.append(name)
             continue
         method, _, seed = path.parent.name.rpartition("-seed")
         if config is None:
-            config, first = data["config"], path.parent.name
+            config, first = data["config"], name
         for key in sorted(set(config) | set(data["config"])):
             default = SETTING_DEFAULTS.get(key)
             ours, theirs = config.get(key, default), data["config"].get(key, default)
             if key in VARIED_SETTINGS or ours == theirs or _inert(key, config, data["config"]):
                 continue
+            where = out_dir if len(folders) == 1 else "pooled folders"
             raise DataError(
-                f"{out_dir}: runs differ in {key}: {ours!r} in {first}, "
-                f"{theirs!r} in {path.parent.name}; summarize one setting at a time"
+                f"{where}: runs differ in {key}: {ours!r} in {first}, "
+                f"{theirs!r} in {name}; summarize one setting at a time"
             )
-        result = SimulationResult(
+        key = (method, int(seed))
+        if key in run_dirs:
+            raise DataError(
+                f"{method} seed {seed} is in two of the pooled folders ({run_dirs[key]} and "
+                f"{path.parent}); pool each run once"
+            )
+        runs[key] = SimulationResult(
             data["config"],
             data["client_ranks"],
             data["client_examples"],
@@ -342,9 +371,10 @@ def load_comparison(out_dir: Path) -> Comparison:
             data.get("traffic", []),
             data.get("wall_seconds", 0.0),
         )
-        runs[(method, int(seed))] = result
+        run_dirs[key] = path.parent
     if config is None:
-        raise DataError(f"no finished run (<method>-seed<S>/metrics.json) under {out_dir}")
+        where = " or ".join(str(f) for f in folders)
+        raise DataError(f"no finished run (<method>-seed<S>/metrics.json) under {where}")
     order = list(registered_methods())
     method_of = {label: run.config["method"] for (label, _), run in runs.items()}
     methods = sorted(
@@ -353,7 +383,12 @@ def load_comparison(out_dir: Path) -> Comparison:
     )
     seeds = sorted({s for _, s in runs})
     base = config_from_mapping({**config, "out": str(out_dir)})
-    return Comparison(base, methods, seeds, runs, unfinished)
+    return Comparison(base, methods, seeds, runs, unfinished, run_dirs)
+
+
+def _run_name(run_dir: Path, pooled: bool) -> str:
+    """A run as messages name it: its folder, with the compare folder's name where pooled."""
+    return f"{run_dir.parent.name}/{run_dir.name}" if pooled else run_dir.name
 
 
 def write_comparison(
@@ -379,7 +414,7 @@ def write_comparison(
         if len(comparison.methods) > 1
         else []
     )
-    diffs = paired_differences(comparison, out_dir, references) if references else []
+    diffs = paired_differences(comparison, references) if references else []
     moves = trends(comparison)
     trend_rows = [t.to_row() for t in moves]
     distances = gaps(comparison, references)

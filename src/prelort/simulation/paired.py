@@ -88,9 +88,7 @@ def default_reference(methods: Sequence[str]) -> str:
     return next((m for m in methods if m in recommended), methods[0])
 
 
-def paired_differences(
-    comparison: Comparison, out_dir: Path, references: Sequence[str]
-) -> list[Difference]:
+def paired_differences(comparison: Comparison, references: Sequence[str]) -> list[Difference]:
     """Every other method's difference to each of ``references`` per tier and per-example metric.
 
     ``write_comparison`` passes the recommended method by default. Several references give the
@@ -99,7 +97,7 @@ def paired_differences(
     method without any is left out.
     """
     scores = {
-        (label, seed): run_examples(out_dir / f"{label}-seed{seed}")
+        (label, seed): run_examples(comparison.run_dir(label, seed))
         for label, seed in comparison.runs
     }
     out: list[Difference] = []
