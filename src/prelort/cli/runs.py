@@ -278,6 +278,5 @@ def cmd_summarize(args: argparse.Namespace) -> int:
             + ", ".join(comparison.unfinished)
             + " (finish them with `prelort simulate --resume`)"
         )
-    out.mkdir(parents=True, exist_ok=True)
     _report_comparison(comparison, out, _references(args.reference), args.rounds_from)
     return 0

@@ -29,7 +29,7 @@ from prelort.simulation.paired import (
     plot_differences,
 )
 from prelort.simulation.plots import plot_comparison, plot_rounds
-from prelort.simulation.tables import tier_table
+from prelort.simulation.tables import seed_labels, tier_table
 
 
 @dataclass
@@ -173,13 +173,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
                 f"{r['mean']:.4f} ± {r['std']:.4f}" if r["seeds"] > 1 else f"{r['mean']:.4f}"
             )
         tiers = sorted({r["tier"] for r in sel})
-        # Runs pooled from several folders can hold a method on fewer seeds than another.
-        seeds = {r["method"]: r["seeds"] for r in sel}
-        uneven = len(set(seeds.values())) > 1
-        grid = [
-            ([f"{method} (n = {seeds[method]})" if uneven else method], by_tier)
-            for method, by_tier in cells.items()
-        ]
+        labels = seed_labels({r["method"]: r["seeds"] for r in sel})
+        grid = [([labels[method]], by_tier) for method, by_tier in cells.items()]
         blocks.append(tier_table(METRIC_LABELS.get(metric, metric), tiers, grid))
     return "\n\n".join(blocks)
 
@@ -325,7 +320,7 @@ def load_comparison(out_dir: Path, *more: Path) -> Comparison:
             settings differ (the message names the setting and the two runs), or the same run
             (method and seed) in two folders.
     """
-    folders = [out_dir, *more]
+    folders, pooled = [out_dir, *more], bool(more)
     for folder in folders:
         if not folder.is_dir():
             raise DataError(f"{folder}: no such folder; give the --out folder of prelort compare")
@@ -338,7 +333,7 @@ def load_comparison(out_dir: Path, *more: Path) -> Comparison:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(f"{path}: not a readable metrics file ({e})") from None
-        name = _run_name(path.parent, len(folders) > 1)
+        name = _run_name(path.parent, pooled)
         if not data.get("final", {}).get("tiers"):
             unfinished.append(name)
             continue
@@ -350,7 +345,7 @@ def load_comparison(out_dir: Path, *more: Path) -> Comparison:
             ours, theirs = config.get(key, default), data["config"].get(key, default)
             if key in VARIED_SETTINGS or ours == theirs or _inert(key, config, data["config"]):
                 continue
-            where = out_dir if len(folders) == 1 else "pooled folders"
+            where = "pooled folders" if pooled else out_dir
             raise DataError(
                 f"{where}: runs differ in {key}: {ours!r} in {first}, "
                 f"{theirs!r} in {name}; summarize one setting at a time"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prelort.runtime.outputs import EXAMPLES_NAME, METRIC_LABELS, method_colors, save_figure
-from prelort.simulation.tables import tier_table
+from prelort.simulation.tables import seed_labels, tier_table
 
 if TYPE_CHECKING:
     from prelort.simulation.compare import Comparison
@@ -146,6 +146,7 @@ def difference_table(diffs: Sequence[Difference]) -> str:
         first = sel[0]
         # A method pairs with the reference only over the seeds both ran, so rows can differ.
         seed_counts = {d.method: d.seeds for d in sel}
+        labels = seed_labels(seed_counts)
         uniform = len(set(seed_counts.values())) == 1
         seeds = f"{first.seeds} seed(s)" if uniform else "the seeds both ran (n per row)"
         caption = (
@@ -159,10 +160,7 @@ def difference_table(diffs: Sequence[Difference]) -> str:
             cells.setdefault(d.method, {})[d.tier] = (
                 f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]{' *' if d.separated else ''}"
             )
-        grid = [
-            ([method if uniform else f"{method} (n = {seed_counts[method]})"], by_tier)
-            for method, by_tier in cells.items()
-        ]
+        grid = [([labels[method]], by_tier) for method, by_tier in cells.items()]
         blocks.append(caption + "\n\n" + tier_table("method", tiers, grid))
     return "\n\n".join(blocks)
 

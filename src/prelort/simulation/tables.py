@@ -11,6 +11,13 @@ from collections.abc import Iterable, Mapping, Sequence
 MISSING = "–"  # a tier the method has no figure for (its ranks stop below it, or a metric it lacks)
 
 
+def seed_labels(seeds: Mapping[str, int]) -> dict[str, str]:
+    """Row labels per method: the name, with ``(n = k)`` where the methods' seed counts differ
+    (runs pooled from several folders, or a method pairing with a reference on fewer seeds)."""
+    uneven = len(set(seeds.values())) > 1
+    return {m: f"{m} (n = {k})" if uneven else m for m, k in seeds.items()}
+
+
 def tier_table(
     corner: str,
     tiers: Sequence[int],
