@@ -70,6 +70,18 @@ def test_generation_federation_reports_perplexity_and_rouge(
     assert min(nll) <= math.log(final["perplexity"]) <= max(nll)
 
 
+def test_the_progress_bar_shows_the_loss_of_clients_that_trained(
+    tiny_llama_dir, headline_jsonl, tmp_path, capsys
+):
+    # lowest-alone's higher-rank clients of a causal LM train nothing and report NaN; the bar
+    # showed "loss=nan" after them, which reads as a diverged run
+    config = tiny(tiny_llama_dir, headline_jsonl, tmp_path / "alone", method="lowest-alone")
+    result = run_simulation(config, progress=True)
+    bar = capsys.readouterr().err
+    assert "loss=" in bar and "nan" not in bar
+    assert math.isfinite(result.rounds[-1]["train_loss"])
+
+
 def test_learning_happens(tiny_bert_dir, topic_jsonl, tmp_path):
     config = tiny(
         tiny_bert_dir,

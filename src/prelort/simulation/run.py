@@ -7,6 +7,7 @@ initial adapter, the clients sampled each round, and each client's batches and t
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,7 +72,9 @@ def run_simulation(
                 continue  # the client vanished mid-round: no reply arrives
             reply = fed.train_client(server.prefix(client), client, round_index)
             replies.append(reply)
-            bar.set_postfix(round=round_index, loss=f"{reply.loss:.3f}")
+            # a frozen client (lowest-alone's others) trained nothing and reports NaN
+            if not math.isnan(reply.loss):
+                bar.set_postfix(round=round_index, loss=f"{reply.loss:.3f}")
         trained = time.perf_counter()
         outcome = fed.server_step(server, draw.sampled, replies)
         server = outcome.server
