@@ -86,6 +86,9 @@ def rescore_run(
         {
             **metrics,
             "final": {"tiers": scores},
+            # only the final adapter was re-scored: the source's earlier rounds are its own tiers,
+            # and kept here they drew the source's curve under the re-scored method's name
+            "rounds": [{**metrics["rounds"][-1], "tiers": scores}] if metrics["rounds"] else [],
             "rescored": {"source": str(run), "split": split, "eval_dtype": eval_dtype},
             "wall_seconds": round(time.perf_counter() - start, 1),
         },

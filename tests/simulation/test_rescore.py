@@ -24,6 +24,10 @@ def test_the_reordered_adapter_keeps_the_top_tier_and_is_summarised_beside_its_r
     examples = json.loads((out / "examples.json").read_text())["tiers"]
     assert len(examples[top]["nll"]) == config.eval_examples
     assert set(load_comparison(tmp_path / "cmp").methods) == {"prelort", "prelort-ordered-once"}
+    # its one round is the re-scored final one, not the source run's curve under another name
+    rounds = json.loads((out / "metrics.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [result.rounds[-1]["round"]]
+    assert rounds[0]["tiers"][top]["perplexity"] == tiers[top]["perplexity"]
 
 
 def test_the_method_trains_as_prelort_and_serves_the_reordered_adapter(
