@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -56,10 +57,19 @@ def _package_dir(module: str, install_hint: str) -> Path:
     return Path(spec.origin).parent
 
 
+def _complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
 def smollm2_path() -> Path:
-    """A bf16 safetensors copy of SmolLM2-135M-Instruct, converted from the packaged GGUF once."""
+    """A bf16 safetensors copy of SmolLM2-135M-Instruct, converted from the packaged GGUF once.
+
+    Several processes may convert at once (the workers of a first ``prelort compare``): each
+    builds its copy apart and renames it into place; the first complete copy stays, since another
+    process may already be loading it, and the later ones are discarded.
+    """
     target = cache_dir() / "smollm2-135m-instruct-bf16"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _complete(target):
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -80,12 +90,30 @@ def smollm2_path() -> Path:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)  # the cache appears whole or not at all
+        _move_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``, so that the cache appears whole or not at all.
+
+    A complete ``target`` that appeared meanwhile (another process converted too) is kept; an
+    incomplete one (an interrupted copy of an older version) is moved aside and removed first.
+    """
+    for _ in range(3):
+        try:
+            staging.rename(target)
+            return
+        except OSError:  # target exists and is not empty
+            if _complete(target):
+                return
+            aside = make_staging_dir(target.parent, ".stale-")
+            with contextlib.suppress(FileNotFoundError):  # another process moved it first
+                target.rename(aside / target.name)
+            shutil.rmtree(aside, ignore_errors=True)
+    raise ModelError(f"cannot put the converted model in place at {target}")
 
 
 def minilm_path() -> Path:

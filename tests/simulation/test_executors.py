@@ -7,6 +7,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from prelort.errors import ModelError
+from prelort.simulation.executors import run_in_processes
+from tests_helpers import tiny
+
 PARENT = """
 import os, sys
 from concurrent.futures import ProcessPoolExecutor
@@ -50,3 +56,18 @@ def test_a_killed_comparison_leaves_no_worker_training(tmp_path):
         assert not alive(worker), "the worker kept running after its parent was killed"
     finally:
         parent.kill()
+
+
+def test_a_failed_run_is_said_at_once_and_the_rest_cancelled(
+    tiny_bert_dir, topic_jsonl, tmp_path, caplog
+):
+    good = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "good", rounds=1)
+    bad = good.replace(model=str(tmp_path / "no-such-model"), out=tmp_path / "bad")
+    runs = [("broken", 0, bad), ("fine", 0, good.replace(out=tmp_path / "a"))]
+    runs += [("fine", seed, good.replace(out=tmp_path / f"s{seed}")) for seed in (1, 2, 3)]
+    with pytest.raises(ModelError, match="no-such-model"):
+        for _ in run_in_processes(runs, 2, progress=False):
+            pass
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(said) == 1 and said[0].startswith("broken seed 0 failed: model: cannot load")
+    assert said[0].endswith("cancelled")  # what still runs and what will not

@@ -8,18 +8,21 @@ are the same files; the numbers agree up to the float rounding that another thre
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from prelort.config import SimulationConfig
 from prelort.runtime.outputs import format_round, write_outputs, write_progress
 from prelort.runtime.result import SimulationResult
 from prelort.runtime.workbench import Workbench, build_workbench, workbench_key
 from prelort.simulation.run import run_simulation
+
+log = logging.getLogger(__name__)
 
 # (label, seed, config) of one run of a comparison.
 Run = tuple[str, int, SimulationConfig]
@@ -96,7 +99,8 @@ def run_in_processes(
     evaluated round, prefixed with its run.
 
     Raises:
-        Whatever a run raised (the runs not started yet are cancelled first).
+        Whatever a run raised, once the runs under way have finished (their folders are
+        written); the runs not started are cancelled, and the failure is logged at once.
     """
     context = multiprocessing.get_context("spawn")  # a forked torch can deadlock in OpenMP
     with ProcessPoolExecutor(
@@ -110,10 +114,25 @@ def run_in_processes(
             for label, seed, config in runs
         }
         while pending:
-            done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 label, seed = pending.pop(future)
-                if future.exception() is not None:
+                error = future.exception()
+                if error is not None:
+                    # said at once: the runs under way may take an hour before the error is raised
+                    under_way = [
+                        f"{lbl} seed {s}" for f, (lbl, s) in pending.items() if f.running()
+                    ]
+                    log.error(
+                        "%s seed %d failed: %s; %s, the other %d cancelled",
+                        label,
+                        seed,
+                        error,
+                        f"waiting for the runs under way ({', '.join(under_way)})"
+                        if under_way
+                        else "no run is under way",
+                        len(pending) - len(under_way),
+                    )
                     pool.shutdown(cancel_futures=True)
-                    raise future.exception()
+                    raise error
                 yield label, seed, future.result()
