@@ -106,14 +106,15 @@ def _move_into_place(staging: Path, target: Path) -> None:
         try:
             staging.rename(target)
             return
-        except OSError:  # target exists and is not empty
+        except OSError as e:  # target exists and is not empty, or the folder is not writable
             if _complete(target):
                 return
+            error = e
             aside = make_staging_dir(target.parent, ".stale-")
             with contextlib.suppress(FileNotFoundError):  # another process moved it first
                 target.rename(aside / target.name)
             shutil.rmtree(aside, ignore_errors=True)
-    raise ModelError(f"cannot put the converted model in place at {target}")
+    raise ModelError(f"cannot put the converted model in place at {target}: {error}")
 
 
 def minilm_path() -> Path:
