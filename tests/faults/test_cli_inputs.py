@@ -141,6 +141,7 @@ CASES = [
     ("summarize-rounds-from", ["summarize", "{dir}", "--rounds-from", "-3"], "rounds-from"),
     ("summarize-pooled-no-out", ["summarize", "{dir}", "{dir}"], "--out"),
     ("summarize-missing", ["summarize", "{dir}/no-compare"], "no-compare"),
+    ("summarize-vary-unknown", ["summarize", "{dir}", "--vary", "lr,stepz"], "vary: stepz"),
     *(
         []
         if torch.cuda.is_available()

@@ -120,6 +120,7 @@ def test_hetlora_prunes_a_quiet_tail_and_flora_merges():
         server, [0, 1], [reply(0, 4, 1.0, tail_ratio=0.01), reply(1, 4, 1.0, tail_ratio=0.5)], rules
     )
     assert outcome.server.client_ranks == (3, 4)  # the pruned rank falls between the rungs
+    assert outcome.traffic["tail_ratios"] == [0.01, 0.5]  # why: the record keeps the signal
     assert rules.allowed_ranks is None
 
     server, rules = setup("flora", ranks=(1, 2))
@@ -159,6 +160,7 @@ def test_the_secure_step_gives_the_plain_step_from_the_mean_of_shares(method):
     for key, value in plain.server.global_state.items():
         torch.testing.assert_close(secure.server.global_state[key], value, rtol=0, atol=1e-6)
     assert secure.traffic["ranks"] == [1, 2, 4] and secure.traffic["clients"] == 3
+    assert secure.traffic["tail_ratios"] == plain.traffic["tail_ratios"] == [0.0, 0.0, 0.0]
     # every client sends its padded share and the indicators, as 64-bit masked integers
     assert secure.traffic["bytes_up"] == 3 * 8 * (R * (IN + OUT) + R + 2 * 2 + 1)
 

@@ -8,7 +8,7 @@ import torch
 
 from prelort.adapters import state_rank
 from prelort.aggregation import methods
-from prelort.errors import DataError
+from prelort.errors import ConfigError, DataError
 from prelort.io import load_adapter
 from prelort.runtime.outputs import write_outputs
 from prelort.simulation import assign_ranks, build_workbench, run_simulation
@@ -162,6 +162,16 @@ def test_a_reference_run_later_pools_with_a_comparison_as_if_run_beside_it(
     run_comparison(other, ["zeropad"], [1], progress=False)
     with pytest.raises(DataError, match="runs differ in local_steps"):
         load_comparison(tmp_path / "a", tmp_path / "c")
+    # a sweep: named, the setting may differ, and the swept run stands as its own row
+    swept = load_comparison(tmp_path / "a", tmp_path / "b", tmp_path / "c", vary=["local_steps"])
+    assert swept.methods == ["prelort", "zeropad", "zeropad[local_steps=1]"]
+    assert swept.run_dir("zeropad[local_steps=1]", 1) == tmp_path / "c" / "zeropad-seed1"
+    write_comparison(swept, tmp_path / "swept", ["zeropad"])
+    differences = (tmp_path / "swept" / "differences.csv").read_text()
+    assert differences.count("zeropad[local_steps=1],zeropad,") == 3  # paired on seed 1, per tier
+    for wrong, named in (["lr", "stepz"], "stepz"), (["method"], "anyway"):
+        with pytest.raises(ConfigError, match=f"vary: .*{named}"):
+            load_comparison(tmp_path / "a", vary=wrong)
 
 
 def test_a_dp_comparison_states_the_privacy_it_spent(tiny_bert_dir, topic_jsonl, tmp_path):

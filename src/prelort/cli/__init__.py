@@ -175,6 +175,13 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     )
     summarize.add_argument("--reference", help=REFERENCE_HELP)
     summarize.add_argument(
+        "--vary",
+        default="",
+        metavar="SETTINGS",
+        help="comma list of settings the pooled runs may differ in (a sweep: --vary lr,local_steps); "
+        "a run whose value differs from the first run's becomes its own row, <method>[lr=0.002]",
+    )
+    summarize.add_argument(
         "--rounds-from",
         type=int,
         default=0,

@@ -270,7 +270,8 @@ def cmd_summarize(args: argparse.Namespace) -> int:
             f"out: {len(args.folder)} folders pooled; name the folder the summary goes to with --out"
         )
     out = args.out or args.folder[0]
-    comparison = load_comparison(*args.folder)
+    vary = [name.strip().replace("-", "_") for name in args.vary.split(",") if name.strip()]
+    comparison = load_comparison(*args.folder, vary=vary)
     _check_references(args.reference, comparison.methods, "the compared methods")
     if comparison.unfinished:
         print(

@@ -40,6 +40,7 @@ class TrafficRecord(TypedDict):
     """What one round moved and cost on the server.
 
     ``bytes_up``/``bytes_down`` count bytes in the wire format; ``ranks`` are the accepted replies' ranks;
+    ``tail_ratios`` what each reported on its adapter's tail (HetLoRA's pruning signal, 0 elsewhere);
     ``dropped`` the sampled clients whose reply never came; ``segments`` the global adapter after
     the round.
     """
@@ -50,6 +51,7 @@ class TrafficRecord(TypedDict):
     bytes_down: int
     aggregation_seconds: float
     ranks: list[int]
+    tail_ratios: list[float]
     dropped: list[int]
     rejected: list[Rejection]
     segments: list[SegmentRecord]

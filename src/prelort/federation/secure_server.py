@@ -104,6 +104,7 @@ def secure_server_step(
     traffic = traffic_record(
         round_index,
         [r.rank for r in accepted],
+        [r.tail_ratio for r in accepted],
         len(accepted) * share_numel * SECURE_WORD_BYTES,
         wire_bytes(down, rules.wire_dtype),
         agg_start,

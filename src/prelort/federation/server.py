@@ -265,6 +265,7 @@ def server_step(
     dropped = [c for c in sampled if c not in replied]
     updates: list[ClientUpdate] = []
     losses: list[float] = []
+    tail_ratios: list[float] = []
     rejected: list[Rejection] = list(failures)
     ranks = list(server.client_ranks)
     accepted: set[int] = set()
@@ -284,6 +285,7 @@ def server_step(
         accepted.add(reply.client_id)
         updates.append(ClientUpdate(reply.client_id, reply.state, reply.rank, reply.num_examples))
         losses.append(reply.loss)
+        tail_ratios.append(reply.tail_ratio)
         ranks[reply.client_id] = rules.method.next_rank(
             reply.rank, reply.tail_ratio, rules.ladder, rules.assigned(reply.client_id)
         )
@@ -308,6 +310,7 @@ def server_step(
     traffic = traffic_record(
         round_index,
         [u.rank for u in updates],
+        tail_ratios,
         wire_bytes(sum(uplink_numel(u.state, trains(u)) for u in updates), rules.wire_dtype),
         wire_bytes(down, rules.wire_dtype),
         agg_start,
@@ -328,6 +331,7 @@ def server_step(
 def traffic_record(
     round_index: int,
     ranks: list[int],
+    tail_ratios: list[float],
     bytes_up: int,
     bytes_down: int,
     aggregation_start: float,
@@ -341,6 +345,8 @@ def traffic_record(
 
     Args:
         ranks: the rank of each accepted update; their count is the round's clients.
+        tail_ratios: what each accepted client reported on its adapter's tail (HetLoRA prunes
+            on it; 0 where the method has none), in the order of ``ranks``.
         aggregation_start: ``time.perf_counter()`` when aggregation began.
     """
     return {
@@ -350,6 +356,7 @@ def traffic_record(
         "bytes_down": bytes_down,
         "aggregation_seconds": round(time.perf_counter() - aggregation_start, 4),
         "ranks": ranks,
+        "tail_ratios": [round(t, 6) for t in tail_ratios],
         "dropped": dropped,
         "rejected": rejected,
         "segments": segment_record(global_state, rules.ladder, rules.scale),

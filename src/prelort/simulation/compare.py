@@ -13,7 +13,7 @@ from typing import Any
 from prelort.aggregation import get_method
 from prelort.aggregation import methods as registered_methods
 from prelort.config import SimulationConfig, config_from_mapping
-from prelort.errors import DataError
+from prelort.errors import ConfigError, DataError
 from prelort.io import atomic_write_text, write_json
 from prelort.runtime.outputs import (
     METRIC_LABELS,
@@ -308,18 +308,23 @@ def _inert(key: str, *configs: dict) -> bool:
     return all(c.get(switch, SETTING_DEFAULTS.get(switch)) == value for c in configs)
 
 
-def load_comparison(out_dir: Path, *more: Path) -> Comparison:
+def load_comparison(out_dir: Path, *more: Path, vary: Sequence[str] = ()) -> Comparison:
     """Rebuild a comparison from the ``<label>-seed<S>/metrics.json`` folders of a compare run, or
     of several pooled (``more``): e.g. a reference re-run later beside a comparison, into its own
-    folder. Pooled runs must share every setting a comparison holds fixed, as one folder's do.
+    folder. Pooled runs must share every setting a comparison holds fixed, as one folder's do,
+    except those named in ``vary`` (a sweep: a method re-run at another learning rate, say). A run
+    whose value of a varied setting differs from the first run's is labelled
+    ``<label>[<setting>=<value>]``, so it stands as its own row beside the others.
 
     Unfinished runs (no final metrics yet) are left out and named in ``Comparison.unfinished``.
 
     Raises:
+        ConfigError: a name in ``vary`` that is no setting, or one a comparison varies anyway.
         DataError: no finished run in any folder, an unreadable metrics file, runs whose task or
             settings differ (the message names the setting and the two runs), or the same run
-            (method and seed) in two folders.
+            (label and seed) in two folders.
     """
+    check_varied(vary)
     folders, pooled = [out_dir, *more], bool(more)
     for folder in folders:
         if not folder.is_dir():
@@ -340,16 +345,22 @@ def load_comparison(out_dir: Path, *more: Path) -> Comparison:
         method, _, seed = path.parent.name.rpartition("-seed")
         if config is None:
             config, first = data["config"], name
+        swept = []
         for key in sorted(set(config) | set(data["config"])):
             default = SETTING_DEFAULTS.get(key)
             ours, theirs = config.get(key, default), data["config"].get(key, default)
             if key in VARIED_SETTINGS or ours == theirs or _inert(key, config, data["config"]):
+                continue
+            if key in vary:
+                swept.append(f"{key}={theirs}")
                 continue
             where = "pooled folders" if pooled else out_dir
             raise DataError(
                 f"{where}: runs differ in {key}: {ours!r} in {first}, "
                 f"{theirs!r} in {name}; summarize one setting at a time"
             )
+        if swept:
+            method = f"{method}[{','.join(swept)}]"
         key = (method, int(seed))
         if key in run_dirs:
             raise DataError(
@@ -379,6 +390,23 @@ def load_comparison(out_dir: Path, *more: Path) -> Comparison:
     seeds = sorted({s for _, s in runs})
     base = config_from_mapping({**config, "out": str(out_dir)})
     return Comparison(base, methods, seeds, runs, unfinished, run_dirs)
+
+
+def check_varied(vary: Sequence[str]) -> None:
+    """Refuse a ``vary`` name that is no setting of a run, or one every comparison varies anyway.
+
+    Raises:
+        ConfigError: naming ``vary`` and the offending names.
+    """
+    settings = {f.name for f in dataclasses.fields(SimulationConfig)}
+    unknown = sorted(set(vary) - settings)
+    if unknown:
+        raise ConfigError(
+            f"vary: {', '.join(unknown)} is no setting of a run (e.g. lr, local_steps, rounds)"
+        )
+    fixed = sorted(set(vary) & set(VARIED_SETTINGS))
+    if fixed:
+        raise ConfigError(f"vary: runs may differ in {', '.join(fixed)} anyway; leave it out")
 
 
 def _run_name(run_dir: Path, pooled: bool) -> str:
