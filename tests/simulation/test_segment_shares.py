@@ -1,0 +1,54 @@
+"""The energy outside the first rank segment, pooled over seeds (benchmarks/segment_shares.py)."""
+
+import json
+
+import pytest
+from benchmarks.segment_shares import main, method_shares, rows_of
+
+from prelort.errors import DataError
+
+
+def write_run(folder, rounds):
+    """A run folder whose metrics.json records ``rounds``: [(first segment's share, ranks)]."""
+    folder.mkdir(parents=True)
+    traffic = [
+        {
+            "round": i + 1,
+            "ranks": ranks,
+            "segments": [
+                {"lo": 0, "hi": 2, "norm": 1.0, "share": first},
+                {"lo": 2, "hi": 4, "norm": 0.5, "share": 1.0 - first},
+            ],
+        }
+        for i, (first, ranks) in enumerate(rounds)
+    ]
+    (folder / "metrics.json").write_text(json.dumps({"traffic": traffic}))
+    return folder
+
+
+def test_shares_pool_seeds_per_method_and_round(tmp_path):
+    runs = [
+        write_run(tmp_path / "hetlora-seed0", [(0.5, [2, 4]), (1.0, [2, 2])]),
+        write_run(tmp_path / "hetlora-seed1", [(0.7, [2, 4]), (0.9, [2, 3])]),
+        write_run(tmp_path / "zeropad-seed0", [(0.6, [2, 4])]),
+    ]
+    rows = rows_of(method_shares(runs))
+    first = rows[0]
+    assert (first["method"], first["round"], first["seeds"]) == ("hetlora", 1, 2)
+    assert first["share_outside_first"] == pytest.approx(0.4)  # (0.5 + 0.3) / 2
+    assert (first["min"], first["max"]) == (pytest.approx(0.3), pytest.approx(0.5))
+    assert rows[1]["mean_client_rank"] == pytest.approx(2.25)  # (2 + 2) / 2 and (2 + 3) / 2
+    assert [r["method"] for r in rows] == ["hetlora", "hetlora", "zeropad"]
+    main(
+        [str(r) for r in runs]
+        + ["--csv", str(tmp_path / "s.csv"), "--plot", str(tmp_path / "s.png")]
+    )
+    assert (tmp_path / "s.csv").read_text().count("\n") == 1 + 3
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_a_run_without_records_is_named(tmp_path):
+    with pytest.raises(DataError, match="no metrics.json"):
+        method_shares([tmp_path / "missing-seed0"])
+    with pytest.raises(DataError, match="no round records"):
+        method_shares([write_run(tmp_path / "no-adapter-seed0", [])])
