@@ -5,6 +5,7 @@ import copy
 import torch
 
 from prelort.adapters import get_state, inject_nested_lora, slice_to_rank
+from prelort.aggregation import get_method
 from prelort.data.encoding import EncodedSplit
 from prelort.federation import build_plan, client_step
 from prelort.training import LocalTrainingConfig
@@ -55,3 +56,30 @@ def test_a_model_reused_across_clients_gives_each_the_reply_a_fresh_model_gives(
     assert reused.state.keys() == alone.state.keys()
     for key in alone.state:
         assert torch.equal(reused.state[key], alone.state[key]), key
+
+
+def test_flora_clients_train_a_new_adapter_each_round_on_the_same_batches(tiny_bert):
+    g = torch.Generator().manual_seed(0)
+    data = EncodedSplit(
+        [torch.randint(3, 120, (10,), generator=g).tolist() for _ in range(16)],
+        [i % 3 for i in range(16)],
+    )
+    adapted = inject_nested_lora(tiny_bert, 4, 8.0, train_head=True)
+    adapted.reset_parameters(torch.Generator().manual_seed(1))  # B = 0, as FLoRA's server sends
+    sent = slice_to_rank(get_state(adapted), 2)
+    config = LocalTrainingConfig(steps=1, batch_size=8, lr=1e-2, nested="off")
+    args = (data, list(range(16)), "classification", 0, (2, 4), config)
+    flora = get_method("flora").objective
+
+    def a_rows(reply):
+        return torch.cat([v for k, v in sorted(reply.state.items()) if k.endswith(".lora_a")])
+
+    plain = client_step(adapted, sent, *args, client_id=0, seed=5)
+    first = client_step(adapted, sent, *args, client_id=0, seed=5, objective=flora)
+    again = client_step(adapted, sent, *args, client_id=0, seed=5, objective=flora)
+    other = client_step(adapted, sent, *args, client_id=0, seed=6, objective=flora)
+    # B = 0 makes the first step's loss blind to A: equal losses mean the same batches
+    assert first.loss == plain.loss
+    assert torch.equal(a_rows(first), a_rows(again))  # reproducible from the client's seed
+    assert not torch.allclose(a_rows(first), a_rows(plain), atol=1e-3)  # not the A it was sent
+    assert not torch.allclose(a_rows(first), a_rows(other), atol=1e-3)  # a new draw each round

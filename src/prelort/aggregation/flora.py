@@ -6,9 +6,13 @@ The server merges that product into the base weights each round and the clients 
 round from fresh adapters, as the paper does.
 
 Here the merged weights are a dense ``<module>.merged`` (out, in) term of the global state that
-the nested layer adds to its frozen base; the fresh adapter of every round is the run's initial
-adapter (A as initialised, B zero), so the rule stays a pure function. Its downlink is the stacked
-factors, ``sum_k r_k (in + out)`` numbers per module, which grows with the number of clients.
+the nested layer adds to its frozen base. Every client builds its fresh adapter itself, as the
+reference code does (a new PEFT LoRA module per client and round): A drawn anew with PEFT's default
+init from the client's (seed, round, client) seed, B zero (``FreshFactors``). The server's reset to
+the run's initial adapter keeps the rule a pure function; what it sends is overwritten. Until
+2026-12-04 every client restarted from that one initial A, which pinned the merged update to A's
+fixed random row space (docs/RESULTS.md section 39). Its downlink is the stacked factors,
+``sum_k r_k (in + out)`` numbers per module, which grows with the number of clients.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -37,6 +42,12 @@ from prelort.aggregation.flexlora import stacked_factors
 from prelort.aggregation.method import AggregationContext, Method, uplink_numel
 from prelort.aggregation.registry import register
 from prelort.errors import MethodUnsupported
+from prelort.training.objective import LocalObjective
+
+if TYPE_CHECKING:
+    from prelort.adapters.inject import NestedLoRAModel
+
+FRESH_SALT = 0x5EED_F10A  # the fresh factors' own stream: the batches stay every method's
 
 
 def aggregate_flora(
@@ -75,6 +86,16 @@ def stacked_numel(updates: Sequence[ClientUpdate]) -> int:
         for module in lora_modules(u.state):
             total += u.state[module + LORA_A].numel() + u.state[module + LORA_B].numel()
     return total
+
+
+@dataclass(frozen=True)
+class FreshFactors(LocalObjective):
+    """Plain training from a new adapter each round: A drawn as PEFT initialises it, B zero."""
+
+    def prepare(self, adapted: NestedLoRAModel, rank: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed ^ FRESH_SALT)
+        for layer in adapted.layers.values():
+            layer.reset_parameters(generator)
 
 
 @dataclass(frozen=True)
@@ -131,5 +152,6 @@ register(
         "flora",
         "FLoRA: stack adapters, merge into the base each round, fresh adapters",
         group="baseline",
+        objective=FreshFactors(),
     )
 )

@@ -71,6 +71,7 @@ def client_step(
     """
     rank = state_rank(received)
     set_state(adapted, received)
+    objective.prepare(adapted, rank, seed)
     torch.manual_seed(seed)  # base-model dropout draws from the global stream
     local = train_local(
         adapted,

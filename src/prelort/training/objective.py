@@ -38,6 +38,10 @@ class LocalObjective:
         """The ladder ranks whose truncations the client may train (all: plain nested training)."""
         return ladder
 
+    def prepare(self, adapted: NestedLoRAModel, rank: int, seed: int) -> None:
+        """Prepares the received rank-``rank`` adapter before the first step; ``seed`` is the
+        client's (seed, round, client) seed. Nothing by default (FLoRA draws fresh factors)."""
+
     def penalty(self, adapted: NestedLoRAModel, rank: int) -> torch.Tensor:
         """An extra loss term of the client's rank-``rank`` adapter (differentiable)."""
         return torch.zeros((), device=adapted.device)
