@@ -4,8 +4,8 @@
 
 A tier of rank r can hold at most the first r singular directions of a module's update. This reads
 each finished run's ``adapter.safetensors`` and reports, per run, the median over modules of every
-singular value of ``B @ A`` (the LoRA scale left out: runs of one task share it) and the median
-share of the product's energy (sum of squared singular values) that its best rank-r approximation
+singular value of ``B @ A`` (the LoRA scale left out: runs of one task share it; FLoRA's merged
+update counts whole, so its spectrum runs past R) and the median share of the product's energy (sum of squared singular values) that its best rank-r approximation
 keeps at each rank r of the ladder. A run whose share at rank 2 is near 1 learnt an update a rank-2
 adapter can hold (served in SVD order, ``python -m benchmarks.rescore --split unit-a``); a flat
 spectrum spreads it over every component (docs/RESULTS.md section 27).
@@ -20,20 +20,28 @@ from pathlib import Path
 
 import torch
 
-from prelort.adapters.state import LORA_A, LORA_B, lora_modules
+from prelort.adapters.state import LORA_A, LORA_B, MERGED, lora_modules
 from prelort.io import load_adapter
 from prelort.runtime.outputs import method_colors, save_figure
 
 
-def product_singular_values(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def product_singular_values(
+    state: Mapping[str, torch.Tensor], scale: float = 1.0
+) -> dict[str, torch.Tensor]:
     """Per module, the singular values of ``B @ A`` in decreasing order (float64, length R).
 
     From the triangular factors of two thin QRs (``B = Q_b R_b``, ``A^T = Q_a R_a``): the product's
-    singular values are those of the R x R matrix ``R_b R_a^T``.
+    singular values are those of the R x R matrix ``R_b R_a^T``. A module with a dense merged term
+    (FLoRA merges every round into it, scaled) is read as ``merged / scale + B @ A``, its whole
+    update on the same footing, with ``min(out, in)`` values.
     """
     values = {}
     for module in lora_modules(state):
         a, b = state[module + LORA_A].double(), state[module + LORA_B].double()  # (R, in), (out, R)
+        if module + MERGED in state:
+            dense = state[module + MERGED].double() / scale + b @ a
+            values[module] = torch.linalg.svdvals(dense)
+            continue
         r_b = torch.linalg.qr(b).R
         r_a = torch.linalg.qr(a.T).R
         values[module] = torch.linalg.svdvals(r_b @ r_a.T)
@@ -51,11 +59,12 @@ def energy_shares(values: torch.Tensor, ranks: list[int]) -> list[float]:
 
 def run_spectrum(run: Path, ranks: list[int]) -> tuple[list[float], list[float]]:
     """The median over modules of each singular value, and of each rank's energy share."""
-    state, _ = load_adapter(run / "adapter.safetensors")
-    values = product_singular_values(state)
+    state, meta = load_adapter(run / "adapter.safetensors")
+    values = product_singular_values(state, float(meta.get("scale", 1.0)))
     if not values:
         raise ValueError(f"{run}: the adapter has no LoRA modules")
-    stacked = torch.stack(list(values.values()))  # (modules, R)
+    shortest = min(len(v) for v in values.values())  # merged modules differ in min(out, in)
+    stacked = torch.stack([v[:shortest] for v in values.values()])  # (modules, R or shortest)
     shares = torch.tensor([energy_shares(v, ranks) for v in values.values()])
     return stacked.median(0).values.tolist(), shares.median(0).values.tolist()
 
@@ -92,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         name = run.resolve().name
         spectra[name] = sigma
         print(
-            f"{name}: median sigma {' '.join(f'{s:.3f}' for s in sigma)}; energy share at rank "
+            f"{name}: median sigma {' '.join(f'{s:.3f}' for s in sigma[:16])}"
+            f"{' ...' if len(sigma) > 16 else ''}; energy share at rank "
             + ", ".join(f"{r}: {s:.3f}" for r, s in zip(ranks, shares, strict=True)),
             flush=True,
         )

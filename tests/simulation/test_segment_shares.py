@@ -1,8 +1,10 @@
-"""The energy outside the first rank segment, pooled over seeds (benchmarks/segment_shares.py)."""
+"""Where an adapter keeps its update: segment shares per round (benchmarks/segment_shares.py) and
+the spectrum of a merged update (benchmarks/spectrum.py)."""
 
 import json
 
 import pytest
+import torch
 from benchmarks.segment_shares import main, method_shares, rows_of
 
 from prelort.errors import DataError
@@ -52,3 +54,17 @@ def test_a_run_without_records_is_named(tmp_path):
         method_shares([tmp_path / "missing-seed0"])
     with pytest.raises(DataError, match="no round records"):
         method_shares([write_run(tmp_path / "no-adapter-seed0", [])])
+
+
+def test_a_merged_update_counts_whole_in_the_spectrum():
+    from benchmarks.spectrum import energy_shares, product_singular_values
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 6, generator=g), torch.randn(5, 2, generator=g)
+    merged = torch.randn(5, 6, generator=g)
+    state = {"m.lora_a": a, "m.lora_b": b}
+    plain = product_singular_values(state)["m"]
+    torch.testing.assert_close(plain, torch.linalg.svdvals((b @ a).double())[:2])
+    whole = product_singular_values({**state, "m.merged": 3.0 * merged}, scale=3.0)["m"]
+    torch.testing.assert_close(whole, torch.linalg.svdvals((merged + b @ a).double()))
+    assert len(whole) == 5 and energy_shares(whole, [2])[0] < 1.0  # past the adapter's rank
