@@ -5,10 +5,11 @@
 A tier of rank r can hold at most the first r singular directions of a module's update. This reads
 each finished run's ``adapter.safetensors`` and reports, per run, the median over modules of every
 singular value of ``B @ A`` (the LoRA scale left out: runs of one task share it; FLoRA's merged
-update counts whole, so its spectrum runs past R) and the median share of the product's energy (sum of squared singular values) that its best rank-r approximation
-keeps at each rank r of the ladder. A run whose share at rank 2 is near 1 learnt an update a rank-2
-adapter can hold (served in SVD order, ``python -m benchmarks.rescore --split unit-a``); a flat
-spectrum spreads it over every component (docs/RESULTS.md section 27).
+update counts whole, so its spectrum runs past R) and the median share of the product's energy
+(sum of squared singular values) that its best rank-r approximation keeps at each rank r of the
+ladder. A run whose share at rank 2 is near 1 learnt an update a rank-2 adapter can hold (served
+in SVD order, ``python -m benchmarks.rescore --split unit-a``); a flat spectrum spreads it over
+every component (docs/RESULTS.md section 27).
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ def test_hetlora_prunes_a_quiet_tail_and_flora_merges():
         server, [0, 1], [reply(0, 4, 1.0, tail_ratio=0.01), reply(1, 4, 1.0, tail_ratio=0.5)], rules
     )
     assert outcome.server.client_ranks == (3, 4)  # the pruned rank falls between the rungs
-    assert outcome.traffic["tail_ratios"] == [0.01, 0.5]  # why: the record keeps the signal
+    assert outcome.traffic["tail_ratios"] == [0.01, 0.5]  # each reply's pruning signal, in order
     assert rules.allowed_ranks is None
 
     server, rules = setup("flora", ranks=(1, 2))
