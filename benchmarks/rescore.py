@@ -14,6 +14,10 @@ compares it, example by example, with the runs it sits beside (docs/RESULTS.md s
 run scored under one ``eval_dtype`` re-scored under another, so that ``prelort summarize`` can set it beside
 runs scored so (its training, and so its adapter, untouched). ``--tiers 2,4,8`` scores at tiers other than the
 run's own ladder: a federation whose every client trained rank 8, cut to ranks 2 and 4.
+``--eval-examples N`` scores on N test examples instead of the run's (a number at least the split's size
+takes it whole, and the record states the count): finished runs re-scored on more of the test split, so
+that their paired intervals narrow without training again. With ``--split as-is``, a run that ended with a
+calibration round is re-scored with its calibrated heads too (``calibrated_accuracy``).
 
 For a classifier head the trained head was fitted to the unordered tiers' features, so its accuracy
 understates the re-ordered tiers: read ``readout_accuracy`` (a readout refitted on each tier's
@@ -32,7 +36,9 @@ from prelort.config import AUTOCAST_DTYPE_CHOICES, config_from_mapping
 from prelort.errors import ConfigError
 from prelort.evaluation.tiers import EvalInputs, ReadoutData, evaluate_tiers
 from prelort.io import load_adapter, write_json
-from prelort.runtime.outputs import EXAMPLES_NAME
+from prelort.runtime.calibrate import Calibration, evaluate_calibration, record_calibrated
+from prelort.runtime.federation import prepare_federation
+from prelort.runtime.outputs import CALIBRATED_NAME, EXAMPLES_NAME
 from prelort.runtime.workbench import build_workbench
 
 
@@ -42,9 +48,11 @@ def rescore_run(
     split: str,
     eval_dtype: str | None = None,
     tiers: list[int] | None = None,
+    eval_examples: int | None = None,
 ) -> dict:
     """Re-order ``run``'s final adapter (``split``; ``as-is``: unchanged), score each of ``tiers``
-    (default: the run's ladder) under ``eval_dtype`` if given, write ``out``; returns the tiers' metrics.
+    (default: the run's ladder) under ``eval_dtype`` and on ``eval_examples`` test examples if given,
+    write ``out``; returns the tiers' metrics.
 
     Raises:
         ConfigError: a tier above the adapter's rank.
@@ -54,6 +62,8 @@ def rescore_run(
     if eval_dtype is not None:
         config = config.replace(eval_dtype=eval_dtype)
         metrics["config"] = {**metrics["config"], "eval_dtype": eval_dtype}
+    if eval_examples is not None:
+        config = config.replace(eval_examples=eval_examples)
     state, _ = load_adapter(run / "adapter.safetensors")
     ladder = config.ranks.ladder if tiers is None else sorted(set(tiers))
     if ladder[-1] > config.resolved_max_rank or ladder[0] < 1:
@@ -61,6 +71,14 @@ def rescore_run(
             f"tiers: {ladder} must lie in 1..{config.resolved_max_rank} (the adapter's rank)"
         )
     bench = build_workbench(config)
+    if eval_examples is not None:
+        metrics["config"] = {**metrics["config"], "eval_examples": len(bench.test)}
+    calibrated_path = run / CALIBRATED_NAME
+    # the calibrated heads were fitted to the unordered tiers' features: they score only those
+    fed = None
+    if split == "as-is" and calibrated_path.is_file():
+        # before the scoring: preparing a federation gives the model a fresh adapter
+        fed = prepare_federation(config, bench)
     readout = None
     if bench.readout_rows:
         readout = ReadoutData(bench.train, bench.readout_rows, bench.task.num_labels)
@@ -80,6 +98,15 @@ def rescore_run(
         inputs,
     )
     scores = evaluation.metrics
+    if fed is not None:
+        heads, _ = load_adapter(calibrated_path)
+        calibrated = evaluate_calibration(
+            fed,
+            Calibration(heads, examples={}, clients={}),
+            evaluation.head_inputs,
+            evaluation.per_example,
+        )
+        record_calibrated(scores, calibrated)
     out.mkdir(parents=True, exist_ok=True)
     write_json(
         out / "metrics.json",
@@ -113,6 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="fixed-a", choices=[*SPLITS, "as-is"])
     parser.add_argument("--eval-dtype", choices=AUTOCAST_DTYPE_CHOICES)
     parser.add_argument(
+        "--eval-examples",
+        type=int,
+        help="test examples to score (default: the run's; at least the split's size: all of it)",
+    )
+    parser.add_argument(
         "--tiers",
         type=parse_tiers,
         help="comma-separated ranks to score (default: the run's ladder)",
@@ -122,7 +154,9 @@ def main(argv: list[str] | None = None) -> None:
         method, _, seed = run.resolve().name.rpartition("-seed")
         suffix = "" if args.split == "as-is" else "-ordered-once"
         target = args.out / f"{method}{suffix}-seed{seed}"
-        tiers = rescore_run(run, target, args.split, args.eval_dtype, args.tiers)
+        tiers = rescore_run(
+            run, target, args.split, args.eval_dtype, args.tiers, args.eval_examples
+        )
         shown = "  ".join(
             f"r{t}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) for t, m in tiers.items()
         )

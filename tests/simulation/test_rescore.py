@@ -83,3 +83,33 @@ def test_tiers_cut_a_run_of_one_rank_to_lower_ones_and_refuse_one_above_it(
     assert abs(tiers["4"]["perplexity"] - result.final["4"]["perplexity"]) < 1e-3
     with pytest.raises(ConfigError, match="tiers"):
         rescore_run(config.out, tmp_path / "above", "unit-a", tiers=[2, 8])
+
+
+def test_more_test_examples_rescore_the_trained_and_the_calibrated_heads_alike(
+    tiny_bert_dir, topic_jsonl, tmp_path
+):
+    config = tiny(
+        tiny_bert_dir,
+        topic_jsonl,
+        tmp_path / "cmp" / "prelort-seed0",
+        calibration="lda",
+        eval_examples=12,
+    )
+    result = run_simulation(config, progress=False)
+    write_outputs(result, config.out)
+    # the run's own examples, re-scored: every head scores as in the run
+    same = rescore_run(config.out, tmp_path / "same" / "prelort-seed0", "as-is")
+    for tier, metrics in result.final.items():
+        for name in ("accuracy", "calibrated_accuracy"):
+            assert abs(same[tier][name] - metrics[name]) <= 1 / 12 + 1e-9, (tier, name)
+    # more than the split holds: all of it, and the record says how many
+    out = tmp_path / "all" / "prelort-seed0"
+    rescore_run(config.out, out, "as-is", eval_examples=10_000)
+    recorded = json.loads((out / "metrics.json").read_text())
+    n = recorded["config"]["eval_examples"]
+    assert 12 < n < 10_000
+    examples = json.loads((out / "examples.json").read_text())["tiers"]
+    for tier in result.final:
+        assert len(examples[tier]["accuracy"]) == n
+        assert len(examples[tier]["calibrated_accuracy"]) == n
+        assert "calibrated_accuracy" in recorded["final"]["tiers"][tier]
