@@ -36,7 +36,7 @@ from prelort.config import AUTOCAST_DTYPE_CHOICES, config_from_mapping
 from prelort.errors import ConfigError
 from prelort.evaluation.tiers import EvalInputs, ReadoutData, evaluate_tiers
 from prelort.io import load_adapter, write_json
-from prelort.runtime.calibrate import Calibration, evaluate_calibration, record_calibrated
+from prelort.runtime.calibrate import evaluate_calibration, record_calibrated
 from prelort.runtime.federation import prepare_federation
 from prelort.runtime.outputs import CALIBRATED_NAME, EXAMPLES_NAME
 from prelort.runtime.workbench import build_workbench
@@ -101,10 +101,7 @@ def rescore_run(
     if fed is not None:
         heads, _ = load_adapter(calibrated_path)
         calibrated = evaluate_calibration(
-            fed,
-            Calibration(heads, examples={}, clients={}),
-            evaluation.head_inputs,
-            evaluation.per_example,
+            fed, heads, evaluation.head_inputs, evaluation.per_example
         )
         record_calibrated(scores, calibrated)
     out.mkdir(parents=True, exist_ok=True)

@@ -406,7 +406,7 @@ def test_calibration_setting_adds_the_calibrated_accuracy_of_every_tier(
     tiny_bert_dir, tiny_llama_dir, topic_jsonl, headline_jsonl, tmp_path
 ):
     from prelort.errors import ConfigError
-    from prelort.runtime.calibrate import Calibration, evaluate_calibration
+    from prelort.runtime.calibrate import evaluate_calibration
     from prelort.runtime.federation import prepare_federation
 
     config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "run", calibration="lda")
@@ -423,7 +423,7 @@ def test_calibration_setting_adds_the_calibrated_accuracy_of_every_tier(
             metrics["calibrated_accuracy"]
         )
     fed = prepare_federation(config, build_workbench(config))
-    fresh = evaluate_calibration(fed, Calibration(result.calibrated_state, {}, {}))
+    fresh = evaluate_calibration(fed, result.calibrated_state)
     assert {t: m["accuracy"] for t, m in fresh.items()} == {
         t: m["calibrated_accuracy"] for t, m in result.final.items()
     }

@@ -115,7 +115,9 @@ def run_server(
     if calibrates(fed) and result.final:
         nodes = {p: n for n, p in partitions.items()}
         calibration = calibration_round(grid, fed, served, nodes, timeout)
-        calibrated = evaluate_calibration(fed, calibration, result.head_inputs, result.examples)
+        calibrated = evaluate_calibration(
+            fed, calibration.state, result.head_inputs, result.examples
+        )
     finish_run(result, served, start, calibrated, calibration)
     write_outputs(result, out)
     return result

@@ -164,11 +164,12 @@ def calibrate(
 
 def evaluate_calibration(
     fed: Federation,
-    calibration: Calibration,
+    calibrated_state: AdapterState,
     head_inputs: Mapping[str, torch.Tensor] | None = None,
     per_example: dict[str, dict[str, list[float]]] | None = None,
 ) -> TierMetrics:
-    """Every tier's test accuracy with its own LDA head.
+    """Every tier's test accuracy with its own LDA head (``calibrated_state``: the adapter with one
+    head per tier, ``Calibration.state`` or a saved ``calibrated.safetensors``).
 
     ``head_inputs``: the test features per tier that the final evaluation already computed for
     the same adapter (``SimulationResult.head_inputs``); a tier without them gets a forward pass.
@@ -194,14 +195,14 @@ def evaluate_calibration(
             features = head_inputs[key]
         else:
             if not loaded:
-                set_state(adapted, calibration.state, heads=False)
+                set_state(adapted, calibrated_state, heads=False)
                 loaded = True
             adapted.set_active_rank(tier)
             features = head_features(
                 adapted, test, range(len(test)), fed.bench.tokenizer.pad_token_id, 32
             )
-        weight = calibration.state[head_key(weight_name, tier)].double()
-        bias = calibration.state[head_key(bias_name, tier)].double()
+        weight = calibrated_state[head_key(weight_name, tier)].double()
+        bias = calibrated_state[head_key(bias_name, tier)].double()
         predictions = (features.double() @ weight.T + bias).argmax(-1).tolist()
         results[key] = {"accuracy": accuracy(predictions, test.labels)}
         scores[key] = correct(predictions, test.labels)
@@ -221,7 +222,7 @@ def calibrated_tiers(
     """Calibrate, then evaluate every tier with its own LDA head (``head_inputs`` and
     ``per_example``: see ``evaluate_calibration``)."""
     calibration = calibrate(fed, global_state, holders_only)
-    return calibration, evaluate_calibration(fed, calibration, head_inputs, per_example)
+    return calibration, evaluate_calibration(fed, calibration.state, head_inputs, per_example)
 
 
 def record_calibrated(final: TierMetrics, calibrated: TierMetrics) -> None:
