@@ -113,8 +113,14 @@ def rescore_run(
             # only the final adapter was re-scored: the source's earlier rounds are its own tiers,
             # and kept here they drew the source's curve under the re-scored method's name
             "rounds": [{**metrics["rounds"][-1], "tiers": scores}] if metrics["rounds"] else [],
-            "rescored": {"source": str(run), "split": split, "eval_dtype": eval_dtype},
-            "wall_seconds": round(time.perf_counter() - start, 1),
+            # wall_seconds stays the source's: the adapter's cost is its training, which summaries
+            # show as the method's cost; the re-scoring's own time is recorded beside the source
+            "rescored": {
+                "source": str(run),
+                "split": split,
+                "eval_dtype": eval_dtype,
+                "seconds": round(time.perf_counter() - start, 1),
+            },
         },
     )
     write_json(out / EXAMPLES_NAME, {"tiers": evaluation.per_example})

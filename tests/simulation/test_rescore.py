@@ -108,6 +108,9 @@ def test_more_test_examples_rescore_the_trained_and_the_calibrated_heads_alike(
     recorded = json.loads((out / "metrics.json").read_text())
     n = recorded["config"]["eval_examples"]
     assert 12 < n < 10_000
+    # the cost a summary shows stays the training's; the re-scoring's time is stated apart
+    assert recorded["wall_seconds"] == round(result.wall_seconds, 2)
+    assert recorded["rescored"]["seconds"] > 0
     examples = json.loads((out / "examples.json").read_text())["tiers"]
     for tier in result.final:
         assert len(examples[tier]["accuracy"]) == n
