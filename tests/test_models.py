@@ -51,12 +51,17 @@ def test_concurrent_conversions_never_hide_the_cache_from_a_reader(tmp_path):
 
     def reader() -> None:
         start.wait()
-        while not done.is_set():
+        while True:
+            # one look after the writers are done too: on a loaded machine they may all finish
+            # before this thread is first scheduled, and the cache must be there then as well
+            last = done.is_set()
             complete = _complete(target)
             if seen_complete and not complete:
                 vanished.append(True)
             if complete:
                 seen_complete.append(True)
+            if last:
+                return
 
     def writer(staging: Path) -> None:
         start.wait()
