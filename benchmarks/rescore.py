@@ -17,7 +17,9 @@ run's own ladder: a federation whose every client trained rank 8, cut to ranks 2
 ``--eval-examples N`` scores on N test examples instead of the run's (a number at least the split's size
 takes it whole, and the record states the count): finished runs re-scored on more of the test split, so
 that their paired intervals narrow without training again. With ``--split as-is``, a run that ended with a
-calibration round is re-scored with its calibrated heads too (``calibrated_accuracy``).
+calibration round is re-scored with its calibrated heads too (``calibrated_accuracy``). The record keeps
+the run's training time as ``wall_seconds`` (a summary's cost column) and the re-scoring's as
+``rescored.seconds``.
 
 For a classifier head the trained head was fitted to the unordered tiers' features, so its accuracy
 understates the re-ordered tiers: read ``readout_accuracy`` (a readout refitted on each tier's
