@@ -255,3 +255,18 @@ def test_a_finished_run_extended_by_more_rounds_equals_the_longer_run(
     assert [r["round"] for r in metrics["rounds"]] == [1, 2, 4]  # round 3 not evaluated
     longer_metrics = json.loads((longer / "metrics.json").read_text())
     assert metrics["final"] == longer_metrics["final"]
+
+
+def test_a_cosine_run_cannot_be_extended_by_more_rounds(tiny_bert_dir, topic_jsonl, tmp_path):
+    """A cosine step is laid out over the run's rounds: more rounds would change the step of the
+    rounds already run, so the resumed run would not be the uninterrupted one."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "cosine"
+    run = {"env": env, "capture_output": True, "text": True, "timeout": 600}
+    cmd = [*_simulate_cmd(tiny_bert_dir, topic_jsonl, out, 1), "--lr-schedule", "cosine"]
+    subprocess.run(cmd, check=True, **run)
+    before = (out / "checkpoint.safetensors").read_bytes()
+    resume = [sys.executable, "-m", "prelort.cli", "simulate", "--quiet", "--resume", str(out)]
+    longer = subprocess.run([*resume, "--rounds", "2"], **run)
+    assert longer.returncode == 2 and "decays its step over 1 rounds" in longer.stderr
+    assert (out / "checkpoint.safetensors").read_bytes() == before

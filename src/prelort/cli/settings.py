@@ -104,6 +104,11 @@ def settings_of(args: argparse.Namespace) -> tuple[SimulationConfig, Checkpoint 
     settings = {**resume.config, "out": str(args.resume)}
     settings.update({name: overrides[name] for name in resumable if name in overrides})
     config = config_from_mapping(settings)
+    if config.lr_schedule != "constant" and config.rounds != resume.config["rounds"]:
+        raise ConfigError(
+            f"rounds: the run in {args.resume} decays its step over {resume.config['rounds']} rounds "
+            f"(lr_schedule {config.lr_schedule}); more rounds would change the rounds already run"
+        )
     if config.rounds < resume.round:
         raise ConfigError(
             f"rounds: the run in {args.resume} has already run {resume.round} rounds; give more "

@@ -20,6 +20,7 @@ from prelort.config.values import (
     DTYPE_CHOICES,
     HEAD_CHOICES,
     HEAD_LR_FACTOR,
+    LR_SCHEDULE_CHOICES,
     NESTED_CHOICES,
     OPTIMIZER_CHOICES,
     PARTITION_CHOICES,
@@ -165,6 +166,14 @@ class SimulationConfig:
         choices=OPTIMIZER_CHOICES,
         default="adamw",
         help="adamw or sgd (momentum 0.9).",
+    )
+    lr_schedule: str = setting(
+        concern="training",
+        choices=LR_SCHEDULE_CHOICES,
+        default="constant",
+        help="the clients' step over the rounds: constant, or cosine (lr and head lr times "
+        "(1 + cos(pi (t - 1) / rounds)) / 2 in round t: the full step in round 1, falling towards "
+        "0 after the last round).",
     )
     head: str | None = setting(
         concern="model",

@@ -46,6 +46,7 @@ from prelort.runtime.checkpoint import Checkpoint, save_checkpoint
 from prelort.runtime.result import SimulationResult
 from prelort.runtime.workbench import Workbench
 from prelort.training.local import LocalTrainingConfig
+from prelort.training.schedule import at_round, round_lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class Federation:
             rank, self.plan.client_ranks, self.config.ranks.ladder, self.plan.client_ranks[client]
         )
         wire = self.config.wire_dtype
+        factor = round_lr_factor(self.config.lr_schedule, round_index, self.config.rounds)
         reply = client_step(
             self.bench.adapted,
             through_wire(received, wire),
@@ -96,7 +98,7 @@ class Federation:
             self.bench.batch_kind,
             self.bench.tokenizer.pad_token_id,
             self.config.ranks.ladder,
-            self.train_config,
+            at_round(self.train_config, factor),
             client,
             self.plan.client_seed(round_index, client),
             objective,
