@@ -1,9 +1,18 @@
-"""The method's own part of the server state survives a checkpoint, also from older files."""
+"""The method's own part of the server state survives a checkpoint, also from older files; a resumed
+run keeps what its trained rounds depended on."""
 
+import pytest
 import torch
 
+from prelort.errors import ConfigError
 from prelort.io import load_adapter, save_adapter
-from prelort.runtime.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from prelort.runtime.checkpoint import (
+    CHECKPOINT_NAME,
+    Checkpoint,
+    check_schedule_unchanged,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 CONFIG = {
     "model": "m",
@@ -34,3 +43,16 @@ def test_a_checkpoint_written_before_method_memory_still_resumes_flora(tmp_path)
     meta["previous_stack_numel"] = meta.pop("method_memory")  # the older key
     save_adapter(tmp_path / CHECKPOINT_NAME, state, meta)
     assert load_checkpoint(tmp_path).memory == 7
+
+
+def test_a_decaying_step_is_resumed_only_over_the_same_rounds():
+    def started(**config):
+        return Checkpoint(1, {}, [2, 2], [], [], None, {**CONFIG, "rounds": 4, **config})
+
+    check_schedule_unchanged(started(), "constant", 8)  # written before schedules: constant
+    check_schedule_unchanged(started(lr_schedule="constant"), "constant", 8)  # more rounds extend
+    check_schedule_unchanged(started(lr_schedule="cosine"), "cosine", 4)  # an interrupted run
+    with pytest.raises(ConfigError, match="decays its step over 4 rounds"):
+        check_schedule_unchanged(started(lr_schedule="cosine"), "cosine", 8)
+    with pytest.raises(ConfigError, match="lr_schedule: the run was started with constant"):
+        check_schedule_unchanged(started(), "cosine", 4)

@@ -84,7 +84,11 @@ def settings_of(args: argparse.Namespace) -> tuple[SimulationConfig, Checkpoint 
     """The run's settings from flags and ``--config``, or from the checkpoint of ``--resume``."""
     if args.resume is None:
         return load_config(args.config, overrides_of(args)), None
-    from prelort.runtime.checkpoint import check_task_unchanged, load_checkpoint
+    from prelort.runtime.checkpoint import (
+        check_schedule_unchanged,
+        check_task_unchanged,
+        load_checkpoint,
+    )
 
     overrides = overrides_of(args)
     if "out" in overrides and Path(overrides["out"]).resolve() != Path(args.resume).resolve():
@@ -104,11 +108,7 @@ def settings_of(args: argparse.Namespace) -> tuple[SimulationConfig, Checkpoint 
     settings = {**resume.config, "out": str(args.resume)}
     settings.update({name: overrides[name] for name in resumable if name in overrides})
     config = config_from_mapping(settings)
-    if config.lr_schedule != "constant" and config.rounds != resume.config["rounds"]:
-        raise ConfigError(
-            f"rounds: the run in {args.resume} decays its step over {resume.config['rounds']} rounds "
-            f"(lr_schedule {config.lr_schedule}); more rounds would change the rounds already run"
-        )
+    check_schedule_unchanged(resume, config.lr_schedule, config.rounds)
     if config.rounds < resume.round:
         raise ConfigError(
             f"rounds: the run in {args.resume} has already run {resume.round} rounds; give more "

@@ -96,6 +96,29 @@ def load_checkpoint(out_dir: Path) -> Checkpoint:
     )
 
 
+def check_schedule_unchanged(checkpoint: Checkpoint, lr_schedule: str, rounds: int) -> None:
+    """Refuse to resume a run whose step decays over its rounds with other rounds or another schedule.
+
+    A cosine step is laid out over the run's length: a resumed run with more rounds would have
+    trained its first rounds at other steps, so it would not be the uninterrupted run.
+
+    Raises:
+        ConfigError: the schedule or, under a decaying schedule, the rounds differ.
+    """
+    before = checkpoint.config.get("lr_schedule", "constant")  # older checkpoints: constant
+    if before == lr_schedule == "constant":
+        return
+    if before != lr_schedule:
+        raise ConfigError(
+            f"lr_schedule: the run was started with {before}; a resumed run keeps its schedule"
+        )
+    if rounds != checkpoint.config["rounds"]:
+        raise ConfigError(
+            f"rounds: the run decays its step over {checkpoint.config['rounds']} rounds "
+            f"(lr_schedule {lr_schedule}); other rounds would change the rounds already run"
+        )
+
+
 def check_task_unchanged(checkpoint: Checkpoint, task: str) -> None:
     """Refuse to resume a run whose task file changed since the checkpoint was written.
 

@@ -17,7 +17,11 @@ from prelort.evaluation.tiers import TierMetrics
 from prelort.federation.records import RoundRecord
 from prelort.federation.server import RoundOutcome, ServerState
 from prelort.runtime.calibrate import Calibration, calibrates, record_calibrated
-from prelort.runtime.checkpoint import Checkpoint, check_task_unchanged
+from prelort.runtime.checkpoint import (
+    Checkpoint,
+    check_schedule_unchanged,
+    check_task_unchanged,
+)
 from prelort.runtime.federation import Federation, prepare_federation, resumed_server
 from prelort.runtime.result import SimulationResult
 from prelort.runtime.workbench import Workbench
@@ -39,11 +43,13 @@ def start_run(
         client_ranks, rank_plan: ranks the clients chose (``prepare_federation``).
 
     Raises:
-        ConfigError: a task file that changed since ``resume`` was written, or a calibration
+        ConfigError: a task file that changed since ``resume`` was written, a decaying step
+            resumed with other rounds, or a calibration
             the run's head cannot take, before any round runs.
     """
     if resume is not None:
         check_task_unchanged(resume, config.task)
+        check_schedule_unchanged(resume, config.lr_schedule, config.rounds)
     fed = prepare_federation(config, bench, client_ranks, rank_plan)
     calibrates(fed)  # refuse an explicit lda the head cannot take, before any training
     result = fed.new_result()

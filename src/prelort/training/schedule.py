@@ -23,12 +23,12 @@ def round_lr_factor(schedule: str, round_index: int, rounds: int) -> float:
     last round, so every round trains.
 
     Raises:
-        ValueError: an unknown schedule, or a round outside 1..rounds.
+        ValueError: an unknown schedule, or a decaying schedule's round outside 1..rounds.
     """
-    if not 1 <= round_index <= rounds:
-        raise ValueError(f"round {round_index} is outside the run's rounds 1..{rounds}")
     if schedule == "constant":
         return 1.0
+    if not 1 <= round_index <= rounds:
+        raise ValueError(f"round {round_index} is outside the run's rounds 1..{rounds}")
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * (round_index - 1) / rounds))
     raise ValueError(f"unknown learning-rate schedule {schedule!r}")
