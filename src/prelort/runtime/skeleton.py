@@ -43,9 +43,9 @@ def start_run(
         client_ranks, rank_plan: ranks the clients chose (``prepare_federation``).
 
     Raises:
-        ConfigError: a task file that changed since ``resume`` was written, a decaying step
-            resumed with other rounds, or a calibration
-            the run's head cannot take, before any round runs.
+        ConfigError: a task file that changed since ``resume`` was written, a schedule changed
+            or a decaying step resumed with other rounds, or a calibration the run's head cannot
+            take, before any round runs.
     """
     if resume is not None:
         check_task_unchanged(resume, config.task)
