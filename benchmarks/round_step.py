@@ -1,0 +1,129 @@
+"""How far does one more round move each run's strongest direction?
+
+    python -m benchmarks.round_step RUN [RUN ...] [--csv FILE]
+
+For each run folder with a ``checkpoint.safetensors`` (the server state after its last round), this
+plays one more round exactly as the run would (every client trains on the prefix the server sends,
+with the run's own method, step size and schedule factor of its last round; the server aggregates)
+and reports, as medians over modules of the scaled product ``W = scale * B @ A`` (full rank):
+
+- ``s1``: the strongest singular value of ``W`` before the round;
+- ``top``: ``|u1^T dW v1| / s1``, the relative change of that strength in one round;
+- ``turn``: ``1 - |u1 . u1'|``, how far the strongest output direction turned (``'``: after);
+- ``rest``: ``||dW - (u1^T dW v1) u1 v1^T||_F / s1``, the round's update outside that strength;
+- the same ``top`` and ``rest`` of each client's own update (its prefix product), by client rank.
+
+It tests a diagnostic of docs/RESULTS.md section 42: at one nominal step size a federation whose
+update concentrates in few directions moves them by a larger effective step (the default's
+gradient-shared step gives a component up to sqrt(r) times AdamW's; FedIT at rank 8 has eight A
+rows that share the direction), so the one that swings is the one with the larger ``top``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from prelort.adapters.state import LORA_A, LORA_B, lora_modules
+from prelort.config import config_from_mapping
+from prelort.runtime.checkpoint import load_checkpoint
+from prelort.runtime.skeleton import start_run
+from prelort.runtime.workbench import build_workbench
+
+
+def products(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """Per module, ``scale * B @ A`` in float64 at the state's own rank."""
+    return {
+        m: scale * state[m + LORA_B].double() @ state[m + LORA_A].double()
+        for m in lora_modules(state)
+    }
+
+
+def movement(before: torch.Tensor, after: torch.Tensor) -> dict[str, float]:
+    """The measures of the module docstring for one module's product."""
+    u, s, vh = torch.linalg.svd(before, full_matrices=False)
+    u1, v1, s1 = u[:, 0], vh[0], float(s[0])
+    delta = after - before
+    along = float(u1 @ delta @ v1)
+    rest = delta - along * torch.outer(u1, v1)
+    u_after = torch.linalg.svd(after, full_matrices=False).U[:, 0]
+    return {
+        "s1": s1,
+        "top": abs(along) / s1,
+        "turn": 1.0 - abs(float(u1 @ u_after)),
+        "rest": float(rest.norm()) / s1,
+    }
+
+
+def median_over_modules(
+    before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]
+) -> dict[str, float]:
+    """Each measure's median over the modules of two products."""
+    found = defaultdict(list)
+    for module, w in before.items():
+        for key, value in movement(w, after[module]).items():
+            found[key].append(value)
+    return {k: float(torch.tensor(v).median()) for k, v in found.items()}
+
+
+def run_round_step(run: Path) -> dict[str, dict[str, float]]:
+    """One more round of ``run`` from its checkpoint: the global product's measures, and each
+    client rank's measures of its own update (median over modules, mean over its clients)."""
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    config = config_from_mapping(metrics["config"])
+    checkpoint = load_checkpoint(run)
+    bench = build_workbench(config)
+    fed, _, server = start_run(config, bench, checkpoint)
+    scale = config.alpha / config.max_rank
+    round_index = config.rounds  # the run's last round: its schedule factor
+    draw = fed.plan.draw(round_index)
+    replies, per_rank = [], defaultdict(list)
+    for client in draw.sampled:
+        received = server.prefix(client)
+        reply = fed.train_client(received, client, round_index)
+        replies.append(reply)
+        found = median_over_modules(products(received, scale), products(reply.state, scale))
+        per_rank[reply.rank].append(found)
+        print(f"{run}  client {client} rank {reply.rank}: {fmt(found)}", flush=True)
+    outcome = fed.server_step(server, draw.sampled, replies)
+    rows = {
+        "global": median_over_modules(
+            products(server.global_state, scale), products(outcome.server.global_state, scale)
+        )
+    }
+    for rank, found in sorted(per_rank.items()):
+        rows[f"client r{rank}"] = {k: sum(f[k] for f in found) / len(found) for k in found[0]}
+    return rows
+
+
+def fmt(found: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in found.items())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders with a checkpoint")
+    parser.add_argument("--csv", type=Path, help="write one row per run and what moved")
+    args = parser.parse_args(argv)
+    table = []
+    for run in args.runs:
+        for what, found in run_round_step(run).items():
+            table.append({"run": str(run), "what": what, **found})
+    print("\nrun  what  " + "  ".join(k for k in table[0] if k not in ("run", "what")))
+    for row in table:
+        shown = "  ".join(f"{v:.4f}" for k, v in row.items() if k not in ("run", "what"))
+        print(f"{row['run']}  {row['what']}  {shown}")
+    if args.csv:
+        with args.csv.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+
+
+if __name__ == "__main__":
+    main()
