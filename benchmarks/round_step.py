@@ -8,10 +8,11 @@ with the run's own method, step size and schedule factor of its last round; the 
 and reports, as medians over modules of the scaled product ``W = scale * B @ A`` (full rank):
 
 - ``s1``: the strongest singular value of ``W`` before the round;
+- ``step``: ``||dW||_F``, the size of the round's change of ``W``;
 - ``top``: ``|u1^T dW v1| / s1``, the relative change of that strength in one round;
 - ``turn``: ``1 - |u1 . u1'|``, how far the strongest output direction turned (``'``: after);
 - ``rest``: ``||dW - (u1^T dW v1) u1 v1^T||_F / s1``, the round's update outside that strength;
-- the same ``top`` and ``rest`` of each client's own update (its prefix product), by client rank.
+- the same of each client's own update (its prefix product), by client rank.
 
 It tests a diagnostic of docs/RESULTS.md section 42: at one nominal step size a federation whose
 update concentrates in few directions moves them by a larger effective step (the default's
@@ -54,6 +55,7 @@ def movement(before: torch.Tensor, after: torch.Tensor) -> dict[str, float]:
     u_after = torch.linalg.svd(after, full_matrices=False).U[:, 0]
     return {
         "s1": s1,
+        "step": float(delta.norm()),
         "top": abs(along) / s1,
         "turn": 1.0 - abs(float(u1 @ u_after)),
         "rest": float(rest.norm()) / s1,

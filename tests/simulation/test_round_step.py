@@ -16,6 +16,7 @@ def test_a_step_along_the_strongest_direction_counts_as_top_and_nothing_else():
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     found = movement(w, w + 0.3 * torch.outer(u[:, 0], vh[0]))
     assert math.isclose(found["s1"], float(s[0]))
+    assert math.isclose(found["step"], 0.3, rel_tol=1e-9)
     assert math.isclose(found["top"], 0.3 / float(s[0]), rel_tol=1e-9)
     assert found["rest"] < 1e-12 and found["turn"] < 1e-12
 
