@@ -23,7 +23,6 @@ rows that share the direction), so the one that swings is the one with the large
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from prelort.adapters.state import LORA_A, LORA_B, lora_modules
 from prelort.config import config_from_mapping
 from prelort.runtime.checkpoint import load_checkpoint
+from prelort.runtime.outputs import csv_text
 from prelort.runtime.skeleton import start_run
 from prelort.runtime.workbench import build_workbench
 
@@ -121,10 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         shown = "  ".join(f"{v:.4f}" for k, v in row.items() if k not in ("run", "what"))
         print(f"{row['run']}  {row['what']}  {shown}")
     if args.csv:
-        with args.csv.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(table[0]))
-            writer.writeheader()
-            writer.writerows(table)
+        args.csv.write_text(csv_text(table, list(table[0])), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ see what is left of the gradient; in LoRA's own basis (FedIT) every A row keeps 
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 from pathlib import Path
@@ -39,6 +38,7 @@ from prelort.config import config_from_mapping
 from prelort.data.encoding import make_batch
 from prelort.device import to_device
 from prelort.io import load_adapter
+from prelort.runtime.outputs import csv_text
 from prelort.runtime.workbench import build_workbench
 
 
@@ -133,10 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             shown = " ".join(f"{v:5.2f}" for v in values)
             print(f"{run}  {measure:8s} {shown}", flush=True)
     if args.csv:
-        with args.csv.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        args.csv.write_text(csv_text(rows, list(rows[0])), encoding="utf-8")
 
 
 if __name__ == "__main__":

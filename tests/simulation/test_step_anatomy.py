@@ -33,3 +33,24 @@ def test_an_svd_ordered_adapter_keeps_the_strongest_direction_in_component_one_a
     assert svd["top_dir"][0] > 1 - 1e-5 and max(svd["top_dir"][1:]) < 1e-5
     assert min(plain["top_dir"]) > 0.01  # random factors: every row holds some of it
     assert plain["norm"][0] == 1.0 and abs(svd["with_1"][0] - 1.0) < 1e-6
+
+
+def test_a_finished_run_gets_one_row_per_measure_in_the_csv(
+    tiny_llama_dir, headline_jsonl, tmp_path
+):
+    import csv
+
+    from benchmarks.step_anatomy import main
+
+    from prelort.runtime.outputs import write_outputs
+    from prelort.simulation import run_simulation
+    from tests_helpers import tiny
+
+    config = tiny(tiny_llama_dir, headline_jsonl, tmp_path / "run", method="prelort-ordered-g")
+    write_outputs(run_simulation(config, progress=False), config.out)
+    main([str(config.out), "--batches", "2", "--csv", str(tmp_path / "anatomy.csv")])
+    with (tmp_path / "anatomy.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["measure"] for r in rows] == ["norm", "agree_b", "agree_a", "with_1", "top_dir"]
+    assert all(len([k for k in r if k.startswith("c")]) == 4 for r in rows)  # components of R = 4
+    assert float(rows[0]["c1"]) == 1.0  # component 1's norm is the unit
