@@ -17,7 +17,8 @@ and reports, as medians over modules of the scaled product ``W = scale * B @ A``
 It tests a diagnostic of docs/RESULTS.md section 42: at one nominal step size a federation whose
 update concentrates in few directions moves them by a larger effective step (the default's
 gradient-shared step gives a component up to sqrt(r) times AdamW's; FedIT at rank 8 has eight A
-rows that share the direction), so the one that swings is the one with the larger ``top``.
+rows that share the direction), so the one that swings is the one with the larger ``step``. A run
+whose step decays (``lr_schedule = "cosine"``) is replayed at its last round's factor, near zero.
 """
 
 from __future__ import annotations
@@ -81,11 +82,13 @@ def run_round_step(run: Path) -> dict[str, dict[str, float]]:
     checkpoint = load_checkpoint(run)
     bench = build_workbench(config)
     fed, _, server = start_run(config, bench, checkpoint)
-    scale = config.alpha / config.max_rank
+    scale = bench.adapted.scale
     round_index = config.rounds  # the run's last round: its schedule factor
     draw = fed.plan.draw(round_index)
     replies, per_rank = [], defaultdict(list)
     for client in draw.sampled:
+        if client in draw.lost:
+            continue  # as in the run: a client lost mid-round sends nothing
         received = server.prefix(client)
         reply = fed.train_client(received, client, round_index)
         replies.append(reply)
