@@ -160,3 +160,20 @@ def test_every_method_is_listed_in_exactly_one_group(capsys):
         "flwr"
     ]["app"]["config"]
     assert flwr_app["method"] == RECOMMENDED_METHOD  # the Flower app's default too
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "configs").glob("*.toml")), ids=lambda p: p.name
+)
+def test_every_packaged_config_loads_and_names_a_packaged_task_and_model(path):
+    config = load_config(path, {})
+    assert config.task in ("20newsgroups", "bbc-news", "rotten-tomatoes", "bbc-headlines")
+    assert config.model in ("minilm-l6", "smollm2-135m")
+
+
+def test_the_plateau_config_is_the_run_of_results_43():
+    config = load_config(
+        Path(__file__).parents[1] / "configs/bbc-headlines-smollm2-plateau.toml", {}
+    )
+    assert (config.rounds, config.lr, config.lr_schedule) == (48, 4e-3, "cosine")
+    assert config.method == RECOMMENDED_METHOD
