@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -229,8 +230,9 @@ def _compare(args: argparse.Namespace, base: SimulationConfig, methods: list[str
 
 
 def _references(value: str | None) -> list[str]:
-    """``--reference a,b``: each method named, in order, without blanks."""
-    return [r.strip() for r in (value or "").split(",") if r.strip()]
+    """``--reference a,b``: each method named, in order, without blanks. A comma inside brackets
+    belongs to a pooled run's label (``fedit-min[lr_schedule=constant,rounds=72]``)."""
+    return [r.strip() for r in re.split(r",(?![^\[]*\])", value or "") if r.strip()]
 
 
 def _check_references(value: str | None, methods: list[str], where: str) -> None:
