@@ -347,7 +347,8 @@ def test_sgd_optimizer_runs_and_differs_from_adamw(tiny_bert_dir, topic_jsonl, t
 
 
 def test_compare_runs_both_heads_and_the_reference(tiny_bert_dir, topic_jsonl, tmp_path):
-    from prelort.simulation.compare import load_comparison, reference_note
+    from prelort.simulation.compare import load_comparison
+    from prelort.simulation.tables import reference_note
 
     config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "cmp", rounds=1)
     comparison = run_comparison(

@@ -15,10 +15,7 @@ from prelort.aggregation import methods as registered_methods
 from prelort.config import SimulationConfig, config_from_mapping
 from prelort.errors import ConfigError, DataError
 from prelort.io import atomic_write_text, write_json
-from prelort.runtime.outputs import (
-    METRIC_LABELS,
-    csv_text,
-)
+from prelort.runtime.outputs import METRIC_LABELS, csv_text
 from prelort.runtime.result import SimulationResult
 from prelort.simulation.convergence import gap_table, gaps, plot_gaps, trend_table, trends
 from prelort.simulation.executors import run_in_processes, run_in_turn
@@ -29,7 +26,12 @@ from prelort.simulation.paired import (
     plot_differences,
 )
 from prelort.simulation.plots import plot_comparison, plot_rounds
-from prelort.simulation.tables import seed_labels, tier_table
+from prelort.simulation.tables import (
+    REFERENCE,
+    cost_table,
+    markdown_table,
+    reference_note,
+)
 
 
 @dataclass
@@ -141,72 +143,6 @@ def privacy_spent(results: Sequence[SimulationResult]) -> dict[str, Any]:
         return {}
     worst = max(budgets, key=lambda b: b["epsilon"])
     return {"epsilon": worst["epsilon"], "delta": worst["delta"]}
-
-
-def cost_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown: communication and server time per round, wall time and, under DP, the (ε, δ)
-    each method's run spent, per method."""
-    dp = any(r.get("epsilon") is not None for r in rows)
-    head = "| method | MB up / round | MB down / round | aggregation ms / round | wall s / run |"
-    lines = [head + (" ε (δ) |" if dp else ""), "|---|---|---|---|---|" + ("---|" if dp else "")]
-    for r in rows:
-        line = (
-            f"| {r['method']} | {r['bytes_up_per_round'] / 1e6:.3f} | "
-            f"{r['bytes_down_per_round'] / 1e6:.3f} | {r['aggregation_ms_per_round']:.1f} | "
-            f"{r['wall_seconds']:.0f} |"
-        )
-        if dp:
-            spent = r.get("epsilon")
-            line += " - |" if spent is None else f" {spent:.2f} ({r['delta']:.2g}) |"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A table per metric: a row per method, a column per tier, cells ``mean ± std``."""
-    blocks = []
-    for metric in sorted({r["metric"] for r in rows}):
-        sel = [r for r in rows if r["metric"] == metric]
-        cells: dict[str, dict[int, str]] = {}
-        for r in sel:
-            cells.setdefault(r["method"], {})[r["tier"]] = (
-                f"{r['mean']:.4f} ± {r['std']:.4f}" if r["seeds"] > 1 else f"{r['mean']:.4f}"
-            )
-        tiers = sorted({r["tier"] for r in sel})
-        labels = seed_labels({r["method"]: r["seeds"] for r in sel})
-        grid = [([labels[method]], by_tier) for method, by_tier in cells.items()]
-        blocks.append(tier_table(METRIC_LABELS.get(metric, metric), tiers, grid))
-    return "\n\n".join(blocks)
-
-
-def reference_note(rows: Sequence[dict[str, Any]], margin: float = 0.02) -> str:
-    """How much the adapters add over the no-adapter row, per metric; a warning when it is little.
-
-    Returns "" without a reference row.
-    """
-    notes = []
-    for metric in sorted({r["metric"] for r in rows}):
-        sel = [r for r in rows if r["metric"] == metric]
-        ref = [r["mean"] for r in sel if r["method"] == REFERENCE]
-        others = [r["mean"] for r in sel if r["method"] != REFERENCE]
-        if not ref or not others:
-            continue
-        lower_better = metric == "perplexity"
-        best = min(others) if lower_better else max(others)
-        gain = (ref[0] - best) if lower_better else (best - ref[0])
-        relative = gain / ref[0] if lower_better else gain
-        label = METRIC_LABELS.get(metric, metric)
-        note = f"{label}: no adapter {ref[0]:.4f}, best adapter tier {best:.4f} (gain {gain:+.4f})"
-        if relative < margin:
-            note += (
-                "; the adapters add little over the frozen base here, so this task says little"
-                " about the methods"
-            )
-        notes.append(note)
-    return "\n".join(f"- {n}" for n in notes)
-
-
-REFERENCE = "no-adapter"
 
 
 def run_variants(
