@@ -19,6 +19,7 @@ update concentrates in few directions moves them by a larger effective step (the
 gradient-shared step gives a component up to sqrt(r) times AdamW's; FedIT at rank 8 has eight A
 rows that share the direction), so the one that swings is the one with the larger ``step``. A run
 whose step decays (``lr_schedule = "cosine"``) is replayed at its last round's factor, near zero.
+For FLoRA, ``W`` includes the merged term, so ``step`` is what the round merged.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from prelort.adapters.state import LORA_A, LORA_B, lora_modules
+from prelort.adapters.state import LORA_A, LORA_B, MERGED, lora_modules
 from prelort.config import config_from_mapping
 from prelort.runtime.checkpoint import load_checkpoint
 from prelort.runtime.outputs import csv_text
@@ -38,10 +39,17 @@ from prelort.runtime.skeleton import start_run
 from prelort.runtime.workbench import build_workbench
 
 
-def products(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
-    """Per module, ``scale * B @ A`` in float64 at the state's own rank."""
+def products(
+    state: dict[str, torch.Tensor], scale: float, merged: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """Per module, ``scale * B @ A`` in float64 at the state's own rank, plus what a method merged
+    into the base (FLoRA's ``<module>.merged``: its adapter restarts at zero every round, so its
+    learning lives there). ``merged`` takes that term from another state (a client's reply does
+    not change it)."""
+    merged = state if merged is None else merged
     return {
         m: scale * state[m + LORA_B].double() @ state[m + LORA_A].double()
+        + (merged[m + MERGED].double() if m + MERGED in merged else 0.0)
         for m in lora_modules(state)
     }
 
@@ -92,7 +100,9 @@ def run_round_step(run: Path) -> dict[str, dict[str, float]]:
         received = server.prefix(client)
         reply = fed.train_client(received, client, round_index)
         replies.append(reply)
-        found = median_over_modules(products(received, scale), products(reply.state, scale))
+        found = median_over_modules(
+            products(received, scale), products(reply.state, scale, merged=received)
+        )
         per_rank[reply.rank].append(found)
         print(f"{run}  client {client} rank {reply.rank}: {fmt(found)}", flush=True)
     outcome = fed.server_step(server, draw.sampled, replies)

@@ -4,7 +4,7 @@ import csv
 import math
 
 import torch
-from benchmarks.round_step import main, movement
+from benchmarks.round_step import main, movement, products
 
 from prelort.runtime.outputs import write_outputs
 from prelort.simulation import run_simulation
@@ -47,3 +47,26 @@ def test_one_more_round_of_a_finished_run_reports_the_global_and_every_client_ra
         assert set(found) == {"s1", "step", "top", "turn", "rest"}
         assert all(math.isfinite(v) for v in found.values())
         assert found["step"] > 0  # every update moved the product
+
+
+def test_a_merged_term_counts_in_the_product_and_a_reply_takes_it_from_the_prefix():
+    g = torch.Generator().manual_seed(2)
+    a, b, merged = (torch.randn(*shape, generator=g) for shape in [(2, 5), (7, 2), (7, 5)])
+    prefix = {"m.lora_a": a, "m.lora_b": b, "m.merged": merged}
+    reply = {"m.lora_a": a, "m.lora_b": 2 * b}  # a client's reply carries no merged term
+    assert torch.allclose(products(prefix, 0.5)["m"], (0.5 * b @ a + merged).double())
+    moved = products(reply, 0.5, merged=prefix)["m"] - products(prefix, 0.5)["m"]
+    assert torch.allclose(moved, (0.5 * b @ a).double())
+
+
+def test_flora_s_round_is_measured_by_what_it_merged(tiny_llama_dir, headline_jsonl, tmp_path):
+    config = tiny(tiny_llama_dir, headline_jsonl, tmp_path / "run", method="flora")
+    write_outputs(run_simulation(config, progress=False, checkpoint_dir=config.out), config.out)
+    main([str(config.out), "--csv", str(tmp_path / "step.csv")])
+    with (tmp_path / "step.csv").open(encoding="utf-8") as handle:
+        rows = {row["what"]: row for row in csv.DictReader(handle)}
+    # its adapter is zero after every merge: without the merged term s1 would be 0 and top undefined
+    assert float(rows["global"]["s1"]) > 0 and float(rows["global"]["step"]) > 0
+    assert all(
+        math.isfinite(float(v)) for k, v in rows["global"].items() if k not in ("run", "what")
+    )
