@@ -4,8 +4,9 @@ import csv
 import math
 
 import torch
-from benchmarks.round_step import main, movement, products
+from benchmarks.round_step import downhill, main, movement, products, weight_gradients
 
+from prelort.data.encoding import make_batch
 from prelort.runtime.outputs import write_outputs
 from prelort.simulation import run_simulation
 from tests_helpers import tiny
@@ -44,9 +45,10 @@ def test_one_more_round_of_a_finished_run_reports_the_global_and_every_client_ra
     assert set(rows) == {"global", "client r1", "client r2", "client r4"}
     for row in rows.values():
         found = {k: float(v) for k, v in row.items() if k not in ("run", "what")}
-        assert set(found) == {"s1", "step", "top", "turn", "rest"}
+        assert set(found) == {"s1", "step", "top", "turn", "rest", "descent", "align"}
         assert all(math.isfinite(v) for v in found.values())
         assert found["step"] > 0  # every update moved the product
+        assert -1 <= found["align"] <= 1
 
 
 def test_a_merged_term_counts_in_the_product_and_a_reply_takes_it_from_the_prefix():
@@ -70,3 +72,42 @@ def test_flora_s_round_is_measured_by_what_it_merged(tiny_llama_dir, headline_js
     assert all(
         math.isfinite(float(v)) for k, v in rows["global"].items() if k not in ("run", "what")
     )
+
+
+def test_descent_is_the_update_s_first_order_loss_decrease_and_align_its_cosine_with_it():
+    g = torch.Generator().manual_seed(3)
+    grads = {"m": torch.randn(4, 3, generator=g, dtype=torch.float64)}
+    before = {"m": torch.zeros(4, 3, dtype=torch.float64)}
+    found = downhill(grads, before, {"m": -0.5 * grads["m"]})
+    assert math.isclose(found["descent"], 0.5 * float(grads["m"].square().sum()), rel_tol=1e-12)
+    assert math.isclose(found["align"], 1.0, rel_tol=1e-12)
+    sideways = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    sideways -= (sideways * grads["m"]).sum() / grads["m"].square().sum() * grads["m"]
+    assert abs(downhill(grads, before, {"m": sideways})["align"]) < 1e-12
+
+
+def test_the_weight_gradient_is_the_one_the_adapter_s_factors_see(
+    tiny_llama_dir, headline_jsonl, tmp_path
+):
+    from prelort.adapters.state import get_state
+    from prelort.runtime.workbench import build_workbench
+
+    config = tiny(tiny_llama_dir, headline_jsonl, tmp_path / "run", method="prelort-ordered-g")
+    result = run_simulation(config, progress=False)
+    bench = build_workbench(config)
+    adapted, rows = bench.adapted, list(range(6))
+    pad = bench.tokenizer.pad_token_id
+    grads = weight_gradients(
+        adapted, result.global_state, bench.train, rows, bench.batch_kind, pad, 4
+    )
+    assert get_state(adapted).keys() == result.global_state.keys()  # the state is left loaded
+    adapted.model.eval()
+    adapted.model.zero_grad(set_to_none=True)
+    for start in (0, 4):  # the same loss, differentiated by the factors instead
+        chunk = rows[start : start + 4]
+        loss = adapted.model(**make_batch(bench.batch_kind, bench.train, chunk, pad)).loss
+        (loss * len(chunk) / len(rows)).backward()
+    for name, layer in adapted.layers.items():
+        expected = layer.scale * grads[name] @ layer.lora_a.double().T  # dL/dB = s G A^T
+        assert torch.allclose(layer.lora_b.grad.double(), expected, rtol=1e-4, atol=1e-7)
+        assert layer.base.weight.grad is None and not layer.base.weight.requires_grad
