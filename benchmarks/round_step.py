@@ -128,7 +128,9 @@ def weight_gradients(
         adapted.model.train(was_training)
 
 
-def downhill(grads: dict[str, torch.Tensor], before: dict, after: dict) -> dict[str, float]:
+def downhill(
+    grads: dict[str, torch.Tensor], before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]
+) -> dict[str, float]:
     """``descent`` and ``align`` of the module docstring for the update ``after - before``."""
     inner = sum(float((grads[m] * (after[m] - before[m])).sum()) for m in grads)
     g_norm = sum(float(grads[m].square().sum()) for m in grads) ** 0.5
