@@ -54,8 +54,9 @@ def products(
 ) -> dict[str, torch.Tensor]:
     """Per module, ``scale * B @ A`` in float64 at the state's own rank, plus what a method merged
     into the base (FLoRA's ``<module>.merged``: its adapter restarts at zero every round, so its
-    learning lives there). ``merged`` takes that term from another state (a client's reply does
-    not change it)."""
+    learning lives there). ``merged`` takes that term from another state: a client leaves it as
+    received, but its reply carries it back through the wire format (rounded under a 16-bit wire),
+    so a client's step is measured against the prefix's exact copy."""
     merged = state if merged is None else merged
     return {
         m: scale * state[m + LORA_B].double() @ state[m + LORA_A].double()
