@@ -11,6 +11,7 @@ give the 95 % interval. A difference is *separated* only where that interval exc
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from prelort.errors import DataError
 from prelort.runtime.outputs import EXAMPLES_NAME, METRIC_LABELS, method_colors, save_figure
 from prelort.simulation.tables import seed_labels, tier_table
 
 if TYPE_CHECKING:
     from prelort.simulation.compare import Comparison
+
+log = logging.getLogger(__name__)
 
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -73,11 +77,30 @@ def paired_interval(
 
 
 def run_examples(run_dir: Path) -> dict[str, dict[str, list[float]]] | None:
-    """A finished run's per-example final scores (``examples.json``), or None if it has none."""
+    """A finished run's per-example final scores (``examples.json``), or None if it has none.
+
+    Raises:
+        DataError: a file that is not JSON, or not ``{"tiers": {tier: {metric: [score, ...]}}}``.
+    """
     path = run_dir / EXAMPLES_NAME
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))["tiers"]
+    try:
+        tiers = json.loads(path.read_text(encoding="utf-8"))["tiers"]
+        if not all(
+            isinstance(scores, list) for metrics in tiers.values() for scores in metrics.values()
+        ):
+            raise TypeError("a metric's scores are not a list")
+    except (
+        OSError,
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as e:
+        raise DataError(f"{path}: not a readable examples file ({type(e).__name__}: {e})") from None
+    return tiers
 
 
 def default_reference(methods: Sequence[str]) -> str:
@@ -115,12 +138,16 @@ def _differences(
     reference: str,
 ) -> list[Difference]:
     shared = [s for s in seeds if scores.get((method, s)) and scores.get((reference, s))]
-    if not shared:
+    runs = [scores[(m, s)] for s in shared for m in (method, reference)]
+    if not runs:
         return []
-    out = []
-    first, ref_first = scores[(method, shared[0])], scores[(reference, shared[0])]
-    for tier in sorted(set(first) & set(ref_first), key=int):
-        for metric in sorted(set(first[tier]) & set(ref_first[tier])):
+    out, unpaired = [], set()
+    for tier in sorted(set.intersection(*(set(run) for run in runs)), key=int):
+        for metric in sorted(set.intersection(*(set(run[tier]) for run in runs))):
+            counts = {len(run[tier][metric]) for run in runs}
+            if len(counts) > 1:  # scored on other test examples (another --eval-examples)
+                unpaired |= counts
+                continue
             rows = [
                 torch.tensor(scores[(method, s)][tier][metric])
                 - torch.tensor(scores[(reference, s)][tier][metric])
@@ -132,6 +159,14 @@ def _differences(
                     method, reference, int(tier), metric, mean, low, high, len(rows[0]), len(shared)
                 )
             )
+    if unpaired:
+        log.warning(
+            "%s against %s: scored on %s test examples; only scores of the same examples pair, "
+            "so their differences are left out",
+            method,
+            reference,
+            " and ".join(map(str, sorted(unpaired))),
+        )
     return out
 
 
