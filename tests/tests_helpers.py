@@ -1,5 +1,7 @@
 """Shared builders for tests (importable as ``tests_helpers`` because tests/ is on sys.path)."""
 
+import json
+
 import torch
 from torch import nn
 
@@ -105,3 +107,16 @@ def token_rows(rows, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = [torch.randint(3, 120, (8,), generator=g).tolist() for _ in range(rows)]
     return EncodedSplit(ids, [n % 2 for n in range(rows)])
+
+
+def finished_run(root, method, scores, eval_examples=300):
+    """A finished run folder as simulate writes it, with ``scores`` per tier as examples.json."""
+    run = root / f"{method}-seed0"
+    run.mkdir(parents=True)
+    config = SimulationConfig(method=method, eval_examples=eval_examples).to_dict()
+    final = {tier: {"accuracy": sum(s) / len(s)} for tier, s in scores.items()}
+    metrics = {"config": config, "client_ranks": [], "client_examples": [], "rounds": []}
+    (run / "metrics.json").write_text(json.dumps({**metrics, "final": {"tiers": final}}))
+    tiers = {tier: {"accuracy": s} for tier, s in scores.items()}
+    (run / "examples.json").write_text(json.dumps({"tiers": tiers}))
+    return run

@@ -1,11 +1,8 @@
 """Paired bootstrap intervals: exact where the answer is known, and from a comparison's runs."""
 
-import json
-
 import pytest
 import torch
 
-from prelort.config import SimulationConfig
 from prelort.errors import DataError
 from prelort.simulation.compare import load_comparison
 from prelort.simulation.paired import (
@@ -15,6 +12,7 @@ from prelort.simulation.paired import (
     paired_interval,
     run_examples,
 )
+from tests_helpers import finished_run
 
 
 def test_a_constant_difference_has_a_point_interval():
@@ -63,30 +61,17 @@ def test_rows_paired_over_different_seeds_say_how_many():
     assert "| a (n = 3) |" in table and "| b (n = 1) |" in table
 
 
-def _write_run(root, method, scores, eval_examples=300):
-    """A finished run folder as simulate writes it, with ``scores`` per tier as examples.json."""
-    run = root / f"{method}-seed0"
-    run.mkdir(parents=True)
-    config = SimulationConfig(method=method, eval_examples=eval_examples).to_dict()
-    final = {tier: {"accuracy": sum(s) / len(s)} for tier, s in scores.items()}
-    metrics = {"config": config, "client_ranks": [], "client_examples": [], "rounds": []}
-    (run / "metrics.json").write_text(json.dumps({**metrics, "final": {"tiers": final}}))
-    tiers = {tier: {"accuracy": s} for tier, s in scores.items()}
-    (run / "examples.json").write_text(json.dumps({"tiers": tiers}))
-    return run
-
-
 def test_differences_are_read_from_the_runs_examples(tmp_path):
-    _write_run(tmp_path, "prelort-ordered-g", {"2": [1.0, 1.0, 0.0, 1.0]})
-    _write_run(tmp_path, "fedit-min", {"2": [0.0, 1.0, 0.0, 1.0], "4": [1.0] * 4})
+    finished_run(tmp_path, "prelort-ordered-g", {"2": [1.0, 1.0, 0.0, 1.0]})
+    finished_run(tmp_path, "fedit-min", {"2": [0.0, 1.0, 0.0, 1.0], "4": [1.0] * 4})
     (diff,) = paired_differences(load_comparison(tmp_path), ["prelort-ordered-g"])
     assert (diff.method, diff.tier, diff.examples, diff.seeds) == ("fedit-min", 2, 4, 1)
     assert diff.mean == -0.25  # the tier only one run scored is left out
 
 
 def test_runs_scored_on_other_examples_are_not_paired(tmp_path, caplog):
-    _write_run(tmp_path, "prelort-ordered-g", {"2": [1.0] * 4}, eval_examples=4)
-    _write_run(tmp_path, "fedit-min", {"2": [1.0] * 5}, eval_examples=5)
+    finished_run(tmp_path, "prelort-ordered-g", {"2": [1.0] * 4}, eval_examples=4)
+    finished_run(tmp_path, "fedit-min", {"2": [1.0] * 5}, eval_examples=5)
     comparison = load_comparison(tmp_path, vary=["eval_examples"])
     assert paired_differences(comparison, [comparison.methods[0]]) == []
     assert "scored on 4 and 5 test examples" in caplog.text
@@ -94,7 +79,7 @@ def test_runs_scored_on_other_examples_are_not_paired(tmp_path, caplog):
 
 @pytest.mark.parametrize("text", ["{", '{"scores": []}', '{"tiers": {"2": {"accuracy": 3}}}'])
 def test_a_malformed_examples_file_is_named(tmp_path, text):
-    run = _write_run(tmp_path, "fedit-min", {"2": [1.0]})
+    run = finished_run(tmp_path, "fedit-min", {"2": [1.0]})
     (run / "examples.json").write_text(text)
     with pytest.raises(DataError, match="fedit-min-seed0/examples.json: not a readable"):
         run_examples(run)

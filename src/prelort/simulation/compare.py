@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from prelort.simulation.tables import (
     markdown_table,
     reference_note,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -270,15 +273,15 @@ def load_comparison(out_dir: Path, *more: Path, vary: Sequence[str] = ()) -> Com
     unfinished: list[str] = []
     config, first = None, None
     for path in [p for folder in folders for p in sorted(folder.glob("*-seed*/metrics.json"))]:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"{path}: not a readable metrics file ({e})") from None
+        method, _, seed = path.parent.name.rpartition("-seed")
+        if not seed.isdigit():  # a copy beside the runs (prelort-seed0-old), not a run of ours
+            log.warning("%s: not a run folder (<method>-seed<S>); left out", path.parent)
+            continue
+        data = _read_metrics(path)
         name = _run_name(path.parent, pooled)
         if not data.get("final", {}).get("tiers"):
             unfinished.append(name)
             continue
-        method, _, seed = path.parent.name.rpartition("-seed")
         if config is None:
             config, first = data["config"], name
         swept = []
@@ -326,6 +329,24 @@ def load_comparison(out_dir: Path, *more: Path, vary: Sequence[str] = ()) -> Com
     seeds = sorted({s for _, s in runs})
     base = config_from_mapping({**config, "out": str(out_dir)})
     return Comparison(base, methods, seeds, runs, unfinished, run_dirs)
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    """A run's metrics.json, checked for what a comparison reads of it.
+
+    Raises:
+        DataError: not JSON, or without the run's config and client lists.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a readable metrics file ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise DataError(f"{path}: not a run's metrics file (no config); was it written by prelort?")
+    missing = [k for k in ("client_ranks", "client_examples", "rounds") if k not in data]
+    if data.get("final", {}).get("tiers") and missing:
+        raise DataError(f"{path}: a finished run's metrics file without {', '.join(missing)}")
+    return data
 
 
 def check_varied(vary: Sequence[str]) -> None:
