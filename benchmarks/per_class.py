@@ -19,13 +19,13 @@ from pathlib import Path
 from prelort.config import config_from_mapping
 from prelort.data.tasks import CLASSIFICATION
 from prelort.errors import ConfigError
-from prelort.runtime.outputs import EXAMPLES_NAME
+from prelort.runtime.outputs import EXAMPLES_NAME, read_metrics
 from prelort.runtime.workbench import eval_subset, load_config_task
 
 
 def scored_labels(run: Path) -> tuple[list[int], tuple[str, ...]]:
     """(label id of each scored test example, class names) of a run, from its config."""
-    config = config_from_mapping(json.loads((run / "metrics.json").read_text("utf-8"))["config"])
+    config = config_from_mapping(read_metrics(run / "metrics.json")["config"])
     task = load_config_task(config)
     if task.kind != CLASSIFICATION:
         raise ConfigError(f"{run}: task {config.task!r} is not classification")

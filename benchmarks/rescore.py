@@ -29,7 +29,6 @@ features, reported here as in every run) or calibrate the folder (``prelort cali
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from prelort.evaluation.tiers import EvalInputs, ReadoutData, evaluate_tiers
 from prelort.io import load_adapter, write_json
 from prelort.runtime.calibrate import evaluate_calibration, record_calibrated
 from prelort.runtime.federation import prepare_federation
-from prelort.runtime.outputs import CALIBRATED_NAME, EXAMPLES_NAME
+from prelort.runtime.outputs import CALIBRATED_NAME, EXAMPLES_NAME, read_metrics
 from prelort.runtime.workbench import build_workbench
 
 
@@ -59,7 +58,7 @@ def rescore_run(
     Raises:
         ConfigError: a tier above the adapter's rank.
     """
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    metrics = read_metrics(run / "metrics.json")
     config = config_from_mapping(metrics["config"])
     if eval_dtype is not None:
         config = config.replace(eval_dtype=eval_dtype)

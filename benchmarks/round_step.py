@@ -32,7 +32,6 @@ section 39's open reading of its gap (an update confined to fresh random row spa
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from prelort.config import config_from_mapping
 from prelort.data.encoding import EncodedSplit, make_batch
 from prelort.device import to_device
 from prelort.runtime.checkpoint import load_checkpoint
-from prelort.runtime.outputs import csv_text
+from prelort.runtime.outputs import csv_text, read_metrics
 from prelort.runtime.skeleton import start_run
 from prelort.runtime.workbench import build_workbench
 
@@ -153,7 +152,7 @@ def gradient_rows(client_rows: tuple[tuple[int, ...], ...], count: int, seed: in
 def run_round_step(run: Path, grad_examples: int = 32) -> dict[str, dict[str, float]]:
     """One more round of ``run`` from its checkpoint: the global product's measures, and each
     client rank's measures of its own update (median over modules, mean over its clients)."""
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    metrics = read_metrics(run / "metrics.json")
     config = config_from_mapping(metrics["config"])
     checkpoint = load_checkpoint(run)
     bench = build_workbench(config)

@@ -118,14 +118,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from prelort.io import load_adapter, write_json
     from prelort.runtime.calibrate import calibrated_tiers
     from prelort.runtime.federation import prepare_federation
-    from prelort.runtime.outputs import save_calibrated
+    from prelort.runtime.outputs import read_metrics, save_calibrated
     from prelort.runtime.workbench import build_workbench
 
     metrics_path, adapter_path = args.run / "metrics.json", args.run / "adapter.safetensors"
     for path in (metrics_path, adapter_path):
         if not path.is_file():
             raise ConfigError(f"run: {path} not found; give the --out folder of a finished run")
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    metrics = read_metrics(metrics_path)
     config = config_from_mapping(metrics["config"])
     if args.examples is not None:
         config = config.replace(calibration_examples=args.examples)

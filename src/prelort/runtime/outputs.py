@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from prelort.adapters.state import AdapterState
+from prelort.errors import DataError
 from prelort.federation.records import RoundRecord, TrafficRecord
 from prelort.io import atomic_write_bytes, atomic_write_text, save_adapter, write_json
 from prelort.runtime.checkpoint import adapter_metadata
@@ -132,6 +134,24 @@ def plot_segments(traffic: Sequence[TrafficRecord], title: str, out_dir: Path) -
     ax.set_title(f"{title}: energy per rank segment")
     ax.legend(fontsize=8, loc="upper left")
     return save_figure(fig, out_dir / "segments.png")
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A run's metrics.json, checked for what its readers (summarize, calibrate, benchmarks) need.
+
+    Raises:
+        DataError: not JSON, or without the run's config and client lists.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a readable metrics file ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise DataError(f"{path}: not a run's metrics file (no config); was it written by prelort?")
+    missing = [k for k in ("client_ranks", "client_examples", "rounds") if k not in data]
+    if data.get("final", {}).get("tiers") and missing:
+        raise DataError(f"{path}: a finished run's metrics file without {', '.join(missing)}")
+    return data
 
 
 def write_progress(result: SimulationResult, out_dir: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import statistics
 from collections.abc import Callable, Sequence
@@ -16,7 +15,7 @@ from prelort.aggregation import methods as registered_methods
 from prelort.config import SimulationConfig, config_from_mapping
 from prelort.errors import ConfigError, DataError
 from prelort.io import atomic_write_text, write_json
-from prelort.runtime.outputs import METRIC_LABELS, csv_text
+from prelort.runtime.outputs import METRIC_LABELS, csv_text, read_metrics
 from prelort.runtime.result import SimulationResult
 from prelort.simulation.convergence import gap_table, gaps, plot_gaps, trend_table, trends
 from prelort.simulation.executors import run_in_processes, run_in_turn
@@ -277,7 +276,7 @@ def load_comparison(out_dir: Path, *more: Path, vary: Sequence[str] = ()) -> Com
         if not seed.isdigit():  # a copy beside the runs (prelort-seed0-old), not a run of ours
             log.warning("%s: not a run folder (<method>-seed<S>); left out", path.parent)
             continue
-        data = _read_metrics(path)
+        data = read_metrics(path)
         name = _run_name(path.parent, pooled)
         if not data.get("final", {}).get("tiers"):
             unfinished.append(name)
@@ -329,24 +328,6 @@ def load_comparison(out_dir: Path, *more: Path, vary: Sequence[str] = ()) -> Com
     seeds = sorted({s for _, s in runs})
     base = config_from_mapping({**config, "out": str(out_dir)})
     return Comparison(base, methods, seeds, runs, unfinished, run_dirs)
-
-
-def _read_metrics(path: Path) -> dict[str, Any]:
-    """A run's metrics.json, checked for what a comparison reads of it.
-
-    Raises:
-        DataError: not JSON, or without the run's config and client lists.
-    """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not a readable metrics file ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
-        raise DataError(f"{path}: not a run's metrics file (no config); was it written by prelort?")
-    missing = [k for k in ("client_ranks", "client_examples", "rounds") if k not in data]
-    if data.get("final", {}).get("tiers") and missing:
-        raise DataError(f"{path}: a finished run's metrics file without {', '.join(missing)}")
-    return data
 
 
 def check_varied(vary: Sequence[str]) -> None:
