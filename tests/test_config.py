@@ -177,3 +177,8 @@ def test_the_plateau_config_is_the_run_of_results_43():
     )
     assert (config.rounds, config.lr, config.lr_schedule) == (48, 4e-3, "cosine")
     assert config.method == RECOMMENDED_METHOD
+
+
+def test_a_rank_below_one_is_named_as_such():
+    with pytest.raises(ConfigError, match="every rank must be >= 1, got 0"):
+        parse_ranks("0,2")

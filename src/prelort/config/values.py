@@ -90,6 +90,8 @@ def parse_weighted(
         try:
             values.append(read(value_text))
             probs.append(float(prob_text) if sep else None)
+        except ConfigError:  # read's own message names what is wrong; ConfigError is a ValueError
+            raise
         except ValueError:
             raise ConfigError(
                 f"{field_name}: cannot read {text!r} as {what} or {what}:PROBABILITY"
