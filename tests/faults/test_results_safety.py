@@ -11,7 +11,8 @@ from prelort.io import load_adapter, save_adapter
 from prelort.merge import export_prefix
 from prelort.runtime.checkpoint import load_checkpoint
 from prelort.simulation import run_simulation
-from prelort.simulation.compare import load_comparison, run_comparison, write_comparison
+from prelort.simulation.compare import run_comparison, write_comparison
+from prelort.simulation.reload import load_comparison
 from tests_helpers import tiny
 
 

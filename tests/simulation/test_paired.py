@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from prelort.errors import DataError
-from prelort.simulation.compare import load_comparison
 from prelort.simulation.paired import (
     Difference,
     difference_table,
@@ -12,6 +11,7 @@ from prelort.simulation.paired import (
     paired_interval,
     run_examples,
 )
+from prelort.simulation.reload import load_comparison
 from tests_helpers import finished_run
 
 

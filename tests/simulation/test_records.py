@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from prelort.simulation.compare import load_comparison
 from prelort.simulation.paired import paired_differences
+from prelort.simulation.reload import load_comparison
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 KEPT = sorted({p.parent.parent for p in RESULTS.glob("**/*-seed*/metrics.json")})

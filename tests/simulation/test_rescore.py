@@ -6,7 +6,7 @@ from benchmarks.rescore import rescore_run
 
 from prelort.runtime.outputs import write_outputs
 from prelort.simulation import run_simulation
-from prelort.simulation.compare import load_comparison
+from prelort.simulation.reload import load_comparison
 from tests_helpers import tiny
 
 

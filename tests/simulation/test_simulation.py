@@ -108,7 +108,7 @@ def test_comparison_shares_partitions_and_writes_tables(tiny_bert_dir, topic_jso
     assert "| prelort |" in table and "±" in table
     assert (config.out / "prelort-seed1" / "metrics.json").is_file()
     assert "MB up / round" in table and (config.out / "rounds_accuracy.png").is_file()
-    from prelort.simulation.compare import load_comparison
+    from prelort.simulation.reload import load_comparison
 
     reloaded = load_comparison(config.out)
 
@@ -140,7 +140,7 @@ def test_comparison_shares_partitions_and_writes_tables(tiny_bert_dir, topic_jso
 def test_a_reference_run_later_pools_with_a_comparison_as_if_run_beside_it(
     tiny_bert_dir, topic_jsonl, tmp_path
 ):
-    from prelort.simulation.compare import load_comparison
+    from prelort.simulation.reload import load_comparison
 
     config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "both", rounds=1)
     together = run_comparison(config, ["prelort", "zeropad"], [0], progress=False)
@@ -347,7 +347,7 @@ def test_sgd_optimizer_runs_and_differs_from_adamw(tiny_bert_dir, topic_jsonl, t
 
 
 def test_compare_runs_both_heads_and_the_reference(tiny_bert_dir, topic_jsonl, tmp_path):
-    from prelort.simulation.compare import load_comparison
+    from prelort.simulation.reload import load_comparison
     from prelort.simulation.tables import reference_note
 
     config = tiny(tiny_bert_dir, topic_jsonl, tmp_path / "cmp", rounds=1)

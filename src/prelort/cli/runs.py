@@ -263,7 +263,7 @@ def _report_comparison(
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
-    from prelort.simulation.compare import load_comparison
+    from prelort.simulation.reload import load_comparison
 
     if args.rounds_from < 0:
         raise ConfigError(f"rounds-from: {args.rounds_from} is negative; give a round, 0 for all")

@@ -1,11 +1,11 @@
-"""Loading a comparison back from its run folders: what a malformed folder gets."""
+"""simulation/reload.py: a comparison loaded back from its run folders, and what a malformed one gets."""
 
 import json
 
 import pytest
 
 from prelort.errors import DataError
-from prelort.simulation.compare import load_comparison
+from prelort.simulation.reload import load_comparison
 from tests_helpers import finished_run
 
 
