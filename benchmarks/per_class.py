@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from prelort.data.tasks import CLASSIFICATION
 from prelort.errors import ConfigError
 from prelort.runtime.outputs import EXAMPLES_NAME, read_metrics
 from prelort.runtime.workbench import eval_subset, load_config_task
+from prelort.simulation.paired import run_examples
 
 
 def scored_labels(run: Path) -> tuple[list[int], tuple[str, ...]]:
@@ -40,7 +40,9 @@ def per_class(run: Path, metric: str = "accuracy") -> dict[str, dict[str, tuple[
         ConfigError: not a classification run, or its scores do not match its test rows.
     """
     labels, names = scored_labels(run)
-    tiers = json.loads((run / EXAMPLES_NAME).read_text("utf-8"))["tiers"]
+    tiers = run_examples(run)
+    if tiers is None:
+        raise ConfigError(f"{run}: no {EXAMPLES_NAME}; give the folder of a finished run")
     table: dict[str, dict[str, tuple[float, int]]] = {}
     for tier, scores in tiers.items():
         if metric not in scores:
