@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from prelort.models import minilm_path
+from prelort.runtime.outputs import read_metrics
 
 # The child prints its own peak resident memory (VmHWM) last. os.wait4's ru_maxrss would be wrong:
 # Linux folds the parent's high-water mark into it at exec (a large benchmark parent read as 4 GB).
@@ -58,7 +58,7 @@ def simulate(flags: Sequence[str], out: Path) -> ChildRun:
     peak_kb = next(
         int(line.split()[1]) for line in reversed(text.splitlines()) if line.startswith("VmHWM-kB")
     )
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = read_metrics(out / "metrics.json")
     return ChildRun(peak_kb / 1024, seconds, metrics)
 
 

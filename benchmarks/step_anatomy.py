@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
 import torch
@@ -38,7 +37,7 @@ from prelort.config import config_from_mapping
 from prelort.data.encoding import make_batch
 from prelort.device import to_device
 from prelort.io import load_adapter
-from prelort.runtime.outputs import csv_text
+from prelort.runtime.outputs import csv_text, read_metrics
 from prelort.runtime.workbench import build_workbench
 
 
@@ -95,7 +94,7 @@ def anatomy(
 
 def run_anatomy(run: Path, batches: int, batch_size: int, seed: int = 0) -> dict[str, list[float]]:
     """Load ``run``'s model and final adapter and measure its components' first-step gradients."""
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    metrics = read_metrics(run / "metrics.json")
     config = config_from_mapping(metrics["config"])
     bench = build_workbench(config)
     state, _ = load_adapter(run / "adapter.safetensors")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
@@ -86,7 +85,7 @@ def _simulate(args: argparse.Namespace, config: SimulationConfig, resume) -> int
 
 def cmd_flower(args: argparse.Namespace) -> int:
     from prelort.flower.deploy import deploy
-    from prelort.runtime.outputs import final_table
+    from prelort.runtime.outputs import final_table, read_metrics
     from prelort.runtime.result import SimulationResult
     from prelort.runtime.rundir import claimed_run_dir
 
@@ -106,7 +105,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with claimed_run_dir(config.out, args.overwrite, resume=args.resume is not None):
         out = deploy(config, nodes, args.resume is not None, args.gpus_per_node)
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = read_metrics(out / "metrics.json")
     result = SimulationResult(config.to_dict(), [], [], final=metrics["final"]["tiers"])
     print(f"\nfinal metrics of the global adapter per rank tier ({config.method}):")
     print(final_table(result))
