@@ -10,7 +10,6 @@ authentication are off here (docs/FLOWER.md shows the flags for a real deploymen
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -310,8 +309,10 @@ def deploy(
         finally:
             processes.stop()
             signal.signal(signal.SIGTERM, previous)
+    from prelort.runtime.outputs import read_metrics  # imports torch, which the launcher need not
+
     metrics = out / "metrics.json"
-    done = metrics.is_file() and json.loads(metrics.read_text()).get("final", {}).get("tiers")
+    done = metrics.is_file() and read_metrics(metrics).get("final", {}).get("tiers")
     if not done:
         raise DeploymentError(
             f"the Flower run ended (flwr run exit {finished.returncode}) without final metrics "
