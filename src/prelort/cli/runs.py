@@ -85,7 +85,7 @@ def _simulate(args: argparse.Namespace, config: SimulationConfig, resume) -> int
 
 def cmd_flower(args: argparse.Namespace) -> int:
     from prelort.flower.deploy import deploy
-    from prelort.runtime.outputs import final_table, read_metrics
+    from prelort.runtime.outputs import final_table, final_tiers, read_metrics
     from prelort.runtime.result import SimulationResult
     from prelort.runtime.rundir import claimed_run_dir
 
@@ -106,7 +106,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
     with claimed_run_dir(config.out, args.overwrite, resume=args.resume is not None):
         out = deploy(config, nodes, args.resume is not None, args.gpus_per_node)
     metrics = read_metrics(out / "metrics.json")
-    result = SimulationResult(config.to_dict(), [], [], final=metrics["final"]["tiers"])
+    result = SimulationResult(config.to_dict(), [], [], final=final_tiers(metrics))
     print(f"\nfinal metrics of the global adapter per rank tier ({config.method}):")
     print(final_table(result))
     print(f"\nwall time {time.perf_counter() - start:.1f} s; wrote {out}")
@@ -117,7 +117,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from prelort.io import load_adapter, write_json
     from prelort.runtime.calibrate import calibrated_tiers
     from prelort.runtime.federation import prepare_federation
-    from prelort.runtime.outputs import read_metrics, save_calibrated
+    from prelort.runtime.outputs import final_tiers, read_metrics, save_calibrated
     from prelort.runtime.workbench import build_workbench
 
     metrics_path, adapter_path = args.run / "metrics.json", args.run / "adapter.safetensors"
@@ -136,7 +136,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     calibration, tiers = calibrated_tiers(fed, state, holders_only=args.holders_only)
     seconds = time.perf_counter() - start
     ladder = config.ranks.ladder
-    before = metrics.get("final", {}).get("tiers", {})
+    before = final_tiers(metrics)
     report = {
         "run": str(args.run),
         "holders_only": args.holders_only,

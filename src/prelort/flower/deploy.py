@@ -309,10 +309,10 @@ def deploy(
         finally:
             processes.stop()
             signal.signal(signal.SIGTERM, previous)
-    from prelort.runtime.outputs import read_metrics  # imports torch, which the launcher need not
+    from prelort.runtime.outputs import final_tiers, read_metrics  # imports torch: only once done
 
     metrics = out / "metrics.json"
-    done = metrics.is_file() and read_metrics(metrics).get("final", {}).get("tiers")
+    done = metrics.is_file() and final_tiers(read_metrics(metrics))
     if not done:
         raise DeploymentError(
             f"the Flower run ended (flwr run exit {finished.returncode}) without final metrics "

@@ -136,6 +136,11 @@ def plot_segments(traffic: Sequence[TrafficRecord], title: str, out_dir: Path) -
     return save_figure(fig, out_dir / "segments.png")
 
 
+def final_tiers(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A metrics.json's final metrics per tier; empty while the run has not finished."""
+    return metrics.get("final", {}).get("tiers") or {}
+
+
 def read_metrics(path: Path) -> dict[str, Any]:
     """A run's metrics.json, checked for what its readers (summarize, calibrate, benchmarks) need.
 
@@ -149,7 +154,7 @@ def read_metrics(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
         raise DataError(f"{path}: not a run's metrics file (no config); was it written by prelort?")
     missing = [k for k in ("client_ranks", "client_examples", "rounds") if k not in data]
-    if data.get("final", {}).get("tiers") and missing:
+    if final_tiers(data) and missing:
         raise DataError(f"{path}: a finished run's metrics file without {', '.join(missing)}")
     return data
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from prelort.aggregation import methods as registered_methods
 from prelort.config import SimulationConfig, config_from_mapping
 from prelort.errors import ConfigError, DataError
-from prelort.runtime.outputs import read_metrics
+from prelort.runtime.outputs import final_tiers, read_metrics
 from prelort.runtime.result import SimulationResult
 from prelort.simulation.compare import Comparison
 
@@ -75,7 +75,7 @@ def load_comparison(out_dir: Path, *more: Path, vary: Sequence[str] = ()) -> Com
             continue
         data = read_metrics(path)
         name = _run_name(path.parent, pooled)
-        if not data.get("final", {}).get("tiers"):
+        if not final_tiers(data):
             unfinished.append(name)
             continue
         if config is None:
@@ -107,7 +107,7 @@ def load_comparison(out_dir: Path, *more: Path, vary: Sequence[str] = ()) -> Com
             data["client_ranks"],
             data["client_examples"],
             data["rounds"],
-            data["final"]["tiers"],
+            final_tiers(data),
             {},
             data.get("traffic", []),
             data.get("wall_seconds", 0.0),
