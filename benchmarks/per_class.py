@@ -1,11 +1,17 @@
-"""Accuracy per true class of finished classification runs: which classes each tier learnt.
+"""Scores per true class of finished runs: which classes (or, on generation, which groups) each tier learnt.
 
-    python -m benchmarks.per_class RUN [RUN ...] [--metric accuracy] [--tiers 2,16] [--out FILE.csv]
+    python -m benchmarks.per_class RUN [RUN ...] [--metric accuracy] [--tiers 2,16] [--holders]
+        [--out FILE.csv]
 
-A run's ``examples.json`` holds each test example's 0/1 score per tier; the test rows are the same
-for every run and seed (``prelort.runtime.workbench.eval_subset``), so their labels come from the task
-alone, without loading the model. A mean accuracy that swings over seeds is often whole classes
-learnt in one seed and not in another (docs/RESULTS.md section 13); this table shows it.
+A run's ``examples.json`` holds each test example's score per tier (0/1 accuracy on classification;
+NLL per target token and ROUGE-L on generation); the test rows are the same for every run and seed
+(``prelort.runtime.workbench.eval_subset``), so their labels come from the task alone, without
+loading the model. On generation a row's label is its partition group: on BBC headlines the
+article's category, by which the Dirichlet split skews the clients. A mean accuracy that swings over
+seeds is often whole classes learnt in one seed and not in another (docs/RESULTS.md section 13);
+this table shows it. ``--holders`` adds, per run, how many training rows of each class the clients
+of each rank hold (the run's partition, rebuilt from its settings): where a low tier gains from
+high-rank clients, whether it gains most on what they hold.
 """
 
 from __future__ import annotations
@@ -16,28 +22,39 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prelort.config import config_from_mapping
-from prelort.data.tasks import CLASSIFICATION
 from prelort.errors import ConfigError
+from prelort.federation.plan import build_plan
 from prelort.runtime.outputs import EXAMPLES_NAME, read_metrics
 from prelort.runtime.workbench import eval_subset, load_config_task
 from prelort.simulation.paired import run_examples
 
 
 def scored_labels(run: Path) -> tuple[list[int], tuple[str, ...]]:
-    """(label id of each scored test example, class names) of a run, from its config."""
+    """(label or group id of each scored test example, their names) of a run, from its config."""
     config = config_from_mapping(read_metrics(run / "metrics.json")["config"])
     task = load_config_task(config)
-    if task.kind != CLASSIFICATION:
-        raise ConfigError(f"{run}: task {config.task!r} is not classification")
     rows = eval_subset(len(task.test), config.eval_examples)
     return [task.test.labels[i] for i in rows], task.label_names
+
+
+def rows_by_rank(run: Path) -> dict[str, dict[int, int]]:
+    """Per class name, the training rows of that class the run's clients of each rank held."""
+    metrics = read_metrics(run / "metrics.json")
+    config = config_from_mapping(metrics["config"])
+    task = load_config_task(config)
+    plan = build_plan(config, task.train.labels, metrics["client_ranks"])
+    held = {name: dict.fromkeys(sorted(set(plan.client_ranks)), 0) for name in task.label_names}
+    for rank, rows in zip(plan.client_ranks, plan.client_rows, strict=True):
+        for row in rows:
+            held[task.label_names[task.train.labels[row]]][rank] += 1
+    return held
 
 
 def per_class(run: Path, metric: str = "accuracy") -> dict[str, dict[str, tuple[float, int]]]:
     """Per tier, per class name: (mean of ``metric`` over the class's test examples, their count).
 
     Raises:
-        ConfigError: not a classification run, or its scores do not match its test rows.
+        ConfigError: no examples.json, or its scores do not match its test rows.
     """
     labels, names = scored_labels(run)
     tiers = run_examples(run)
@@ -62,8 +79,13 @@ def per_class(run: Path, metric: str = "accuracy") -> dict[str, dict[str, tuple[
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (<method>-seed<S>)")
-    parser.add_argument("--metric", default="accuracy", help="a 0/1 per-example score")
+    parser.add_argument(
+        "--metric", default="accuracy", help="a per-example score: accuracy, nll, rouge_l"
+    )
     parser.add_argument("--tiers", help="comma-separated tiers to show (default: all)")
+    parser.add_argument(
+        "--holders", action="store_true", help="also the training rows per class and client rank"
+    )
     parser.add_argument("--out", type=Path, help="also write the rows as CSV")
     args = parser.parse_args(argv)
     wanted = None if args.tiers is None else set(args.tiers.split(","))
@@ -85,7 +107,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("|---|" + "---|" * len(names))
     for key in dict.fromkeys((r["run"], r["tier"]) for r in rows):
         cells = {r["class"]: r["score"] for r in rows if (r["run"], r["tier"]) == key}
-        print(f"| {key[0]}, rank {key[1]} | " + " | ".join(f"{cells[c]:.2f}" for c in names) + " |")
+        shown = " | ".join(f"{cells[c]:.3f}" for c in names)
+        print(f"| {key[0]}, rank {key[1]} | {shown} |")
+    if args.holders:
+        print(f"\n| training rows per class, by client rank | {' | '.join(names)} |")
+        print("|---|" + "---|" * len(names))
+        for run in args.runs:
+            held = rows_by_rank(run)
+            for rank in next(iter(held.values())):
+                shown = " | ".join(str(held[c][rank]) for c in names)
+                print(f"| {run.name}, clients of rank {rank} | {shown} |")
     if args.out is not None:
         with args.out.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=["run", "tier", "class", "score", "n"])

@@ -1,9 +1,9 @@
-"""Accuracy per true class of a finished run (benchmarks/per_class.py) adds up to its accuracy."""
+"""Scores per true class of a finished run (benchmarks/per_class.py) add up to its scores."""
 
 import json
 
 import pytest
-from benchmarks.per_class import main, per_class, scored_labels
+from benchmarks.per_class import main, per_class, rows_by_rank, scored_labels
 
 from prelort.errors import ConfigError
 from prelort.runtime.outputs import write_outputs
@@ -28,8 +28,16 @@ def test_per_class_scores_weigh_back_to_each_tiers_accuracy(
         assert sum(n for _, n in classes.values()) == config.eval_examples
         weighted = sum(score * n for score, n in classes.values()) / config.eval_examples
         assert weighted == pytest.approx(result.final[tier]["accuracy"])
-    main([str(config.out), "--tiers", "1", "--out", str(tmp_path / "classes.csv")])
-    assert "rank 1 |" in capsys.readouterr().out
+    # the partition rebuilt from the settings is the run's: each rank's rows add up to its clients'
+    held = rows_by_rank(config.out)
+    for rank in set(result.client_ranks):
+        mine = [
+            n for r, n in zip(result.client_ranks, result.client_examples, strict=True) if r == rank
+        ]
+        assert sum(by_rank[rank] for by_rank in held.values()) == sum(mine)
+    main([str(config.out), "--tiers", "1", "--holders", "--out", str(tmp_path / "classes.csv")])
+    shown = capsys.readouterr().out
+    assert "rank 1 |" in shown and "prelort-seed0, clients of rank 4 |" in shown
     assert (tmp_path / "classes.csv").read_text().startswith("run,tier,class,score,n")
 
 
@@ -42,3 +50,16 @@ def test_scores_that_do_not_match_the_test_rows_are_refused(tiny_bert_dir, topic
     examples.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="scores at tier 1"):
         per_class(config.out)
+
+
+def test_a_generation_run_is_scored_per_partition_group(tiny_llama_dir, headline_jsonl, tmp_path):
+    config = tiny(tiny_llama_dir, headline_jsonl, tmp_path / "fedit-min-seed0", rounds=1)
+    result = run_simulation(config, progress=False)
+    write_outputs(result, config.out)
+    table = per_class(config.out, "nll")
+    assert set(table) == {str(t) for t in config.ranks.ladder}
+    examples = json.loads((config.out / "examples.json").read_text())["tiers"]
+    for tier, groups in table.items():
+        assert sum(n for _, n in groups.values()) == config.eval_examples
+        weighted = sum(score * n for score, n in groups.values()) / config.eval_examples
+        assert weighted == pytest.approx(sum(examples[tier]["nll"]) / config.eval_examples)
