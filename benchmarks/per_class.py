@@ -21,7 +21,8 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from prelort.config import config_from_mapping
+from prelort.config import SimulationConfig, config_from_mapping
+from prelort.data.tasks import TaskData
 from prelort.errors import ConfigError
 from prelort.federation.plan import build_plan
 from prelort.runtime.outputs import EXAMPLES_NAME, read_metrics
@@ -29,19 +30,23 @@ from prelort.runtime.workbench import eval_subset, load_config_task
 from prelort.simulation.paired import run_examples
 
 
+def run_task(run: Path) -> tuple[dict, SimulationConfig, TaskData]:
+    """A finished run's metrics.json, its settings and its task (loaded again, without the model)."""
+    metrics = read_metrics(run / "metrics.json")
+    config = config_from_mapping(metrics["config"])
+    return metrics, config, load_config_task(config)
+
+
 def scored_labels(run: Path) -> tuple[list[int], tuple[str, ...]]:
     """(label or group id of each scored test example, their names) of a run, from its config."""
-    config = config_from_mapping(read_metrics(run / "metrics.json")["config"])
-    task = load_config_task(config)
+    _, config, task = run_task(run)
     rows = eval_subset(len(task.test), config.eval_examples)
     return [task.test.labels[i] for i in rows], task.label_names
 
 
 def rows_by_rank(run: Path) -> dict[str, dict[int, int]]:
     """Per class name, the training rows of that class the run's clients of each rank held."""
-    metrics = read_metrics(run / "metrics.json")
-    config = config_from_mapping(metrics["config"])
-    task = load_config_task(config)
+    metrics, config, task = run_task(run)
     plan = build_plan(config, task.train.labels, metrics["client_ranks"])
     held = {name: dict.fromkeys(sorted(set(plan.client_ranks)), 0) for name in task.label_names}
     for rank, rows in zip(plan.client_ranks, plan.client_rows, strict=True):
