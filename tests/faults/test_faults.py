@@ -238,6 +238,7 @@ def test_a_finished_run_extended_by_more_rounds_equals_the_longer_run(
     assert fewer.returncode == 2 and "has already run 2 rounds" in fewer.stderr
     other = subprocess.run([*resume, "--lr", "0.1"], **run)
     assert other.returncode == 2 and "no other setting than --rounds" in other.stderr
+    short_seconds = json.loads((short / "metrics.json").read_text())["wall_seconds"]
     original, before = topic_jsonl.read_bytes(), (short / "checkpoint.safetensors").read_bytes()
     topic_jsonl.write_bytes(original + original[: original.index(b"\n") + 1])  # one more row
     changed = subprocess.run([*resume, "--rounds", "4"], **run)
@@ -253,6 +254,7 @@ def test_a_finished_run_extended_by_more_rounds_equals_the_longer_run(
     metrics = json.loads((short / "metrics.json").read_text())
     assert metrics["config"]["rounds"] == 4 and metrics["config"]["eval_every"] == 4
     assert [r["round"] for r in metrics["rounds"]] == [1, 2, 4]  # round 3 not evaluated
+    assert metrics["wall_seconds"] > short_seconds  # the whole run's time, not the last leg's
     longer_metrics = json.loads((longer / "metrics.json").read_text())
     assert metrics["final"] == longer_metrics["final"]
 

@@ -1,6 +1,8 @@
 """The method's own part of the server state survives a checkpoint, also from older files; a resumed
 run keeps what its trained rounds depended on."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -43,6 +45,15 @@ def test_a_checkpoint_written_before_method_memory_still_resumes_flora(tmp_path)
     meta["previous_stack_numel"] = meta.pop("method_memory")  # the older key
     save_adapter(tmp_path / CHECKPOINT_NAME, state, meta)
     assert load_checkpoint(tmp_path).memory == 7
+
+
+def test_the_wall_time_so_far_round_trips_and_older_files_read_zero(tmp_path):
+    save_checkpoint(tmp_path, dataclasses.replace(checkpoint(None), wall_seconds=1234.567))
+    assert load_checkpoint(tmp_path).wall_seconds == 1234.57
+    state, meta = load_adapter(tmp_path / CHECKPOINT_NAME)
+    del meta["wall_seconds"]  # written before the checkpoint kept it
+    save_adapter(tmp_path / CHECKPOINT_NAME, state, meta)
+    assert load_checkpoint(tmp_path).wall_seconds == 0.0
 
 
 def test_a_decaying_step_is_resumed_only_over_the_same_rounds():

@@ -81,7 +81,8 @@ def run_server(
         client_ranks, rank_plan = roster.client_ranks(planned), roster.rank_plan(planned)
     checkpoint = load_checkpoint(out) if resume else None
     fed, result, server = start_run(config, bench, checkpoint, client_ranks, rank_plan)
-    start = last_round_end = time.perf_counter()
+    last_round_end = time.perf_counter()
+    start = last_round_end - result.wall_seconds  # a resumed run's clock goes on
 
     def on_round(outcome: RoundOutcome) -> None:
         nonlocal last_round_end

@@ -24,7 +24,8 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 class Checkpoint:
     """The server state after ``round`` completed rounds (``memory``: the method's own part;
     ``task_sha256``: the task file's digest, when the task is a file, so a resume can refuse a
-    file that changed)."""
+    file that changed; ``wall_seconds``: the run's wall time up to this round, over every leg of
+    a resumed run, so its final wall time is the whole run's and not the last leg's)."""
 
     round: int
     global_state: AdapterState
@@ -34,6 +35,7 @@ class Checkpoint:
     memory: Any
     config: dict[str, Any]
     task_sha256: str | None = None
+    wall_seconds: float = 0.0
 
 
 def adapter_metadata(config: dict[str, Any], ladder: list[int]) -> dict[str, Any]:
@@ -62,6 +64,7 @@ def save_checkpoint(out_dir: Path, checkpoint: Checkpoint) -> None:
         "traffic": checkpoint.traffic,
         "method_memory": checkpoint.memory,
         "task_sha256": checkpoint.task_sha256,
+        "wall_seconds": round(checkpoint.wall_seconds, 2),
         "config": checkpoint.config,
     }
     save_adapter(out_dir / CHECKPOINT_NAME, checkpoint.global_state, meta)
@@ -93,6 +96,7 @@ def load_checkpoint(out_dir: Path) -> Checkpoint:
         meta.get("method_memory", meta.get("previous_stack_numel")),  # older files: FLoRA's
         dict(meta["config"]),
         meta.get("task_sha256"),
+        float(meta.get("wall_seconds", 0.0)),  # older files: the resumed leg's time only
     )
 
 

@@ -184,6 +184,8 @@ class Federation:
                     server.memory,
                     result.config,
                     self.bench.task_sha256,
+                    # the wall time up to the last round's end, plus this round's
+                    result.wall_seconds + round_seconds,
                 ),
             )
         return record
@@ -299,8 +301,9 @@ def resolve_client_ranks(
 
 
 def resumed_server(checkpoint: Checkpoint, result: SimulationResult, rounds: int) -> ServerState:
-    """The server state of a checkpoint; its history goes into ``result``."""
+    """The server state of a checkpoint; its history and wall time so far go into ``result``."""
     result.rounds, result.traffic = list(checkpoint.rounds), list(checkpoint.traffic)
+    result.wall_seconds = checkpoint.wall_seconds
     if result.rounds and result.rounds[-1]["round"] == rounds:
         result.final = result.rounds[-1]["tiers"]
     return ServerState(

@@ -25,7 +25,8 @@ class SimulationResult:
         final: metrics of the final global adapter per tier.
         global_state: the final rank-R global adapter.
         traffic: per round: clients, bytes up and down (fp32), server aggregation seconds, ranks.
-        wall_seconds: the run's wall time, workbench loading excluded.
+        wall_seconds: the run's wall time, workbench loading excluded; a resumed run's counts
+            every leg (the checkpoint keeps the time so far).
         phase_seconds: how this process's wall time split: ``train`` (client steps),
             ``aggregate`` (server steps), ``evaluate`` (tier metrics, records, checkpoints) and,
             with a calibration, ``calibrate`` (client statistics, LDA heads, their evaluation).

@@ -91,7 +91,8 @@ def finish_run(
 
     Args:
         served: the adapter the run serves (``Method.served`` of the server's final state).
-        start: ``time.perf_counter()`` when the run started.
+        start: ``time.perf_counter()`` when the run started (a resumed run: less the wall time
+            its checkpoint recorded).
         calibrated: each tier's metrics with its LDA head, if the calibration round ran.
         calibration: that round's heads, kept as ``result.calibrated_state``.
     """

@@ -52,7 +52,7 @@ def run_simulation(
     bench = workbench or build_workbench(config)
     fed, result, server = start_run(config, bench, resume)
 
-    start = time.perf_counter()
+    start = time.perf_counter() - result.wall_seconds  # a resumed run's clock goes on
     bar = tqdm(
         total=config.rounds * fed.plan.per_round,
         initial=server.round * fed.plan.per_round,
