@@ -1,13 +1,16 @@
 """Where a method's global adapter keeps its energy, round by round: each rank segment's share.
 
-    python -m benchmarks.segment_shares RUN [RUN ...] [--csv FILE] [--plot FILE.png]
+    python -m benchmarks.segment_shares RUN [RUN ...] [--csv FILE] [--plot FILE.png] [--per-step]
 
 Every round's record (``traffic`` in a run's metrics.json) holds each rank segment's share of the
 global adapter's energy ``||s B A||^2`` and the ranks its clients trained at. This pools a method's
 seeds (run folders ``<method>-seed<S>``) and reports per round the mean share outside the first
 segment and the mean client rank. A share that falls to 0 is rank collapse: every tier then serves
 the first segment alone, whatever the clients' ranks (zero-padding's dilution, HetLoRA's pruning
-that follows it; docs/RESULTS.md section 39).
+that follows it; docs/RESULTS.md section 39). ``--per-step`` prints each segment's norm per round
+and that norm over the square of the round's step factor (``lr_schedule``): on a decaying step, a
+segment that only holds what one round's steps put there (its factors each at a level set by the
+step) keeps that ratio flat, where a segment that accumulates grows (section 47).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prelort.errors import DataError
-from prelort.runtime.outputs import method_colors, save_figure
+from prelort.runtime.outputs import method_colors, read_metrics, save_figure
+from prelort.training.schedule import round_lr_factor
 
 
 def run_shares(run: Path) -> dict[int, tuple[float, float]]:
@@ -41,6 +45,28 @@ def run_shares(run: Path) -> dict[int, tuple[float, float]]:
     }
     if not rows:
         raise DataError(f"{run}: no round records rank segments (a method without an adapter?)")
+    return rows
+
+
+def norms_per_step(run: Path) -> list[dict]:
+    """Per round and rank segment of one run: the segment's norm, the round's step factor and
+    norm / factor²."""
+    metrics = read_metrics(run / "metrics.json")
+    schedule = metrics["config"].get("lr_schedule", "constant")
+    rows = []
+    for t in metrics.get("traffic", []):
+        factor = round_lr_factor(schedule, t["round"], metrics["config"]["rounds"])
+        for segment in t.get("segments") or []:
+            rows.append(
+                {
+                    "run": run.name,
+                    "round": t["round"],
+                    "segment": f"{segment['lo'] + 1}-{segment['hi']}",
+                    "norm": segment["norm"],
+                    "step_factor": factor,
+                    "norm_per_step_squared": segment["norm"] / factor**2,
+                }
+            )
     return rows
 
 
@@ -118,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", help="comma-separated rounds to print (default: all)")
     parser.add_argument("--csv", type=Path, help="write every round's row as CSV")
     parser.add_argument("--plot", type=Path, help="draw the shares per round (PNG)")
+    parser.add_argument(
+        "--per-step", action="store_true", help="also each segment's norm over the step squared"
+    )
     args = parser.parse_args(argv)
     rows = rows_of(method_shares(args.runs))
     wanted = None if args.rounds is None else {int(r) for r in args.rounds.split(",")}
@@ -131,6 +160,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"| {r['method']} | {r['round']} | {r['seeds']} | {r['share_outside_first']:.4f} "
                 f"({r['min']:.4f}–{r['max']:.4f}) | {r['mean_client_rank']:.1f} |"
             )
+    if args.per_step:
+        print("\n| run | round | ranks | norm | step factor | norm / step factor² |")
+        print("|---|---|---|---|---|---|")
+        for run in args.runs:
+            for r in norms_per_step(run):
+                if wanted is None or r["round"] in wanted:
+                    print(
+                        f"| {r['run']} | {r['round']} | {r['segment']} | {r['norm']:.3g} | "
+                        f"{r['step_factor']:.3f} | {r['norm_per_step_squared']:.3g} |"
+                    )
     if args.csv is not None:
         with args.csv.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -5,12 +5,12 @@ import json
 
 import pytest
 import torch
-from benchmarks.segment_shares import main, method_shares, rows_of
+from benchmarks.segment_shares import main, method_shares, norms_per_step, rows_of
 
 from prelort.errors import DataError
 
 
-def write_run(folder, rounds):
+def write_run(folder, rounds, config=None):
     """A run folder whose metrics.json records ``rounds``: [(first segment's share, ranks)]."""
     folder.mkdir(parents=True)
     traffic = [
@@ -24,7 +24,7 @@ def write_run(folder, rounds):
         }
         for i, (first, ranks) in enumerate(rounds)
     ]
-    (folder / "metrics.json").write_text(json.dumps({"traffic": traffic}))
+    (folder / "metrics.json").write_text(json.dumps({"traffic": traffic, "config": config or {}}))
     return folder
 
 
@@ -47,6 +47,25 @@ def test_shares_pool_seeds_per_method_and_round(tmp_path):
     )
     assert (tmp_path / "s.csv").read_text().count("\n") == 1 + 3
     assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_norms_per_step_divide_by_the_square_of_the_rounds_step_factor(tmp_path, capsys):
+    config = {"lr_schedule": "cosine", "rounds": 2}
+    run = write_run(tmp_path / "zeropad-seed0", [(0.8, [2, 4]), (0.9, [2, 4])], config)
+    rows = norms_per_step(run)
+    assert [(r["round"], r["segment"]) for r in rows] == [
+        (1, "1-2"),
+        (1, "3-4"),
+        (2, "1-2"),
+        (2, "3-4"),
+    ]
+    assert rows[1]["norm_per_step_squared"] == pytest.approx(0.5)  # round 1: factor 1
+    assert rows[3]["step_factor"] == pytest.approx(0.5)  # (1 + cos(pi / 2)) / 2
+    assert rows[3]["norm_per_step_squared"] == pytest.approx(0.5 / 0.25)
+    constant = norms_per_step(write_run(tmp_path / "c-seed0", [(0.8, [2, 4])], {"rounds": 1}))
+    assert constant[1]["norm_per_step_squared"] == pytest.approx(0.5)  # older runs: constant
+    main([str(run), "--per-step", "--rounds", "2"])
+    assert "| zeropad-seed0 | 2 | 3-4 | 0.5 | 0.500 | 2 |" in capsys.readouterr().out
 
 
 def test_a_run_without_records_is_named(tmp_path):
