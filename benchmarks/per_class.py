@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from prelort.runtime.workbench import eval_subset, load_config_task
 from prelort.simulation.paired import run_examples
 
 
+@functools.cache  # --holders reads each run twice; its task is loaded once
 def run_task(run: Path) -> tuple[dict, SimulationConfig, TaskData]:
     """A finished run's metrics.json, its settings and its task (loaded again, without the model)."""
     metrics = read_metrics(run / "metrics.json")
