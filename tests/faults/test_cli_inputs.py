@@ -142,6 +142,7 @@ CASES = [
     ("summarize-pooled-no-out", ["summarize", "{dir}", "{dir}"], "--out"),
     ("summarize-missing", ["summarize", "{dir}/no-compare"], "no-compare"),
     ("summarize-vary-unknown", ["summarize", "{dir}", "--vary", "lr,stepz"], "vary: stepz"),
+    ("summarize-seeds-text", ["summarize", "{dir}", "--seeds", "1,two"], "seeds: '1,two'"),
     *(
         []
         if torch.cuda.is_available()

@@ -34,3 +34,21 @@ def test_a_folder_that_is_no_run_is_left_out(tmp_path, caplog):
     comparison = load_comparison(tmp_path)
     assert comparison.methods == ["prelort-ordered-g"] and comparison.seeds == [0]
     assert "fedit-min-seed0-old: not a run folder" in caplog.text
+
+
+def test_seeds_keep_those_seeds_runs_and_a_missing_seed_is_named(tmp_path):
+    for seed in (0, 1):
+        run = finished_run(tmp_path / f"s{seed}", "prelort-ordered-g", {"2": [float(seed)]})
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["config"]["seed"] = seed
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        run.rename(tmp_path / f"prelort-ordered-g-seed{seed}")
+    assert load_comparison(tmp_path).seeds == [0, 1]
+    one = load_comparison(tmp_path, seeds={1})
+    assert one.seeds == [1] and list(one.runs) == [("prelort-ordered-g", 1)]
+    with pytest.raises(
+        DataError, match="seeds: no finished run of seed 2; the folders hold seeds 0, 1"
+    ):
+        load_comparison(tmp_path, seeds={1, 2})
+    with pytest.raises(DataError, match="no finished run of seed 5"):
+        load_comparison(tmp_path, seeds={5})

@@ -182,6 +182,12 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
         "a run whose value differs from the first run's becomes its own row, <method>[lr=0.002]",
     )
     summarize.add_argument(
+        "--seeds",
+        metavar="S,S",
+        help="comma list of the seeds to keep (one seed's paired differences beside the pooled "
+        "ones) [default: every seed]",
+    )
+    summarize.add_argument(
         "--rounds-from",
         type=int,
         default=0,

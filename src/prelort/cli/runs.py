@@ -261,6 +261,20 @@ def _report_comparison(
     print("wrote " + ", ".join(str(p) for p in files.values()))
 
 
+def _seeds(text: str | None) -> set[int] | None:
+    """``--seeds 1,2`` as a set, None for every seed.
+
+    Raises:
+        ConfigError: a part that is no non-negative integer.
+    """
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise ConfigError(f"seeds: {text!r} is no comma list of seeds (e.g. 1,2)")
+    return {int(part) for part in parts}
+
+
 def cmd_summarize(args: argparse.Namespace) -> int:
     from prelort.simulation.reload import load_comparison
 
@@ -272,7 +286,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         )
     out = args.out or args.folder[0]
     vary = [name.strip().replace("-", "_") for name in args.vary.split(",") if name.strip()]
-    comparison = load_comparison(*args.folder, vary=vary)
+    comparison = load_comparison(*args.folder, vary=vary, seeds=_seeds(args.seeds))
     _check_references(args.reference, comparison.methods, "the compared methods")
     if comparison.unfinished:
         print(

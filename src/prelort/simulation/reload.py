@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from prelort.aggregation import methods as registered_methods
@@ -43,21 +43,27 @@ def _inert(key: str, *configs: dict) -> bool:
     return all(c.get(switch, SETTING_DEFAULTS.get(switch)) == value for c in configs)
 
 
-def load_comparison(out_dir: Path, *more: Path, vary: Sequence[str] = ()) -> Comparison:
+def load_comparison(
+    out_dir: Path,
+    *more: Path,
+    vary: Sequence[str] = (),
+    seeds: Collection[int] | None = None,
+) -> Comparison:
     """Rebuild a comparison from the ``<label>-seed<S>/metrics.json`` folders of a compare run, or
     of several pooled (``more``): e.g. a reference re-run later beside a comparison, into its own
     folder. Pooled runs must share every setting a comparison holds fixed, as one folder's do,
     except those named in ``vary`` (a sweep: a method re-run at another learning rate, say). A run
     whose value of a varied setting differs from the first run's is labelled
-    ``<label>[<setting>=<value>]``, so it stands as its own row beside the others.
+    ``<label>[<setting>=<value>]``, so it stands as its own row beside the others. ``seeds``
+    keeps those seeds' runs only (one seed's paired differences beside the pooled ones).
 
     Unfinished runs (no final metrics yet) are left out and named in ``Comparison.unfinished``.
 
     Raises:
         ConfigError: a name in ``vary`` that is no setting, or one a comparison varies anyway.
         DataError: no finished run in any folder, an unreadable metrics file, runs whose task or
-            settings differ (the message names the setting and the two runs), or the same run
-            (label and seed) in two folders.
+            settings differ (the message names the setting and the two runs), the same run
+            (label and seed) in two folders, or a seed of ``seeds`` that no run has.
     """
     check_varied(vary)
     folders, pooled = [out_dir, *more], bool(more)
@@ -67,11 +73,15 @@ def load_comparison(out_dir: Path, *more: Path, vary: Sequence[str] = ()) -> Com
     runs: dict[tuple[str, int], SimulationResult] = {}
     run_dirs: dict[tuple[str, int], Path] = {}
     unfinished: list[str] = []
+    present: set[int] = set()  # every run folder's seed, before ``seeds`` keeps some
     config, first = None, None
     for path in [p for folder in folders for p in sorted(folder.glob("*-seed*/metrics.json"))]:
         method, _, seed = path.parent.name.rpartition("-seed")
         if not seed.isdigit():  # a copy beside the runs (prelort-seed0-old), not a run of ours
             log.warning("%s: not a run folder (<method>-seed<S>); left out", path.parent)
+            continue
+        present.add(int(seed))
+        if seeds is not None and int(seed) not in seeds:
             continue
         data = read_metrics(path)
         name = _run_name(path.parent, pooled)
@@ -113,6 +123,13 @@ def load_comparison(out_dir: Path, *more: Path, vary: Sequence[str] = ()) -> Com
             data.get("wall_seconds", 0.0),
         )
         run_dirs[key] = path.parent
+    found = sorted({s for _, s in runs})
+    missing = sorted(set(seeds or ()) - set(found))
+    if missing:
+        raise DataError(
+            f"seeds: no finished run of seed {', '.join(map(str, missing))}; "
+            f"the folders hold seeds {', '.join(map(str, sorted(present)))}"
+        )
     if config is None:
         where = " or ".join(str(f) for f in folders)
         raise DataError(f"no finished run (<method>-seed<S>/metrics.json) under {where}")
@@ -122,9 +139,8 @@ def load_comparison(out_dir: Path, *more: Path, vary: Sequence[str] = ()) -> Com
         method_of,
         key=lambda m: (order.index(method_of[m]) if method_of[m] in order else len(order), m),
     )
-    seeds = sorted({s for _, s in runs})
     base = config_from_mapping({**config, "out": str(out_dir)})
-    return Comparison(base, methods, seeds, runs, unfinished, run_dirs)
+    return Comparison(base, methods, found, runs, unfinished, run_dirs)
 
 
 def check_varied(vary: Sequence[str]) -> None:
