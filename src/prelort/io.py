@@ -94,19 +94,31 @@ def load_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     Raises:
         AdapterError: a missing, truncated or corrupted file; the message names it.
     """
+    meta = read_adapter_metadata(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"{path}: not a readable safetensors file ({e})") from None
+    return state, meta
+
+
+def read_adapter_metadata(path: Path) -> dict[str, Any]:
+    """The metadata of a file saved by ``save_adapter``, read from its header alone (no tensors).
+
+    Raises:
+        AdapterError: a missing or unreadable file, or metadata that is not JSON; the message names it.
+    """
     if not path.is_file():
         raise AdapterError(f"adapter file not found: {path}")
     try:
-        state = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise AdapterError(f"{path}: not a readable safetensors file ({e})") from None
     try:
-        meta = {k: json.loads(v) for k, v in raw.items()}
+        return {k: json.loads(v) for k, v in raw.items()}
     except json.JSONDecodeError:
         raise AdapterError(f"{path}: its metadata is not JSON") from None
-    return state, meta
 
 
 def file_sha256(name: str) -> str | None:

@@ -17,6 +17,7 @@ from prelort.aggregation.validation import update_problem
 from prelort.errors import AdapterError
 from prelort.io import load_adapter
 from prelort.runtime.checkpoint import load_checkpoint
+from prelort.runtime.status import run_status
 from prelort.simulation import run_simulation
 
 IN, OUT, R = 4, 3, 4
@@ -206,6 +207,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tiny_bert_dir, topic_jsonl
     proc.wait()
     killed_at = load_checkpoint(crashed).round
     assert killed_at >= 2, "the run never reached round 2"
+    killed = run_status(crashed)
+    assert (killed.round, killed.rounds) == (killed_at, 5) and killed.state != "finished"
     done = subprocess.run(
         [sys.executable, "-m", "prelort.cli", "simulate", "--quiet", "--resume", str(crashed)],
         env=env,
@@ -214,6 +217,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tiny_bert_dir, topic_jsonl
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
+    assert run_status(crashed).state == "finished"
     a, _ = load_adapter(full / "adapter.safetensors")
     b, _ = load_adapter(crashed / "adapter.safetensors")
     assert same_tensors(a, b), "resumed adapter differs from the uninterrupted one"

@@ -1,4 +1,4 @@
-"""The ``prelort`` command: ``simulate``, ``flower``, ``compare``, ``aggregate``, ``export``, ``methods``.
+"""The ``prelort`` command: ``simulate``, ``flower``, ``compare``, ``summarize``, ``status``, ``export``, ...
 
 Every setting of ``SimulationConfig`` is a flag (``--local-steps 5``) that overrides the TOML file
 given with ``--config``. User errors print one line and exit with status 2.
@@ -19,6 +19,7 @@ from prelort.cli.runs import (
     cmd_compare,
     cmd_flower,
     cmd_simulate,
+    cmd_status,
     cmd_summarize,
 )
 from prelort.cli.settings import add_overwrite, add_settings
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
-    """simulate, flower, compare, calibrate, summarize."""
+    """simulate, flower, compare, calibrate, summarize, status."""
     simulate = sub.add_parser("simulate", help="run one federated simulation")
     simulate.add_argument(
         "--resume",
@@ -196,6 +197,20 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
         "legible [default: 0, every evaluated round]",
     )
     summarize.set_defaults(func=cmd_summarize)
+
+    status = sub.add_parser(
+        "status",
+        help="where runs stand: round reached, pace, time left, last evaluation (reads their folders)",
+    )
+    status.add_argument(
+        "path",
+        type=Path,
+        nargs="*",
+        default=[Path("runs")],
+        help="run folders, or folders searched for them (a compare's --out, say) [default: runs]",
+    )
+    status.add_argument("--json", type=Path, help="also write every run's status to this JSON file")
+    status.set_defaults(func=cmd_status)
 
 
 def _add_tool_commands(sub: argparse._SubParsersAction) -> None:

@@ -296,3 +296,16 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         )
     _report_comparison(comparison, out, _references(args.reference), args.rounds_from)
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from prelort.io import write_json
+    from prelort.runtime.status import format_statuses, statuses
+
+    found = statuses(args.path)
+    common = args.path[0] if len(args.path) == 1 and args.path[0].is_dir() else None
+    print(format_statuses(found, common))
+    if args.json is not None:
+        write_json(args.json, [s.to_json() for s in found])
+        print(f"wrote {args.json}")
+    return 0
