@@ -52,6 +52,15 @@ def test_a_run_without_a_round_for_three_of_its_rounds_is_stalled(tmp_path):
     assert (alive.state, dead.state) == ("running", "stalled")
 
 
+def test_a_checkpoint_without_its_wall_time_is_in_progress_not_stalled(tmp_path):
+    status = run_status(running_run(tmp_path, "old-seed0", 20, wall=0.0, written_ago=1e5), 1e6)
+    assert (status.state, status.seconds_per_round, status.eta_seconds) == (
+        "in progress",
+        None,
+        None,
+    )
+
+
 def test_a_finished_run_is_finished_with_no_time_left(tmp_path):
     run = finished_run(tmp_path, "zeropad", {"2": [1.0, 0.0], "16": [1.0, 1.0]})
     status = run_status(run)

@@ -32,7 +32,8 @@ class RunStatus:
 
     ``state`` is ``finished`` (final metrics written), ``running`` (a round ended within
     ``STALLED_AFTER_ROUNDS`` of its mean pace), ``stalled`` (none since: killed or stuck; resume it
-    with ``prelort simulate --resume``) or ``started`` (settings written, no round completed).
+    with ``prelort simulate --resume``), ``in progress`` (rounds done, but a checkpoint too old to
+    record its wall time: no pace to judge by) or ``started`` (settings written, no round completed).
     ``seconds_per_round`` is the mean over the rounds so far, evaluations included;
     ``eta_seconds`` the rounds left at that pace (None when finished or unknown).
     ``last_evaluation`` is the latest evaluated round's metrics per tier.
@@ -97,14 +98,17 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
     wall = float(meta.get("wall_seconds") or 0.0)
     idle = now - checkpoint_path.stat().st_mtime if meta else None
     if final_tiers(metrics):
-        state, done = "finished", total
+        done = total
         wall = float(metrics.get("wall_seconds") or wall)
+    pace = wall / done if done and wall > 0 else None
+    if final_tiers(metrics):
+        state = "finished"
     elif done == 0:
         state = "started"
+    elif pace is None or idle is None:  # a checkpoint older than its wall time: no pace to judge by
+        state = "in progress"
     else:
-        pace = wall / done
-        state = "stalled" if idle is not None and idle > STALLED_AFTER_ROUNDS * pace else "running"
-    pace = wall / done if done and wall > 0 else None
+        state = "stalled" if idle > STALLED_AFTER_ROUNDS * pace else "running"
     eta = (total - done) * pace if pace is not None and state != "finished" else None
     return RunStatus(
         run=str(run_dir),
