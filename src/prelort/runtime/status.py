@@ -68,9 +68,7 @@ def find_runs(paths: Sequence[Path]) -> list[Path]:
         if path.is_file():  # a run's metrics.json or checkpoint given directly
             path = path.parent
         for name in ("metrics.json", CHECKPOINT_NAME):
-            if (path / name).is_file():
-                found.add(path)
-            found.update(p.parent for p in path.rglob(name))
+            found.update(p.parent for p in path.rglob(name))  # the folder itself included
     if not found:
         where = ", ".join(str(p) for p in paths)
         raise DataError(f"no run (a folder with metrics.json or {CHECKPOINT_NAME}) under {where}")
@@ -97,11 +95,12 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
     done = int(meta.get("round", 0))
     wall = float(meta.get("wall_seconds") or 0.0)
     idle = now - checkpoint_path.stat().st_mtime if meta else None
-    if final_tiers(metrics):
+    finished = bool(final_tiers(metrics))
+    if finished:
         done = total
         wall = float(metrics.get("wall_seconds") or wall)
     pace = wall / done if done and wall > 0 else None
-    if final_tiers(metrics):
+    if finished:
         state = "finished"
     elif done == 0:
         state = "started"
@@ -109,7 +108,7 @@ def run_status(run_dir: Path, now: float | None = None) -> RunStatus:
         state = "in progress"
     else:
         state = "stalled" if idle > STALLED_AFTER_ROUNDS * pace else "running"
-    eta = (total - done) * pace if pace is not None and state != "finished" else None
+    eta = (total - done) * pace if pace is not None and not finished else None
     return RunStatus(
         run=str(run_dir),
         method=str(config.get("method", "?")),
