@@ -19,6 +19,9 @@ def test_scales_follow_the_gradient_norms_with_unit_mean_square():
     assert scales.pow(2).mean().item() == pytest.approx(1.0)
     zero = gradient_share_scales(torch.zeros(3, 2), torch.zeros(2, 3))
     assert zero.tolist() == [1.0, 1.0, 1.0]
+    # capped at AdamW's own step: the strong component moves no further, the weak ones as before
+    capped = gradient_share_scales(grad_a, grad_b, cap=1.0)
+    torch.testing.assert_close(capped, torch.stack([torch.tensor(1.0), scales[1], scales[2]]))
 
 
 def test_a_step_moves_each_component_by_one_factor_whose_mean_square_is_one(tiny_bert):
@@ -55,3 +58,21 @@ def test_the_method_aggregates_as_ordered_u_and_trains_with_shared_steps():
     assert all(torch.equal(ours[key], theirs[key]) for key in zeros)
     assert not torch.equal(ours["m.lora_b"], zeros["m.lora_b"])
     assert isinstance(method.local_objective(4, [2, 4, 8], [2, 4, 8]), GradientShareObjective)
+
+
+def test_the_capped_method_never_steps_a_component_further_than_adamw(tiny_bert):
+    method = get_method("prelort-ordered-gc")
+    objective = method.local_objective(4, [2, 4, 8], [2, 4, 8])
+    assert isinstance(objective, GradientShareObjective) and objective.cap == 1.0
+    adapted = trained_adapter(without_dropout(tiny_bert), head=True)
+    start = get_state(adapted)
+    plain = one_step(adapted, start, PLAIN)
+    capped = one_step(adapted, start, objective)
+    below = []
+    for key in (k for k in start if k.endswith("lora_a")):
+        da, da_plain = capped[key] - start[key], plain[key] - start[key]  # (r, in)
+        scale = (da * da_plain).sum(1) / da_plain.pow(2).sum(1)
+        torch.testing.assert_close(da, scale[:, None] * da_plain, rtol=1e-4, atol=1e-7)
+        assert scale.max().item() <= 1.0 + 1e-4
+        below.append(float(scale.min()))
+    assert min(below) < 0.9  # the weak components move less than AdamW moved them

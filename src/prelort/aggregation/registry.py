@@ -31,6 +31,7 @@ GROUPS: dict[str, str] = {
     "candidate": "candidates (each measured ahead of the recommended one on one task so far; "
     "docs/RESULTS.md section 12)",
     "experimental": "experimental (measured no better than the recommended one)",
+    "trial": "trials (running; not yet measured against the recommended one)",
 }
 
 _REGISTERED: dict[str, Method] = {}
