@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.directions import thin_svd
 from prelort.adapters.state import LORA_A, LORA_B, MERGED, lora_modules
 from prelort.io import load_adapter
 from prelort.runtime.outputs import method_colors, save_figure
@@ -31,8 +32,7 @@ def product_singular_values(
 ) -> dict[str, torch.Tensor]:
     """Per module, the singular values of ``B @ A`` in decreasing order (float64, length R).
 
-    From the triangular factors of two thin QRs (``B = Q_b R_b``, ``A^T = Q_a R_a``): the product's
-    singular values are those of the R x R matrix ``R_b R_a^T``. A module with a dense merged term
+    From two thin QRs and an R x R SVD (``directions.thin_svd``), never forming the product. A module with a dense merged term
     (FLoRA merges every round into it, scaled) is read as ``merged / scale + B @ A``, its whole
     update on the same footing, with ``min(out, in)`` values.
     """
@@ -43,9 +43,7 @@ def product_singular_values(
             dense = state[module + MERGED].double() / scale + b @ a
             values[module] = torch.linalg.svdvals(dense)
             continue
-        r_b = torch.linalg.qr(b).R
-        r_a = torch.linalg.qr(a.T).R
-        values[module] = torch.linalg.svdvals(r_b @ r_a.T)
+        values[module] = thin_svd(a, b).sigma
     return values
 
 
