@@ -32,9 +32,9 @@ def product_singular_values(
 ) -> dict[str, torch.Tensor]:
     """Per module, the singular values of ``B @ A`` in decreasing order (float64, length R).
 
-    From two thin QRs and an R x R SVD (``directions.thin_svd``), never forming the product. A module with a dense merged term
-    (FLoRA merges every round into it, scaled) is read as ``merged / scale + B @ A``, its whole
-    update on the same footing, with ``min(out, in)`` values.
+    From two thin QRs and an R x R SVD (``directions.thin_svd``), never forming the product. A
+    module with a dense merged term (FLoRA merges every round into it, scaled) is read as
+    ``merged / scale + B @ A``, its whole update on the same footing, with ``min(out, in)`` values.
     """
     values = {}
     for module in lora_modules(state):
