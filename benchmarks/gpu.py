@@ -316,6 +316,14 @@ def report(results: dict) -> None:
           f" ratio {a['ratio']:.2f} (target <= 2)")  # fmt: skip
 
 
+def write_results(results: dict, out: Path | None, name: str) -> None:
+    """``results`` as JSON in ``out``, or in ``$OUT`` (a lent machine's folder that comes back)."""
+    out = out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(json.dumps(results, indent=2, default=str))
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="toy sizes")
@@ -342,10 +350,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     results["seconds"] = time.perf_counter() - start
     report(results)
     print(f"\n(gpu benchmark: {results['seconds']:.0f} s)")
-    out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "gpu.json").write_text(json.dumps(results, indent=2, default=str))
+    write_results(results, args.out, "gpu.json")
     steps = results["steps"]["steps"]
     top = str(LADDER[-1])
     return {

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
-from benchmarks.gpu import llama_config
+from benchmarks.gpu import llama_config, write_results
 from prelort.cli import main as prelort
 
 
@@ -175,13 +174,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu cli check: skipped, torch sees no CUDA device")
         return {}
-    small = args.size == "tiny"
+    toy = args.size == "tiny"
     flags = [
         *("--method", "prelort-ordered-g", "--task", str(args.task), "--ranks", "2,4,8,16"),
-        *("--clients", "4", "--rounds", str(args.rounds), "--local-steps", "2" if small else "8"),
+        *("--clients", "4", "--rounds", str(args.rounds), "--local-steps", "2" if toy else "8"),
         *("--target-modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"),
-        *("--batch-size", "8", "--max-length", "64" if small else "256", "--lr", "2e-3"),
-        *("--eval-examples", "16" if small else "64", "--generate-examples", "4" if small else "16"),
+        *("--batch-size", "8", "--max-length", "64" if toy else "256", "--lr", "2e-3"),
+        *("--eval-examples", "16" if toy else "64", "--generate-examples", "4" if toy else "16"),
         *("--max-new-tokens", "8", "--partition", "iid", "--device", str(device)),
     ]  # fmt: skip
     results: dict = {"device": str(device), "size": args.size, "flags_summary": " ".join(flags)}
@@ -205,10 +204,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             results["export"] = export_against_ours(base_dir, work / "bf16", 8, device)
         results["plan"] = plan_ranks(model_flags, work / "plan.json")
     report(results)
-    out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "gpu_cli.json").write_text(json.dumps(results, indent=2, default=str))
+    write_results(results, args.out, "gpu_cli.json")
     return results
 
 
