@@ -106,9 +106,8 @@ def export_against_ours(base_dir: Path, run: Path, rank: int, device: torch.devi
     vocab = AutoConfig.from_pretrained(base_dir).vocab_size
     ids = torch.randint(3, vocab, (2, 48), generator=torch.Generator().manual_seed(0)).to(device)
 
-    targets = meta["target_modules"]
     ours = inject_nested_lora(base(), int(meta["max_rank"]), alpha=float(meta["alpha"]),
-                              target_modules=targets.split(",") if isinstance(targets, str) else targets)  # fmt: skip
+                              target_modules=meta["target_modules"])  # fmt: skip
     set_state(ours, state)
     ours.set_active_rank(rank)
     with torch.no_grad(), autocast(device, torch.bfloat16 if device.type == "cuda" else None):
