@@ -76,3 +76,24 @@ def test_the_capped_method_never_steps_a_component_further_than_adamw(tiny_bert)
         assert scale.max().item() <= 1.0 + 1e-4
         below.append(float(scale.min()))
     assert min(below) < 0.9  # the weak components move less than AdamW moved them
+
+
+def test_the_balanced_variant_splits_the_singular_values_evenly_and_shares_the_step():
+    method = get_method("prelort-ordered-gb")
+    assert method.nested == "all" and method.group == "trial"
+    assert isinstance(method.local_objective(4, [2, 4, 8], [2, 4, 8]), GradientShareObjective)
+    zeros = {"m.lora_a": torch.zeros(4, 6), "m.lora_b": torch.zeros(5, 4)}
+    updates = [
+        lora_update(0, 2, 3, seed=1, in_features=6, out_features=5),
+        lora_update(1, 4, 1, seed=2, in_features=6, out_features=5),
+    ]
+    context = AggregationContext(ladder=(2, 4), scale=1.0)
+    ours = method.rule(context)(zeros, updates)
+    theirs = get_method("prelort-ordered-g").rule(context)(zeros, updates)
+    a, b = ours["m.lora_a"], ours["m.lora_b"]
+    torch.testing.assert_close(b @ a, theirs["m.lora_b"] @ theirs["m.lora_a"])
+    singular = torch.linalg.svdvals(b @ a)[: a.shape[0]]  # rank <= R
+    live = singular > 1e-6 * singular[0]
+    # sqrt(S) to each factor: row i of A and column i of B both sqrt(sigma_i) long
+    torch.testing.assert_close(a.norm(dim=1)[live], singular[live].sqrt(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(b.norm(dim=0)[live], singular[live].sqrt(), rtol=1e-4, atol=1e-6)

@@ -101,4 +101,15 @@ register(
         split="unit-a",
         objective=GradientShareObjective(cap=1.0),
     ),
+    Ordered(
+        "prelort-ordered-gb",
+        "prelort-ordered-g with the singular values split evenly between the factors (sqrt(S) to "
+        "each, FlexLoRA's split): a strong component's A row is sqrt(sigma) long, so AdamW's "
+        "coordinate-sized steps turn it less and a weak one's more (against the default's narrower "
+        "range of stable steps without slowing the higher tiers, docs/RESULTS.md sections 51-53)",
+        group="trial",
+        nested="all",
+        split="balanced",
+        objective=GradientShareObjective(),
+    ),
 )
