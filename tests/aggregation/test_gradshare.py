@@ -44,15 +44,20 @@ def test_a_step_moves_each_component_by_one_factor_whose_mean_square_is_one(tiny
         torch.testing.assert_close(shared[key], plain[key])
 
 
-def test_the_method_aggregates_as_ordered_u_and_trains_with_shared_steps():
-    method, ordered_u = get_method("prelort-ordered-g"), get_method("prelort-ordered-u")
-    assert method.nested == "all"
+def two_clients():
+    """A zero global adapter of rank 4, one rank-2 and one rank-4 update, and their context."""
     zeros = {"m.lora_a": torch.zeros(4, 6), "m.lora_b": torch.zeros(5, 4)}
     updates = [
         lora_update(0, 2, 3, seed=1, in_features=6, out_features=5),
         lora_update(1, 4, 1, seed=2, in_features=6, out_features=5),
     ]
-    context = AggregationContext(ladder=(2, 4), scale=1.0)
+    return zeros, updates, AggregationContext(ladder=(2, 4), scale=1.0)
+
+
+def test_the_method_aggregates_as_ordered_u_and_trains_with_shared_steps():
+    method, ordered_u = get_method("prelort-ordered-g"), get_method("prelort-ordered-u")
+    assert method.nested == "all"
+    zeros, updates, context = two_clients()
     ours = method.rule(context)(zeros, updates)
     theirs = ordered_u.rule(context)(zeros, updates)
     assert all(torch.equal(ours[key], theirs[key]) for key in zeros)
@@ -82,12 +87,7 @@ def test_the_balanced_variant_splits_the_singular_values_evenly_and_shares_the_s
     method = get_method("prelort-ordered-gb")
     assert method.nested == "all" and method.group == "trial"
     assert isinstance(method.local_objective(4, [2, 4, 8], [2, 4, 8]), GradientShareObjective)
-    zeros = {"m.lora_a": torch.zeros(4, 6), "m.lora_b": torch.zeros(5, 4)}
-    updates = [
-        lora_update(0, 2, 3, seed=1, in_features=6, out_features=5),
-        lora_update(1, 4, 1, seed=2, in_features=6, out_features=5),
-    ]
-    context = AggregationContext(ladder=(2, 4), scale=1.0)
+    zeros, updates, context = two_clients()
     ours = method.rule(context)(zeros, updates)
     theirs = get_method("prelort-ordered-g").rule(context)(zeros, updates)
     a, b = ours["m.lora_a"], ours["m.lora_b"]
