@@ -3,10 +3,10 @@
     python -m benchmarks.step_turn RUN [--methods M,M] [--lr 8e-3,1.6e-2] [--clients 3] [--csv FILE]
 
 A run's global adapter (``adapter.safetensors``, or the ``checkpoint.safetensors`` of a run still
-going) is factored as each method's server sends it (``svd_ordered`` with the method's ``split``);
-a top-rank client then trains one round from it with the run's local settings and the method's
-own objective (``client_step``, as in a simulation), at each learning rate. Per module, with
-``P = B @ A`` before and ``P'`` after (the median over modules, then the mean over clients):
+going) is factored as each method's server sends it (``svd_ordered`` with the method's ``split``;
+the run's own factors for a method that does not re-factorise); a top-rank client then trains one
+round from it with the run's local settings and the method's own objective (``client_step``, as
+in a simulation), at each learning rate. Per module, with ``P = B @ A`` before and ``P'`` after (the median over modules, then the mean over clients):
 
 - ``change``: ``||P' - P|| / ||P||``, how far the round moved the product;
 - ``turn_in`` / ``turn_out``: the angle in degrees between the product's strongest right (input) /
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from prelort.adapters.state import LORA_A, LORA_B, lora_modules, slice_to_rank
-from prelort.aggregation.ordered import svd_ordered
+from prelort.aggregation.ordered import Ordered, svd_ordered
 from prelort.aggregation.registry import get_method
 from prelort.config import config_from_mapping
 from prelort.federation.client import client_step
@@ -52,7 +52,7 @@ def movement(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tenso
     """Median over modules of how far each product moved (the module docstring's measures)."""
     found: dict[str, list[float]] = {k: [] for k in MEASURES}
     for module in lora_modules(before):
-        p, q = (s[module + LORA_B].double() @ s[module + LORA_A].double() for s in (before, after))
+        p, q = (x[module + LORA_B].double() @ x[module + LORA_A].double() for x in (before, after))
         u, s, vh = torch.linalg.svd(p, full_matrices=False)  # (out, k), (k,), (k, in)
         u2, s2, vh2 = torch.linalg.svd(q, full_matrices=False)
         found["change"].append(float((q - p).norm() / p.norm().clamp_min(1e-30)))
@@ -78,10 +78,12 @@ def step_turn(run: Path, methods: list[str], lrs: list[float], clients: int) -> 
     ladder = list(config.ranks.ladder)
     top = max(ladder)
     per_client = len(bench.train) // clients
+    kind, pad = bench.batch_kind, bench.tokenizer.pad_token_id
     rows = []
     for name in methods:
         method = get_method(name)
-        sent = slice_to_rank(svd_ordered(state, getattr(method, "split", "unit-a")), top)
+        served = svd_ordered(state, method.split) if isinstance(method, Ordered) else state
+        sent = slice_to_rank(served, top)
         objective = method.local_objective(top, list(config.ranks.ranks), ladder)
         for lr in lrs:
             local = LocalTrainingConfig(
@@ -95,7 +97,6 @@ def step_turn(run: Path, methods: list[str], lrs: list[float], clients: int) -> 
             measured = []
             for client in range(clients):
                 part = list(range(client * per_client, (client + 1) * per_client))
-                kind, pad = bench.batch_kind, bench.tokenizer.pad_token_id
                 reply = client_step(
                     bench.adapted, sent, bench.train, part, kind, pad, ladder, local, client,
                     client + 1, objective,
