@@ -6,7 +6,8 @@ A run's global adapter (``adapter.safetensors``, or the ``checkpoint.safetensors
 going) is factored as each method's server sends it (``svd_ordered`` with the method's ``split``;
 the run's own factors for a method that does not re-factorise); a top-rank client then trains one
 round from it with the run's local settings and the method's own objective (``client_step``, as
-in a simulation), at each learning rate. Per module, with ``P = B @ A`` before and ``P'`` after (the median over modules, then the mean over clients):
+in a simulation), at each learning rate. Per module, with ``P = B @ A`` before and ``P'`` after
+(the median over modules, then the mean over clients):
 
 - ``change``: ``||P' - P|| / ||P||``, how far the round moved the product;
 - ``turn_in`` / ``turn_out``: the angle in degrees between the product's strongest right (input) /
