@@ -67,7 +67,7 @@ def thin_svd(lora_a: torch.Tensor, lora_b: torch.Tensor) -> Factors:
     return Factors(q_b @ u, sigma, q_a @ vh.T)
 
 
-def _inner(x: Factors, y: Factors, k: int | None = None) -> float:
+def inner(x: Factors, y: Factors, k: int | None = None) -> float:
     """``<X_k, Y_k>_F`` of the two (rank-k cut) products: ``tr(S_x (U_x^T U_y) S_y (V_y^T V_x))``."""
     k_x = len(x.sigma) if k is None else min(k, len(x.sigma))
     k_y = len(y.sigma) if k is None else min(k, len(y.sigma))
@@ -82,8 +82,8 @@ def _inner(x: Factors, y: Factors, k: int | None = None) -> float:
 
 def cosine(x: Factors, y: Factors, k: int | None = None) -> float:
     """The cosine of two updates (their rank-k cuts if ``k``); NaN where either is zero."""
-    norm = math.sqrt(_inner(x, x, k) * _inner(y, y, k))
-    return _inner(x, y, k) / norm if norm > 0.0 else math.nan
+    norm = math.sqrt(inner(x, x, k) * inner(y, y, k))
+    return inner(x, y, k) / norm if norm > 0.0 else math.nan
 
 
 def overlap(basis_x: torch.Tensor, basis_y: torch.Tensor, k: int) -> float:

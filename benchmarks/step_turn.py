@@ -31,12 +31,14 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.directions import inner, thin_svd
 from prelort.adapters.state import LORA_A, LORA_B, lora_modules, slice_to_rank
 from prelort.aggregation.ordered import Ordered, svd_ordered
 from prelort.aggregation.registry import get_method
 from prelort.config import config_from_mapping
 from prelort.federation.client import client_step
 from prelort.io import load_adapter
+from prelort.runtime.checkpoint import CHECKPOINT_NAME
 from prelort.runtime.outputs import csv_text, read_metrics
 from prelort.runtime.workbench import build_workbench
 from prelort.training.local import LocalTrainingConfig
@@ -53,20 +55,20 @@ def movement(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tenso
     """Median over modules of how far each product moved (the module docstring's measures)."""
     found: dict[str, list[float]] = {k: [] for k in MEASURES}
     for module in lora_modules(before):
-        p, q = (x[module + LORA_B].double() @ x[module + LORA_A].double() for x in (before, after))
-        u, s, vh = torch.linalg.svd(p, full_matrices=False)  # (out, k), (k,), (k, in)
-        u2, s2, vh2 = torch.linalg.svd(q, full_matrices=False)
-        found["change"].append(float((q - p).norm() / p.norm().clamp_min(1e-30)))
-        found["turn_in"].append(_angle(vh[0], vh2[0]))
-        found["turn_out"].append(_angle(u[:, 0], u2[:, 0]))
-        found["sigma1"].append(float(s2[0] / s[0].clamp_min(1e-30)))
+        x, y = (thin_svd(s[module + LORA_A], s[module + LORA_B]) for s in (before, after))
+        size = inner(x, x)
+        moved = max(inner(y, y) + size - 2.0 * inner(x, y), 0.0)  # ||P' - P||^2
+        found["change"].append(math.sqrt(moved / max(size, 1e-60)))
+        found["turn_in"].append(_angle(x.right[:, 0], y.right[:, 0]))
+        found["turn_out"].append(_angle(x.left[:, 0], y.left[:, 0]))
+        found["sigma1"].append(float(y.sigma[0] / x.sigma[0].clamp_min(1e-30)))
     return {k: float(torch.tensor(v).median()) for k, v in found.items()}
 
 
 def load_global(run: Path) -> dict[str, torch.Tensor]:
     """The run's final adapter, or its latest checkpoint while it is still going."""
     path = run / "adapter.safetensors"
-    state, _ = load_adapter(path if path.exists() else run / "checkpoint.safetensors")
+    state, _ = load_adapter(path if path.exists() else run / CHECKPOINT_NAME)
     return state
 
 
