@@ -16,7 +16,9 @@ runs scored so (its training, and so its adapter, untouched). ``--tiers 2,4,8`` 
 run's own ladder: a federation whose every client trained rank 8, cut to ranks 2 and 4.
 ``--eval-examples N`` scores on N test examples instead of the run's (a number at least the split's size
 takes it whole, and the record states the count): finished runs re-scored on more of the test split, so
-that their paired intervals narrow without training again. With ``--split as-is``, a run that ended with a
+that their paired intervals narrow without training again. ``--held-out`` scores on the test examples the
+run's own evaluation never saw (neither its scored sample nor its generation prompts): where a setting such
+as the step was chosen by the run's own test scores, this is the unbiased read of the choice. With ``--split as-is``, a run that ended with a
 calibration round is re-scored with its calibrated heads too (``calibrated_accuracy``). The record keeps
 the run's training time as ``wall_seconds`` (a summary's cost column) and the re-scoring's as
 ``rescored.seconds``.
@@ -33,14 +35,49 @@ import time
 from pathlib import Path
 
 from prelort.aggregation.ordered import SPLITS, svd_ordered
-from prelort.config import AUTOCAST_DTYPE_CHOICES, config_from_mapping
+from prelort.config import AUTOCAST_DTYPE_CHOICES, SimulationConfig, config_from_mapping
+from prelort.data.encoding import encode_split
 from prelort.errors import ConfigError
 from prelort.evaluation.tiers import EvalInputs, ReadoutData, evaluate_tiers
 from prelort.io import load_adapter, write_json
 from prelort.runtime.calibrate import evaluate_calibration, record_calibrated
 from prelort.runtime.federation import prepare_federation
 from prelort.runtime.outputs import CALIBRATED_NAME, EXAMPLES_NAME, read_metrics
-from prelort.runtime.workbench import build_workbench
+from prelort.runtime.workbench import Workbench, build_workbench, eval_subset
+
+
+def held_out_rows(n: int, config: SimulationConfig, generates: bool) -> list[int]:
+    """The rows of a test split of ``n`` that a run of ``config`` never scored: outside its
+    evaluation sample and, where it generates, outside its generation prompts."""
+    seen = set(eval_subset(n, config.eval_examples))
+    if generates:
+        seen |= set(eval_subset(n, config.generate_examples))
+    return [i for i in range(n) if i not in seen]
+
+
+def score_held_out(bench: Workbench, config: SimulationConfig) -> int:
+    """Point ``bench``'s test split (and generation prompts, at most the run's count of them) at the
+    rows the run never scored; returns how many test examples that leaves.
+
+    Raises:
+        ConfigError: the run scored the whole split, so nothing is held out.
+    """
+    rows = held_out_rows(len(bench.task.test), config, bench.generation is not None)
+    if not rows:
+        raise ConfigError(
+            f"held-out: the run scored all {len(bench.task.test)} test examples; none is held out"
+        )
+    max_length = config.max_length or bench.objective.max_length
+    verbalized = bench.objective.verbalized
+    bench.test = encode_split(
+        bench.tokenizer, bench.task, bench.task.test.take(rows), max_length, verbalized=verbalized
+    )
+    if bench.generation is not None:
+        prompts = [rows[i] for i in eval_subset(len(rows), config.generate_examples)]
+        bench.generation = encode_split(
+            bench.tokenizer, bench.task, bench.task.test.take(prompts), max_length
+        )
+    return len(rows)
 
 
 def rescore_run(
@@ -50,14 +87,19 @@ def rescore_run(
     eval_dtype: str | None = None,
     tiers: list[int] | None = None,
     eval_examples: int | None = None,
+    held_out: bool = False,
 ) -> dict:
     """Re-order ``run``'s final adapter (``split``; ``as-is``: unchanged), score each of ``tiers``
-    (default: the run's ladder) under ``eval_dtype`` and on ``eval_examples`` test examples if given,
-    write ``out``; returns the tiers' metrics.
+    (default: the run's ladder) under ``eval_dtype`` and on ``eval_examples`` test examples if given
+    (``held_out``: on the test examples the run never scored), write ``out``; returns the tiers'
+    metrics.
 
     Raises:
-        ConfigError: a tier above the adapter's rank.
+        ConfigError: a tier above the adapter's rank; ``held_out`` with ``eval_examples``, or with a
+            run that scored its whole test split.
     """
+    if held_out and eval_examples is not None:
+        raise ConfigError("held-out: it picks its own test examples; leave out eval-examples")
     metrics = read_metrics(run / "metrics.json")
     config = config_from_mapping(metrics["config"])
     if eval_dtype is not None:
@@ -72,7 +114,9 @@ def rescore_run(
             f"tiers: {ladder} must lie in 1..{config.resolved_max_rank} (the adapter's rank)"
         )
     bench = build_workbench(config)
-    if eval_examples is not None:
+    if held_out:
+        score_held_out(bench, config)
+    if eval_examples is not None or held_out:
         metrics["config"] = {**metrics["config"], "eval_examples": len(bench.test)}
     calibrated_path = run / CALIBRATED_NAME
     # the calibrated heads were fitted to the unordered tiers' features: they score only those
@@ -120,6 +164,7 @@ def rescore_run(
                 "source": str(run),
                 "split": split,
                 "eval_dtype": eval_dtype,
+                "held_out": held_out,
                 "seconds": round(time.perf_counter() - start, 1),
             },
         },
@@ -149,6 +194,11 @@ def main(argv: list[str] | None = None) -> None:
         help="test examples to score (default: the run's; at least the split's size: all of it)",
     )
     parser.add_argument(
+        "--held-out",
+        action="store_true",
+        help="score on the test examples the run never scored (a step chosen on its own scores)",
+    )
+    parser.add_argument(
         "--tiers",
         type=parse_tiers,
         help="comma-separated ranks to score (default: the run's ladder)",
@@ -159,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         suffix = "" if args.split == "as-is" else "-ordered-once"
         target = args.out / f"{method}{suffix}-seed{seed}"
         tiers = rescore_run(
-            run, target, args.split, args.eval_dtype, args.tiers, args.eval_examples
+            run, target, args.split, args.eval_dtype, args.tiers, args.eval_examples, args.held_out
         )
         shown = "  ".join(
             f"r{t}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) for t, m in tiers.items()

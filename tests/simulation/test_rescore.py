@@ -116,3 +116,47 @@ def test_more_test_examples_rescore_the_trained_and_the_calibrated_heads_alike(
         assert len(examples[tier]["accuracy"]) == n
         assert len(examples[tier]["calibrated_accuracy"]) == n
         assert "calibrated_accuracy" in recorded["final"]["tiers"][tier]
+
+
+def test_held_out_scores_only_the_test_examples_the_run_never_scored(
+    tiny_llama_dir, headline_jsonl, tmp_path
+):
+    import pytest
+    from benchmarks.rescore import held_out_rows
+
+    from prelort.data.tasks import load_task
+    from prelort.errors import ConfigError
+    from prelort.runtime.workbench import eval_subset
+
+    config = tiny(
+        tiny_llama_dir,
+        headline_jsonl,
+        tmp_path / "prelort-seed0",
+        rounds=1,
+        eval_examples=4,
+        generate_examples=2,
+    )
+    result = run_simulation(config, progress=False)
+    write_outputs(result, config.out)
+    n = len(load_task(config.task).test)
+    rows = held_out_rows(n, config, generates=True)
+    seen = set(eval_subset(n, 4)) | set(eval_subset(n, 2))
+    assert rows and not seen & set(rows) and len(rows) == n - len(seen)
+    out = tmp_path / "held" / "prelort-seed0"
+    tiers = rescore_run(config.out, out, "as-is", held_out=True)
+    recorded = json.loads((out / "metrics.json").read_text())
+    assert recorded["config"]["eval_examples"] == len(rows)
+    assert recorded["rescored"]["held_out"] is True
+    examples = json.loads((out / "examples.json").read_text())["tiers"]
+    for tier in result.final:
+        assert len(examples[tier]["nll"]) == len(rows)
+        # other examples, so (on a tiny random model) another perplexity than the run's own
+        assert tiers[tier]["perplexity"] != result.final[tier]["perplexity"]
+    with pytest.raises(ConfigError, match="held-out"):
+        rescore_run(config.out, tmp_path / "both", "as-is", eval_examples=3, held_out=True)
+    whole = tiny(
+        tiny_llama_dir, headline_jsonl, tmp_path / "whole-seed0", rounds=1, eval_examples=10_000
+    )
+    write_outputs(run_simulation(whole, progress=False), whole.out)
+    with pytest.raises(ConfigError, match="none is held out"):
+        rescore_run(whole.out, tmp_path / "none", "as-is", held_out=True)
