@@ -18,8 +18,9 @@ run's own ladder: a federation whose every client trained rank 8, cut to ranks 2
 takes it whole, and the record states the count): finished runs re-scored on more of the test split, so
 that their paired intervals narrow without training again. ``--held-out`` scores on the test examples the
 run's own evaluation never saw (neither its scored sample nor its generation prompts): where a setting such
-as the step was chosen by the run's own test scores, this is the unbiased read of the choice. With ``--split as-is``, a run that ended with a
-calibration round is re-scored with its calibrated heads too (``calibrated_accuracy``). The record keeps
+as the step was chosen by the run's own test scores, these are examples the choice has not seen. With
+``--split as-is``, a run that ended with a calibration round is re-scored with its calibrated heads too
+(``calibrated_accuracy``). The record keeps
 the run's training time as ``wall_seconds`` (a summary's cost column) and the re-scoring's as
 ``rescored.seconds``.
 
