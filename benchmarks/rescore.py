@@ -1,6 +1,6 @@
 """Re-score finished runs' adapters: re-ordered once (the paper's rule served in SVD order) or as they are.
 
-    python -m benchmarks.rescore RUN [RUN ...] --out FOLDER [--split fixed-a|balanced|unit-a|as-is] [--eval-dtype D]
+    python -m benchmarks.rescore RUN [RUN ...] --out FOLDER [--split fixed-a|balanced|unit-a|as-is] [--eval-dtype D] [--held-out]
 
 ``prelort-ordered-a`` re-factorises the global adapter in singular-value order after *every* round, so
 the next round trains from the ordered factors. Re-ordering only the *final* adapter keeps the paper's
