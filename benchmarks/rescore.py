@@ -36,49 +36,14 @@ import time
 from pathlib import Path
 
 from prelort.aggregation.ordered import SPLITS, svd_ordered
-from prelort.config import AUTOCAST_DTYPE_CHOICES, SimulationConfig, config_from_mapping
-from prelort.data.encoding import encode_split
+from prelort.config import AUTOCAST_DTYPE_CHOICES, config_from_mapping
 from prelort.errors import ConfigError
 from prelort.evaluation.tiers import EvalInputs, ReadoutData, evaluate_tiers
 from prelort.io import load_adapter, write_json
 from prelort.runtime.calibrate import evaluate_calibration, record_calibrated
 from prelort.runtime.federation import prepare_federation
 from prelort.runtime.outputs import CALIBRATED_NAME, EXAMPLES_NAME, read_metrics
-from prelort.runtime.workbench import Workbench, build_workbench, eval_subset
-
-
-def held_out_rows(n: int, config: SimulationConfig, generates: bool) -> list[int]:
-    """The rows of a test split of ``n`` that a run of ``config`` never scored: outside its
-    evaluation sample and, where it generates, outside its generation prompts."""
-    seen = set(eval_subset(n, config.eval_examples))
-    if generates:
-        seen |= set(eval_subset(n, config.generate_examples))
-    return [i for i in range(n) if i not in seen]
-
-
-def score_held_out(bench: Workbench, config: SimulationConfig) -> int:
-    """Point ``bench``'s test split (and generation prompts, at most the run's count of them) at the
-    rows the run never scored; returns how many test examples that leaves.
-
-    Raises:
-        ConfigError: the run scored the whole split, so nothing is held out.
-    """
-    rows = held_out_rows(len(bench.task.test), config, bench.generation is not None)
-    if not rows:
-        raise ConfigError(
-            f"held-out: the run scored all {len(bench.task.test)} test examples; none is held out"
-        )
-    max_length = config.max_length or bench.objective.max_length
-    verbalized = bench.objective.verbalized
-    bench.test = encode_split(
-        bench.tokenizer, bench.task, bench.task.test.take(rows), max_length, verbalized=verbalized
-    )
-    if bench.generation is not None:
-        prompts = [rows[i] for i in eval_subset(len(rows), config.generate_examples)]
-        bench.generation = encode_split(
-            bench.tokenizer, bench.task, bench.task.test.take(prompts), max_length
-        )
-    return len(rows)
+from prelort.runtime.workbench import build_workbench
 
 
 def rescore_run(
@@ -114,9 +79,7 @@ def rescore_run(
         raise ConfigError(
             f"tiers: {ladder} must lie in 1..{config.resolved_max_rank} (the adapter's rank)"
         )
-    bench = build_workbench(config)
-    if held_out:
-        score_held_out(bench, config)
+    bench = build_workbench(config, held_out=held_out)
     if eval_examples is not None or held_out:
         metrics["config"] = {**metrics["config"], "eval_examples": len(bench.test)}
     calibrated_path = run / CALIBRATED_NAME

@@ -122,11 +122,10 @@ def test_held_out_scores_only_the_test_examples_the_run_never_scored(
     tiny_llama_dir, headline_jsonl, tmp_path
 ):
     import pytest
-    from benchmarks.rescore import held_out_rows
 
     from prelort.data.tasks import load_task
     from prelort.errors import ConfigError
-    from prelort.runtime.workbench import eval_subset
+    from prelort.runtime.workbench import eval_subset, scored_rows
 
     config = tiny(
         tiny_llama_dir,
@@ -139,9 +138,12 @@ def test_held_out_scores_only_the_test_examples_the_run_never_scored(
     result = run_simulation(config, progress=False)
     write_outputs(result, config.out)
     n = len(load_task(config.task).test)
-    rows = held_out_rows(n, config, generates=True)
+    rows, prompts = scored_rows(n, config, generates=True, held_out=True)
     seen = set(eval_subset(n, 4)) | set(eval_subset(n, 2))
     assert rows and not seen & set(rows) and len(rows) == n - len(seen)
+    assert len(prompts) == 2 and set(prompts) <= set(rows)
+    # without held_out, the run's own rows: what build_workbench scores in every run
+    assert scored_rows(n, config, generates=True) == (eval_subset(n, 4), eval_subset(n, 2))
     out = tmp_path / "held" / "prelort-seed0"
     tiers = rescore_run(config.out, out, "as-is", held_out=True)
     recorded = json.loads((out / "metrics.json").read_text())

@@ -87,6 +87,31 @@ def eval_subset(n: int, size: int) -> list[int]:
     return sorted(random.Random(EVAL_SUBSET_SEED).sample(range(n), size))
 
 
+def scored_rows(
+    n: int, config: SimulationConfig, generates: bool, held_out: bool = False
+) -> tuple[list[int], list[int]]:
+    """The rows of a test split of ``n`` a run of ``config`` scores, and those it prompts to generate.
+
+    With ``held_out``, the rows such a run never scored (outside both its evaluation sample and its
+    generation prompts), with at most the run's count of prompts drawn among them: where a setting
+    such as the step was chosen by a run's own test scores, examples the choice has not seen.
+
+    Raises:
+        ConfigError: ``held_out`` where the run scored the whole split, so nothing is held out.
+    """
+    prompts = eval_subset(n, config.generate_examples) if generates else []
+    scored = eval_subset(n, config.eval_examples)
+    if not held_out:
+        return scored, prompts
+    seen = set(scored) | set(prompts)
+    unseen = [i for i in range(n) if i not in seen]
+    if not unseen:
+        raise ConfigError(f"held-out: the run scored all {n} test examples; none is held out")
+    if generates:
+        prompts = [unseen[i] for i in eval_subset(len(unseen), config.generate_examples)]
+    return unseen, prompts
+
+
 def load_config_task(config: SimulationConfig) -> TaskData:
     """The task a config names, a user's file read with the config's field names.
 
@@ -99,16 +124,22 @@ def load_config_task(config: SimulationConfig) -> TaskData:
     return load_task(config.task, fields)
 
 
-def build_workbench(config: SimulationConfig) -> Workbench:
+def build_workbench(config: SimulationConfig, held_out: bool = False) -> Workbench:
     """Load the task and model of a config and inject nested LoRA layers of rank R.
 
+    ``held_out`` scores the test rows a run of ``config`` never scored (``scored_rows``), to re-score
+    a finished run's adapter.
+
     Raises:
-        ConfigError, DataError, ModelError: an unknown task or model, or missing packages/files.
+        ConfigError, DataError, ModelError: an unknown task or model, or missing packages/files;
+            ``held_out`` where no test row is left.
     """
     task = load_config_task(config)
     objective = resolve_objective(config, task)
     if objective.verbalized:
         task = verbalized_task(task)
+    generates = task.kind != CLASSIFICATION and config.generate_examples > 0
+    scored, prompts = scored_rows(len(task.test), config, generates, held_out)
     placement = placement_for(
         config.model, config.device, config.dtype, config.quantize, config.gradient_checkpointing
     )
@@ -117,17 +148,10 @@ def build_workbench(config: SimulationConfig) -> Workbench:
     tokenizer = loaded.tokenizer
     verbalized = objective.verbalized
     train = encode_split(tokenizer, task, task.train, max_length, verbalized=verbalized)
-    test = encode_split(
-        tokenizer,
-        task,
-        task.test.take(eval_subset(len(task.test), config.eval_examples)),
-        max_length,
-        verbalized=verbalized,
-    )
+    test = encode_split(tokenizer, task, task.test.take(scored), max_length, verbalized=verbalized)
     generation = None
-    if task.kind != CLASSIFICATION and config.generate_examples > 0:
-        subset = eval_subset(len(task.test), config.generate_examples)
-        generation = encode_split(tokenizer, task, task.test.take(subset), max_length)
+    if generates:
+        generation = encode_split(tokenizer, task, task.test.take(prompts), max_length)
     adapted = inject_nested_lora(
         loaded.model,
         max_rank=config.resolved_max_rank,
@@ -173,7 +197,8 @@ def build_workbench(config: SimulationConfig) -> Workbench:
         generation,
         adapted,
         tokenizer,
-        workbench_key(config),
+        # a held-out workbench scores other rows: never shared with the config's own runs
+        workbench_key(config) + ((("held_out", True),) if held_out else ()),
         objective,
         readout_rows,
         file_sha256(config.task),
