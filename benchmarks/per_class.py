@@ -5,7 +5,7 @@
 
 A run's ``examples.json`` holds each test example's score per tier (0/1 accuracy on classification;
 NLL per target token and ROUGE-L on generation); the test rows are the same for every run and seed
-(``prelort.runtime.workbench.eval_subset``), so their labels come from the task alone, without
+(``prelort.runtime.workbench.scored_rows``), so their labels come from the task alone, without
 loading the model. On generation a row's label is its partition group: on BBC headlines the
 article's category, by which the Dirichlet split skews the clients. A mean accuracy that swings over
 seeds is often whole classes learnt in one seed and not in another (docs/RESULTS.md section 13);
@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prelort.config import SimulationConfig, config_from_mapping
-from prelort.data.tasks import TaskData
+from prelort.data.tasks import CLASSIFICATION, TaskData
 from prelort.errors import ConfigError
 from prelort.federation.plan import build_plan
 from prelort.runtime.outputs import EXAMPLES_NAME, read_metrics
-from prelort.runtime.workbench import eval_subset, load_config_task
+from prelort.runtime.workbench import load_config_task, scored_rows
 from prelort.simulation.paired import run_examples
 
 
@@ -40,9 +40,24 @@ def run_task(run: Path) -> tuple[dict, SimulationConfig, TaskData]:
 
 
 def scored_labels(run: Path) -> tuple[list[int], tuple[str, ...]]:
-    """(label or group id of each scored test example, their names) of a run, from its config."""
-    _, config, task = run_task(run)
-    rows = eval_subset(len(task.test), config.eval_examples)
+    """(label or group id of each scored test example, their names) of a run, from its config.
+
+    Raises:
+        ConfigError: a record re-scored on held-out rows that does not state its source's sample.
+    """
+    metrics, config, task = run_task(run)
+    held_out = bool((metrics.get("rescored") or {}).get("held_out"))
+    if held_out:
+        # its config states how many rows it scored; which ones follow from its source's sample
+        source = metrics["rescored"].get("source_eval_examples")
+        if source is None:
+            raise ConfigError(
+                f"{run}: re-scored on held-out rows without source_eval_examples; re-score it with "
+                "benchmarks.rescore --held-out to record it"
+            )
+        config = config.replace(eval_examples=source)
+    generates = task.kind != CLASSIFICATION and config.generate_examples > 0
+    rows, _ = scored_rows(len(task.test), config, generates, held_out)
     return [task.test.labels[i] for i in rows], task.label_names
 
 

@@ -68,6 +68,7 @@ def rescore_run(
         raise ConfigError("held-out: it picks its own test examples; leave out eval-examples")
     metrics = read_metrics(run / "metrics.json")
     config = config_from_mapping(metrics["config"])
+    source_eval_examples = config.eval_examples
     if eval_dtype is not None:
         config = config.replace(eval_dtype=eval_dtype)
         metrics["config"] = {**metrics["config"], "eval_dtype": eval_dtype}
@@ -129,6 +130,9 @@ def rescore_run(
                 "split": split,
                 "eval_dtype": eval_dtype,
                 "held_out": held_out,
+                # which rows were held out follows from the source's sample, which the config
+                # above no longer states (it states how many were scored)
+                **({"source_eval_examples": source_eval_examples} if held_out else {}),
                 "seconds": round(time.perf_counter() - start, 1),
             },
         },

@@ -122,6 +122,7 @@ def test_held_out_scores_only_the_test_examples_the_run_never_scored(
     tiny_llama_dir, headline_jsonl, tmp_path
 ):
     import pytest
+    from benchmarks.per_class import scored_labels
 
     from prelort.data.tasks import load_task
     from prelort.errors import ConfigError
@@ -149,6 +150,14 @@ def test_held_out_scores_only_the_test_examples_the_run_never_scored(
     recorded = json.loads((out / "metrics.json").read_text())
     assert recorded["config"]["eval_examples"] == len(rows)
     assert recorded["rescored"]["held_out"] is True
+    # a reader of the record finds the rows it scored again, though its config states only a count
+    task = load_task(config.task)
+    assert scored_labels(out)[0] == [task.test.labels[i] for i in rows]
+    del recorded["rescored"]["source_eval_examples"]
+    (tmp_path / "old" / "prelort-seed0").mkdir(parents=True)
+    (tmp_path / "old" / "prelort-seed0" / "metrics.json").write_text(json.dumps(recorded))
+    with pytest.raises(ConfigError, match="source_eval_examples"):
+        scored_labels(tmp_path / "old" / "prelort-seed0")
     examples = json.loads((out / "examples.json").read_text())["tiers"]
     for tier in result.final:
         assert len(examples[tier]["nll"]) == len(rows)
