@@ -3,13 +3,9 @@
 #
 #   OUT=runs/gpu BUDGET=545 bash benchmarks/gpu_all.sh
 #
-# On a bare machine (torch, transformers, peft, accelerate; no network, no model wheels) prepare beside it,
-# where pip works, from the repository root (both folders are git-ignored through .git/info/exclude):
-#   .whl/      wheels of what it lacks: bitsandbytes, datasets, flwr-datasets, dill, multiprocess, nltk
-#              (pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux...)
-#              and rouge-score (`pip wheel --no-deps rouge_score`); installed into /tmp/site first;
-#   .gpudata/  tokenizer/ (SmolLM2's tokenizer files from the converted cache) and bbc-headlines.jsonl
-#              (the packaged headline task as instruction/response records).
+# On a bare machine (torch, transformers, peft, accelerate; no network, no model wheels) carry .whl/ (wheels of
+# what it lacks, installed into /tmp/site first) and .gpudata/ (SmolLM2's tokenizer and the headline task as a
+# file), which `bash benchmarks/gpu_prepare.sh` builds here from the checkout's .venv.
 # With prelort installed (make setup, a CUDA torch) neither is needed.
 set -u
 T0=$SECONDS
