@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prelort.config import SimulationConfig, config_from_mapping
-from prelort.data.tasks import CLASSIFICATION, TaskData
+from prelort.data.tasks import TaskData
 from prelort.errors import ConfigError
 from prelort.federation.plan import build_plan
 from prelort.runtime.outputs import EXAMPLES_NAME, read_metrics
@@ -56,8 +56,7 @@ def scored_labels(run: Path) -> tuple[list[int], tuple[str, ...]]:
                 "benchmarks.rescore --held-out to record it"
             )
         config = config.replace(eval_examples=source)
-    generates = task.kind != CLASSIFICATION and config.generate_examples > 0
-    rows, _ = scored_rows(len(task.test), config, generates, held_out)
+    rows, _ = scored_rows(task, config, held_out)
     return [task.test.labels[i] for i in rows], task.label_names
 
 

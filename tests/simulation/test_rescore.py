@@ -138,20 +138,20 @@ def test_held_out_scores_only_the_test_examples_the_run_never_scored(
     )
     result = run_simulation(config, progress=False)
     write_outputs(result, config.out)
-    n = len(load_task(config.task).test)
-    rows, prompts = scored_rows(n, config, generates=True, held_out=True)
+    task = load_task(config.task)
+    n = len(task.test)
+    rows, prompts = scored_rows(task, config, held_out=True)
     seen = set(eval_subset(n, 4)) | set(eval_subset(n, 2))
     assert rows and not seen & set(rows) and len(rows) == n - len(seen)
     assert len(prompts) == 2 and set(prompts) <= set(rows)
     # without held_out, the run's own rows: what build_workbench scores in every run
-    assert scored_rows(n, config, generates=True) == (eval_subset(n, 4), eval_subset(n, 2))
+    assert scored_rows(task, config) == (eval_subset(n, 4), eval_subset(n, 2))
     out = tmp_path / "held" / "prelort-seed0"
     tiers = rescore_run(config.out, out, "as-is", held_out=True)
     recorded = json.loads((out / "metrics.json").read_text())
     assert recorded["config"]["eval_examples"] == len(rows)
     assert recorded["rescored"]["held_out"] is True
     # a reader of the record finds the rows it scored again, though its config states only a count
-    task = load_task(config.task)
     assert scored_labels(out)[0] == [task.test.labels[i] for i in rows]
     del recorded["rescored"]["source_eval_examples"]
     (tmp_path / "old" / "prelort-seed0").mkdir(parents=True)

@@ -88,9 +88,10 @@ def eval_subset(n: int, size: int) -> list[int]:
 
 
 def scored_rows(
-    n: int, config: SimulationConfig, generates: bool, held_out: bool = False
+    task: TaskData, config: SimulationConfig, held_out: bool = False
 ) -> tuple[list[int], list[int]]:
-    """The rows of a test split of ``n`` a run of ``config`` scores, and those it prompts to generate.
+    """The rows of ``task``'s test split a run of ``config`` scores, and those it prompts to generate
+    (none on classification).
 
     With ``held_out``, the rows such a run never scored (outside both its evaluation sample and its
     generation prompts), with at most the run's count of prompts drawn among them: where a setting
@@ -99,6 +100,8 @@ def scored_rows(
     Raises:
         ConfigError: ``held_out`` where the run scored the whole split, so nothing is held out.
     """
+    n = len(task.test)
+    generates = task.kind != CLASSIFICATION and config.generate_examples > 0
     prompts = eval_subset(n, config.generate_examples) if generates else []
     scored = eval_subset(n, config.eval_examples)
     if not held_out:
@@ -138,8 +141,7 @@ def build_workbench(config: SimulationConfig, held_out: bool = False) -> Workben
     objective = resolve_objective(config, task)
     if objective.verbalized:
         task = verbalized_task(task)
-    generates = task.kind != CLASSIFICATION and config.generate_examples > 0
-    scored, prompts = scored_rows(len(task.test), config, generates, held_out)
+    scored, prompts = scored_rows(task, config, held_out)
     placement = placement_for(
         config.model, config.device, config.dtype, config.quantize, config.gradient_checkpointing
     )
@@ -150,7 +152,7 @@ def build_workbench(config: SimulationConfig, held_out: bool = False) -> Workben
     train = encode_split(tokenizer, task, task.train, max_length, verbalized=verbalized)
     test = encode_split(tokenizer, task, task.test.take(scored), max_length, verbalized=verbalized)
     generation = None
-    if generates:
+    if prompts:
         generation = encode_split(tokenizer, task, task.test.take(prompts), max_length)
     adapted = inject_nested_lora(
         loaded.model,
