@@ -136,7 +136,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
 
 
 def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """A batch of CPU tensors on ``device`` (pinned, non-blocking copies on CUDA)."""
+    """A batch of CPU tensors on ``device`` (the same tensors on the CPU).
+
+    The batches are a few kilobytes of token ids, so they are not pinned (``non_blocking`` on
+    unpinned memory copies synchronously).
+    """
     if device.type == "cpu":
         return dict(batch)
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
