@@ -136,7 +136,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
 
 
 def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """A batch of CPU tensors on ``device`` (the same tensors on the CPU).
+    """A batch of CPU tensors on ``device``; on the CPU, the same tensors.
 
     The batches are a few kilobytes of token ids, so they are not pinned (``non_blocking`` on
     unpinned memory copies synchronously).
