@@ -133,7 +133,7 @@ def rescore_run(
                 # which rows were held out follows from the source's sample, which the config
                 # above no longer states (it states how many were scored)
                 **({"source_eval_examples": source_eval_examples} if held_out else {}),
-                "seconds": round(time.perf_counter() - start, 1),
+                "seconds": round(time.perf_counter() - start, 2),
             },
         },
     )
